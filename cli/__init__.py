@@ -1,0 +1,1 @@
+"""The `cqd-port` command line: a thin layer over the library."""

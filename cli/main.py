@@ -1,0 +1,50 @@
+"""The Typer app behind the `cqd-port` console script.
+
+Each command group lives in its own module with a `register(app)` function;
+this module only assembles them and turns user errors (`CqdError`) into one
+line on stderr with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from cqd_port.errors import CqdError
+
+app = typer.Typer(
+    name="cqd-port",
+    help="Cross Quality Distillation (Su & Maji, BMVC 2017), MatConvNet-faithful, in PyTorch.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register_commands() -> None:
+    import importlib
+
+    for module_name in ("cli.weights", "cli.parity_cmd", "cli.data_cmd", "cli.train_cmd", "cli.analysis_cmd"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        module.register(app)
+
+
+_register_commands()
+
+
+def main() -> None:
+    try:
+        app()
+    except CqdError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""The layer list: a declarative description of a MatConvNet chain network.
+
+A network is a list of `LayerSpec`, exactly as `vl_simplenn` runs
+`net.layers{1..L}` one after the other. The readers in `matconvnet_weights`
+produce it from any of the three MatConvNet file layouts, the builders in
+`cqd_port.models.vgg` produce it from scratch, and `SimpleNetwork` runs it.
+Specs hold only plain Python values, so a checkpoint stores them and loads
+with `torch.load(..., weights_only=True)`.
+
+Layer types and their attributes (`attrs`), in MatConvNet's conventions:
+
+| type | attrs | MatConvNet block |
+|---|---|---|
+| conv | pad [top bottom left right], stride [y x], dilate [y x], has_bias | vl_nnconv (fully connected layers are convolutions) |
+| pool | method "max"/"avg", pool [h w], pad [t b l r], stride [y x] | vl_nnpool |
+| lrn | param [N kappa alpha beta] | vl_nnnormalize |
+| relu | leak | vl_nnrelu |
+| dropout | rate | vl_nndropout |
+| softmax | (none) | vl_nnsoftmax |
+| bnorm | epsilon | vl_nnbnorm (test mode, moments [mean sigma]) |
+
+Parameters live in the network's state dict under `<layer name>.weight`
+(filters OIHW / bnorm gain), `<layer name>.bias` and `<layer name>.moments`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+LAYER_TYPES = ("conv", "pool", "lrn", "relu", "dropout", "softmax", "bnorm")
+
+
+@dataclass
+class LayerSpec:
+    name: str
+    type: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.type not in LAYER_TYPES:
+            from cqd_port.errors import CqdError
+
+            raise CqdError(
+                f"layer '{self.name}': unknown layer type '{self.type}' "
+                f"(supported: {', '.join(LAYER_TYPES)})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.type, "attrs": _plain(self.attrs)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LayerSpec":
+        return cls(name=str(data["name"]), type=str(data["type"]), attrs=dict(data.get("attrs", {})))
+
+
+def _plain(value: Any) -> Any:
+    """Plain Python (lists, floats, ints, str, bool) for weights_only checkpoints."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):
+        return _plain(value.tolist())
+    return value
