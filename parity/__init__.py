@@ -1,0 +1,8 @@
+"""The parity suite: the port against MatConvNet 1.0-beta18's own numbers.
+
+`references` reads the reference files (../shared/parity/FORMAT.md),
+`compare` holds the error measure and the tolerances, `runner.run_parity`
+drives the library on every file and returns a `ParityReport`;
+`train_reference` replays the CQD training steps. `matconvnet/export_reference.m`
+writes a reference for a user's own model, from MATLAB.
+"""

@@ -1,0 +1,86 @@
+"""`cqd-port parity`: compare the port with MatConvNet's reference numbers.
+
+Thin: parses options, calls `parity.runner.run_parity`, prints the table.
+Exit codes: 0 when every comparison passes, 1 when one fails (or nothing
+could be compared), 2 for a user error (missing file or directory, bad option).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from parity.compare import ComparisonRow
+from parity.runner import LRN_CHOICES, ParityReport, run_parity
+
+
+def _fmt(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.2e}"
+
+
+def report_table(report: ParityReport) -> Table:
+    """The parity table: one row per compared tensor."""
+    table = Table(title="MatConvNet parity", show_lines=False)
+    for column, justify in (("group", "left"), ("case / layer", "left"), ("quantity", "left"),
+                            ("max abs error", "right"), ("relative error", "right"),
+                            ("tolerance", "right"), ("result", "center"), ("note", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for row in report.rows:
+        table.add_row(*_cells(row))
+    return table
+
+
+def _cells(row: ComparisonRow) -> list[str]:
+    result = "[green]pass[/green]" if row.passed else "[bold red]FAIL[/bold red]"
+    return [row.group, row.case, row.quantity, _fmt(row.max_abs), _fmt(row.rel), f"{row.tol:.0e}", result, row.note]
+
+
+def parity(
+    reference_dir: Optional[list[Path]] = typer.Option(
+        None, "--reference-dir", help="Folder of ops_/ref_/train_*.mat files (repeatable). "
+        "Default: the packaged parity/reference/ and ../shared/parity."),
+    model: Optional[Path] = typer.Option(None, "--model", help="A network (.mat or converted .pt) to check against --reference."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="One reference file (ref_*.mat from export_reference.m)."),
+    lrn: str = typer.Option("auto", "--lrn", help=f"LRN power function: {' | '.join(LRN_CHOICES)} "
+                            "(auto: each file's provenance.lrn)."),
+    failures_only: bool = typer.Option(False, "--failures-only", help="Print only the rows that fail."),
+) -> None:
+    """Compare the port with MatConvNet 1.0-beta18 reference data, operator by operator and layer by layer."""
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # piped to a file: do not squeeze the table into 80 columns
+    status_console = Console(stderr=True)
+    with status_console.status("running the parity suite...") as status:
+        report = run_parity(
+            reference_dirs=reference_dir or None,
+            lrn=lrn,
+            model=model,
+            reference=reference,
+            progress=lambda label: status.update(f"parity: {label}"),
+        )
+    shown = ParityReport(rows=report.failures(), not_run=report.not_run) if failures_only else report
+    console.print(report_table(shown))
+    if report.lrn_modes:
+        console.print("LRN mode:")
+        for group, mode in report.lrn_modes.items():
+            console.print(f"  {group}: {mode}", markup=False)
+    if report.not_run:
+        console.print("[yellow]Not run:[/yellow]")
+        for item in report.not_run:
+            console.print(f"  {item.path}: {item.reason}", markup=False)
+    summary = f"{report.n_passed} passed, {report.n_failed} failed"
+    if report.not_run:
+        summary += f", {len(report.not_run)} not run"
+    if not report.rows:
+        summary += " (nothing was compared)"
+    console.print(summary, markup=False)
+    raise typer.Exit(0 if report.passed else 1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("parity")(parity)

@@ -1,0 +1,89 @@
+"""`cqd-port reproduce` (Tables 1 and 2) and `cqd-port demo` (the same grid on synthetic data, on a CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cqd_port.errors import CqdError
+
+
+def _split(values: Optional[list[str]]) -> list[str] | None:
+    """`--tasks a,b --tasks c` -> [a, b, c]; None when not given."""
+    if not values:
+        return None
+    out = [v.strip() for value in values for v in value.split(",") if v.strip()]
+    return out or None
+
+
+def _gpus(text: Optional[str]) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        gpus = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise CqdError(f"--gpus {text}: expected GPU numbers separated by commas, e.g. --gpus 0,1") from None
+    if any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
+        raise CqdError(f"--gpus {text}: GPU numbers must be distinct and non-negative")
+    return gpus
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("reproduce")
+    def reproduce(
+        table: int = typer.Option(1, "--table", help="Paper table to reproduce: 1 (seven tasks x seven methods) or 2 (vgg-m / vgg-vd)."),
+        cub_root: Optional[Path] = typer.Option(None, "--cub-root", help="CUB-200-2011 folder (needed only to prepare missing CUB variants)."),
+        cars_root: Optional[Path] = typer.Option(None, "--cars-root", help="Stanford Cars folder (needed only to prepare missing CARS variants)."),
+        prepared: Path = typer.Option(Path("data/prepared"), "--prepared", help="Prepared (degraded) data variants: <DIR>/<dataset>/<variant>."),
+        models: Path = typer.Option(Path("models"), "--models", help="Folder with imagenet-vgg-m.pt/.mat and imagenet-vgg-verydeep-16.pt/.mat."),
+        sed_model: Optional[Path] = typer.Option(None, "--sed-model", help="Structured-edge model (opencv ximgproc .yml.gz) for the edge variants."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Run folders and results (default runs/table1 or runs/table2)."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+        gpus: Optional[str] = typer.Option(None, "--gpus", help="Run independent runs in parallel, one process per GPU, e.g. 0,1."),
+        epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per run (paper: 30); the schedule is squeezed to fit."),
+        tasks: Optional[list[str]] = typer.Option(None, "--tasks", help="Only these tasks (comma-separated or repeated)."),
+        methods: Optional[list[str]] = typer.Option(None, "--methods", help="Only these methods (comma-separated or repeated)."),
+        augmentation_classes: str = typer.Option("2k", "--augmentation-classes", help="A+B classifier: 2k (released code) or k."),
+        tf32: bool = typer.Option(False, "--tf32", help="Allow TF32 on Ampere+ GPUs (MatConvNet computed in strict float32)."),
+        workers: int = typer.Option(4, "--workers", help="Image-loading worker processes."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print every cell, the runs it needs and the data, then stop."),
+    ) -> None:
+        """Train and evaluate every cell of the paper's Table 1 or 2; write results.json and results.md."""
+        from cqd_port.experiments.grid import GridConfig, describe_plan, plan_grid, run_grid
+
+        plan = plan_grid(table, _split(tasks), _split(methods), epochs, augmentation_classes)
+        config = GridConfig(
+            out=out if out is not None else Path(f"runs/table{table}"),
+            prepared=prepared,
+            models=models,
+            cub_root=cub_root,
+            cars_root=cars_root,
+            sed_model=sed_model,
+            device=device,
+            gpus=_gpus(gpus),
+            tf32=tf32,
+            workers=workers,
+        )
+        if dry_run:
+            typer.echo("\n".join(describe_plan(plan, config)))
+            return
+        outcome = run_grid(plan, config)
+        typer.echo(outcome.markdown)
+        typer.echo(f"wrote {outcome.results_json} and {outcome.results_md}")
+
+    @app.command("demo")
+    def demo(
+        out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the synthetic data, the stand-in model and the runs go."),
+        epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per run (default: the demo's tuned value)."),
+        sed_model: Optional[Path] = typer.Option(None, "--sed-model", help="Structured-edge model for the edge columns (default: Sobel edges)."),
+        device: str = typer.Option("cpu", "--device", help="cpu (the demo's target), auto, cuda or cuda:N."),
+    ) -> None:
+        """Table 1's whole grid end to end on SYNTHETIC data, small images and a narrow VGG-M, on a CPU."""
+        from cqd_port.experiments.demo import DemoConfig, run_demo
+
+        defaults = DemoConfig()
+        config = DemoConfig(out=out, epochs=epochs or defaults.epochs, sed_model=sed_model, device=device)
+        outcome = run_demo(config)
+        typer.echo(outcome.report)

@@ -1,0 +1,208 @@
+"""The per-image degradations that make domain B from domain A (paper Section 4.1, Figure 3).
+
+Each degradation is a pure function of a uint8 RGB image (a gray image is
+made 3-channel first), its bounding box (1-based inclusive x1 y1 x2 y2, only
+used by the ones that crop), a `DegradationConfig` and a per-image seed (only
+used by the random ones); it returns the out_size x out_size x 3 uint8 image
+the network is trained on. All resizing is MATLAB's `imresize`
+(`cqd_port.imresize`), with its uint8 rounding after each pass.
+
+Registry (`DEGRADATIONS`):
+
+- `original`: the whole image resized to 224 x 224 (bicubic, antialiased:
+  MATLAB's default, as the released code wrote it; aspect not kept);
+- `localized`: crop to the box (clipped to the image), then as `original`;
+- `lowres`: `lowres_path="code"` (default): the released code's path, the
+  image shrunk straight to 50 x 50 then enlarged to 224 x 224;
+  `lowres_path="paper"`: the paper's text, 224 -> 50 -> 224 (the first step
+  as `original`). Both use `lowres_method` (bilinear by default; the
+  released MATLAB code used imresize's default, bicubic);
+- `localized_lowres`: crop to the box, then `lowres`;
+- `edges`: Structured Edge Detection (needs `sed_model`) on the 224 x 224
+  `original` image, strength x 255, 3 channels. Run at the output size so
+  the line width is the same for every image whatever its source size;
+- `edges_sobel`: a model-free Sobel edge map, same layout; NOT the paper's
+  detector and never used in its place;
+- `distorted`: the thin-plate-spline distortion (`cqd_port.data.tps`);
+- `gray`: MATLAB `rgb2gray` luminance (weights 0.298936021293775,
+  0.587043074451121, 0.114020904255103, rounded half away from zero),
+  resized as `original`, replicated to 3 channels.
+
+Which image a degradation starts from (the bird crop or the full picture)
+is decided by the caller (`cqd_port.data.prepare`); only `localized` and
+`localized_lowres` crop by themselves.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from cqd_port.data.edges import RGB2GRAY_WEIGHTS, sed_edges, sobel_edges, to_rgb_uint8
+from cqd_port.data.records import clip_box
+from cqd_port.data.tps import TpsConfig, distort
+from cqd_port.errors import CqdError
+from cqd_port.imresize import METHODS, imresize
+
+__all__ = [
+    "DegradationConfig",
+    "Degradation",
+    "DEGRADATIONS",
+    "degrade",
+    "crop_to_box",
+    "rgb2gray",
+]
+
+Box = Sequence[float]
+
+
+@dataclass(frozen=True)
+class DegradationConfig:
+    """Every parameter of the degradations; `as_dict()` goes into the prepared dataset's manifest."""
+
+    out_size: int = 224
+    resize_method: str = "bicubic"  # `original`/`localized`/`edges`/`gray`: MATLAB imresize's default
+    lowres_size: int = 50
+    lowres_method: str = "bilinear"
+    lowres_path: str = "code"  # "code": image -> 50 -> 224; "paper": image -> 224 -> 50 -> 224
+    sed_model: Optional[str] = None  # path of OpenCV's SED model.yml.gz, needed by `edges`
+    distortion_sigma: float = 4.0
+    distortion_grid_start: int = 8
+    distortion_grid_step: int = 16
+    distortion_region: str = "center"
+    seed: int = 0  # dataset-level seed; prepare mixes it with each image's path into `image_seed`
+
+    def __post_init__(self) -> None:
+        if self.sed_model is not None:
+            object.__setattr__(self, "sed_model", str(self.sed_model))
+        for option in ("resize_method", "lowres_method"):
+            if getattr(self, option) not in METHODS:
+                raise CqdError(f"DegradationConfig.{option}={getattr(self, option)!r}: use one of {', '.join(METHODS)}")
+        if self.lowres_path not in ("code", "paper"):
+            raise CqdError(f"DegradationConfig.lowres_path={self.lowres_path!r}: use 'code' or 'paper'")
+        if self.out_size < 1 or self.lowres_size < 1:
+            raise CqdError(f"DegradationConfig sizes must be positive: out_size={self.out_size}, lowres_size={self.lowres_size}")
+        self.tps_config()  # validates the distortion options
+
+    def tps_config(self) -> TpsConfig:
+        return TpsConfig(
+            out_size=self.out_size,
+            grid_start=self.distortion_grid_start,
+            grid_step=self.distortion_grid_step,
+            sigma=self.distortion_sigma,
+            region=self.distortion_region,
+        )
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+DegradationFn = Callable[[np.ndarray, Optional[Box], DegradationConfig, int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Degradation:
+    name: str
+    function: DegradationFn
+    needs_box: bool
+    random: bool
+    description: str
+
+
+def _matlab_round(v: float) -> int:
+    return int(math.floor(abs(v) + 0.5)) * (1 if v >= 0 else -1)
+
+
+def crop_to_box(image: np.ndarray, box: Box) -> np.ndarray:
+    """MATLAB `im(y1:y2, x1:x2, :)` for a 1-based inclusive box, rounded (half away from zero) and clipped to the image."""
+    if box is None or len(box) != 4 or not all(math.isfinite(float(v)) for v in box):
+        raise CqdError(f"a bounding box must be 4 finite numbers x1 y1 x2 y2 (1-based, inclusive), got {box!r}")
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = (_matlab_round(float(v)) for v in box)
+    if x2 < 1 or y2 < 1 or x1 > w or y1 > h or x2 < x1 or y2 < y1:
+        raise CqdError(f"bounding box {tuple(box)} does not overlap the {w}x{h} image")
+    x1, y1, x2, y2 = clip_box((x1, y1, x2, y2), w, h)
+    return image[y1 - 1 : y2, x1 - 1 : x2]
+
+
+def _resize_square(image: np.ndarray, size: int, method: str) -> np.ndarray:
+    return imresize(image, size=[size, size], method=method)
+
+
+def _original(image: np.ndarray, box: Optional[Box], config: DegradationConfig, image_seed: int) -> np.ndarray:
+    return _resize_square(image, config.out_size, config.resize_method)
+
+
+def _localized(image: np.ndarray, box: Optional[Box], config: DegradationConfig, image_seed: int) -> np.ndarray:
+    return _original(crop_to_box(image, box), None, config, image_seed)
+
+
+def _lowres(image: np.ndarray, box: Optional[Box], config: DegradationConfig, image_seed: int) -> np.ndarray:
+    if config.lowres_path == "paper":
+        image = _original(image, None, config, image_seed)
+    small = _resize_square(image, config.lowres_size, config.lowres_method)
+    return _resize_square(small, config.out_size, config.lowres_method)
+
+
+def _localized_lowres(image: np.ndarray, box: Optional[Box], config: DegradationConfig, image_seed: int) -> np.ndarray:
+    return _lowres(crop_to_box(image, box), None, config, image_seed)
+
+
+def _edges(image: np.ndarray, box: Optional[Box], config: DegradationConfig, image_seed: int) -> np.ndarray:
+    return sed_edges(_original(image, None, config, image_seed), config.sed_model)
+
+
+def _edges_sobel(image: np.ndarray, box: Optional[Box], config: DegradationConfig, image_seed: int) -> np.ndarray:
+    return sobel_edges(_original(image, None, config, image_seed))
+
+
+def _distorted(image: np.ndarray, box: Optional[Box], config: DegradationConfig, image_seed: int) -> np.ndarray:
+    return distort(image, image_seed, config.tps_config())
+
+
+def rgb2gray(image: np.ndarray) -> np.ndarray:
+    """MATLAB `rgb2gray` on uint8 RGB: weighted sum in double, rounded half away from zero, HxW uint8."""
+    lum = to_rgb_uint8(image).astype(np.float64) @ RGB2GRAY_WEIGHTS
+    return np.clip(np.floor(lum + 0.5), 0, 255).astype(np.uint8)
+
+
+def _gray(image: np.ndarray, box: Optional[Box], config: DegradationConfig, image_seed: int) -> np.ndarray:
+    gray = _resize_square(rgb2gray(image), config.out_size, config.resize_method)
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+DEGRADATIONS: dict[str, Degradation] = {
+    d.name: d
+    for d in (
+        Degradation("original", _original, False, False, "whole image resized to out_size (bicubic)"),
+        Degradation("localized", _localized, True, False, "cropped to the bounding box, resized to out_size"),
+        Degradation("lowres", _lowres, False, False, "shrunk to lowres_size, enlarged back to out_size"),
+        Degradation("localized_lowres", _localized_lowres, True, False, "cropped to the box, then lowres"),
+        Degradation("edges", _edges, False, False, "Structured Edge Detection (needs sed_model) of the resized image"),
+        Degradation("edges_sobel", _edges_sobel, False, False, "model-free Sobel edge magnitude (not the paper's SED)"),
+        Degradation("distorted", _distorted, False, True, "thin-plate-spline distortion, 14x14 grid, N(0, sigma^2) px"),
+        Degradation("gray", _gray, False, False, "MATLAB rgb2gray luminance, resized, 3 channels"),
+    )
+}
+
+
+def degrade(
+    name: str,
+    image: np.ndarray,
+    box: Optional[Box] = None,
+    config: DegradationConfig = DegradationConfig(),
+    image_seed: int = 0,
+) -> np.ndarray:
+    """Apply the degradation `name` to one uint8 image -> out_size x out_size x 3 uint8."""
+    entry = DEGRADATIONS.get(name)
+    if entry is None:
+        raise CqdError(f"unknown degradation {name!r}: use one of {', '.join(DEGRADATIONS)}")
+    if entry.needs_box and box is None:
+        raise CqdError(f"degradation {name!r} needs the image's bounding box")
+    result = entry.function(to_rgb_uint8(image), box, config, int(image_seed))
+    n = config.out_size
+    assert result.shape == (n, n, 3) and result.dtype == np.uint8, (name, result.shape, result.dtype)
+    return result

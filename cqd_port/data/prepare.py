@@ -1,0 +1,327 @@
+"""Degraded copies of a dataset on disk, as the released code made them.
+
+The original code wrote each cross-quality dataset once (MATLAB `imwrite`,
+JPEG at its default quality 75, every image 224x224) and trained from those
+files. We do the same: `prepare_dataset` reads every image, optionally crops
+it to its box, applies one degradation (`cqd_port.data.degrade`) and writes
+the result under the SAME relative path, then writes `manifest.json` (last)
+so `read_prepared` gives a `DatasetIndex` without the original annotation
+files.
+
+Source rule (docs/architecture.md, "Domains of each Table 1 task"):
+CUB degradations start from the bird cropped to its box (`lowres`, `edges`,
+`edges_sobel`, `distorted`, `gray`); `original`, `localized` and
+`localized_lowres` start from the full image (they crop themselves when they
+need to); CARS always starts from the full image. `source="full"` on CUB
+gives e.g. the Local.+Res. task's B (low resolution of the full image); an
+overridden source is marked in the folder name (`lowres-full`).
+
+Resumable (finished files are skipped; every write is atomic), parallel
+(`workers` processes; 0 = in-process) and deterministic: the random seed of
+each image (the distortion) is derived from the config's seed and the
+image's relative path, never from the order or the worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable
+
+import cv2
+import numpy as np
+
+from cqd_port.data.records import Box, DatasetIndex, ImageRecord, clip_box, map_box_to_resized, safe_join
+from cqd_port.errors import CqdError
+from cqd_port.fileio import atomic_path, atomic_write_json
+
+JPEG_QUALITY = 75  # MATLAB imwrite's default JPEG quality
+MANIFEST = "manifest.json"
+PARAMS_FILE = ".prepare-params.json"
+BOX_SOURCE_CUB = ("lowres", "edges", "edges_sobel", "distorted", "gray")
+
+
+def read_dataset(dataset: str, data_root: str | Path) -> DatasetIndex:
+    """Read `cub` or `cars` from `data_root`.
+
+    A `cars` root in the CUB layout (a synthetic `--style cars` dataset) is
+    read with the CUB reader.
+    """
+    from cqd_port.data.cars import read_cars
+    from cqd_port.data.cub import read_cub
+
+    root = Path(data_root)
+    if dataset == "cub":
+        return read_cub(root, name="cub")
+    if dataset == "cars":
+        if (root / "images.txt").is_file() and not (root / "cars_annos.mat").is_file():
+            return read_cub(root, name="cars")
+        return read_cars(root, name="cars")
+    raise CqdError(f"unknown --dataset '{dataset}'; use cub or cars")
+
+
+def default_source(dataset: str, degradation: str) -> str:
+    """'box' or 'full': where the released code started each degradation from."""
+    if dataset == "cub" and degradation in BOX_SOURCE_CUB:
+        return "box"
+    return "full"
+
+
+def output_dir(out: str | Path, dataset: str, degradation: str, source: str | None) -> Path:
+    """`<out>/<dataset>/<degradation>`, with `-full`/`-box` when the source differs from the default."""
+    folder = degradation
+    if source is not None and source != default_source(dataset, degradation):
+        folder = f"{degradation}-{source}"
+    return Path(out) / dataset / folder
+
+
+def image_seed(seed: int, relative_path: str) -> int:
+    """A stable 32-bit seed from (config seed, relative path); independent of order and worker."""
+    digest = hashlib.sha256(f"{int(seed)}:{relative_path}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(vars(config))
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return {k: plain(v) for k, v in data.items()}
+
+
+def _out_size(config: Any) -> int:
+    return int(getattr(config, "out_size", 224))
+
+
+def _output_box(record_box: Box | None, image_size: tuple[int, int], cropped: bool, out_size: int) -> Box | None:
+    """The record's box in the 224x224 output: the whole image when the output is the crop."""
+    if cropped:
+        return (1, 1, out_size, out_size)
+    if record_box is None:
+        return None
+    h, w = image_size
+    return map_box_to_resized(clip_box(record_box, w, h), (h, w), (out_size, out_size))
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file, from its header when possible."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as handle:
+            w, h = handle.size
+            return (h, w)
+    except Exception:  # noqa: BLE001 - fall back to a full decode
+        from cqd_port.data.batches import read_image_rgb
+
+        return read_image_rgb(path).shape[:2]
+
+
+def _init_worker() -> None:
+    # Each process handles one image at a time; cv2's own thread pool would oversubscribe the cores.
+    cv2.setNumThreads(1)
+
+
+def _process(job: tuple) -> tuple[str, tuple[int, int] | None, str | None]:
+    """Degrade one image and write it atomically. Returns (path, source size, error or None)."""
+    rel, src, dst, degradation, record_box, crop, config, seed = job
+    from cqd_port.data.degrade import crop_to_box, degrade
+
+    image = cv2.imread(str(src), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # MATLAB imread ignores EXIF
+    if image is None:
+        return rel, None, "cannot be decoded"
+    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    size = image.shape[:2]
+    box = record_box
+    if crop and record_box is None:
+        return rel, size, "has no bounding box to crop to"
+    try:
+        if crop:
+            image = crop_to_box(image, record_box)
+            box = (1, 1, image.shape[1], image.shape[0])
+        elif box is not None:
+            box = clip_box(box, size[1], size[0])
+        result = degrade(degradation, np.ascontiguousarray(image), box, config, seed)
+    except Exception as exc:  # noqa: BLE001 - collect per-image failures and report them together
+        return rel, size, f"{degradation} failed: {exc}"
+    result = np.asarray(result)
+    if result.dtype != np.uint8 or result.ndim != 3 or result.shape[2] != 3:
+        return rel, size, f"degradation {degradation} returned {result.dtype} {result.shape}, expected HxWx3 uint8"
+    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if dst.suffix.lower() in (".jpg", ".jpeg") else []
+    with atomic_path(dst) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(result, cv2.COLOR_RGB2BGR), params):
+            raise CqdError(f"cannot write {dst}; check the --out folder is writable and has space")
+    return rel, size, None
+
+
+def _run(jobs: list[tuple], workers: int, progress: bool, label: str) -> Iterable[tuple[str, tuple[int, int] | None, str | None]]:
+    bar = None
+    if progress and jobs:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        bar.start()
+        task = bar.add_task(label, total=len(jobs))
+    try:
+        if workers <= 0:
+            for job in jobs:
+                yield _process(job)
+                if bar is not None:
+                    bar.advance(task)
+        else:
+            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+                for result in pool.map(_process, jobs, chunksize=4):
+                    yield result
+                    if bar is not None:
+                        bar.advance(task)
+    finally:
+        if bar is not None:
+            bar.stop()
+
+
+def prepare_dataset(
+    dataset: str,
+    degradation: str,
+    data_root: str | Path,
+    out: str | Path,
+    source: str | None = None,
+    workers: int = 0,
+    config: Any = None,
+    progress: bool = True,
+) -> Path:
+    """Write `<out>/<dataset>/<degradation>[-source]` (224x224 JPEG q75, same relative paths + manifest.json).
+
+    Returns the output folder. Raises CqdError listing every missing or
+    unreadable image together; the manifest is only written when all images
+    are done, and a rerun skips every file already written.
+    """
+    from cqd_port.data.degrade import DEGRADATIONS, DegradationConfig
+
+    if config is None:
+        config = DegradationConfig()
+    if degradation not in DEGRADATIONS:
+        raise CqdError(f"unknown --degradation '{degradation}'; choose one of {', '.join(DEGRADATIONS)}")
+    if source not in (None, "box", "full"):
+        raise CqdError(f"unknown --source '{source}'; use box or full")
+    needs_box = bool(getattr(DEGRADATIONS[degradation], "needs_box", False))
+    effective = source if source is not None else default_source(dataset, degradation)
+    if needs_box and effective == "box":
+        raise CqdError(f"--source box does not apply to '{degradation}', which crops to the box itself; drop --source")
+    if degradation == "edges":
+        from cqd_port.data.edges import load_sed_model
+
+        load_sed_model(getattr(config, "sed_model", None))  # a missing or broken model fails once, up front
+    index = read_dataset(dataset, data_root)
+    index.check_images_exist()
+    if (effective == "box" or needs_box) and any(r.box is None for r in index.records):
+        raise CqdError(f"'{degradation}' from the box needs bounding boxes, but {index.root} has images without one; use --source full")
+
+    target = output_dir(out, dataset, degradation, source)
+    target.mkdir(parents=True, exist_ok=True)
+    out_size = _out_size(config)
+    params = {
+        "dataset": dataset,
+        "degradation": degradation,
+        "source": effective,
+        "data_root": str(Path(data_root).resolve()),
+        "parameters": _config_dict(config),
+        "jpeg_quality": JPEG_QUALITY,
+    }
+    params_path = target / PARAMS_FILE
+    if params_path.is_file():
+        try:
+            previous = json.loads(params_path.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous != params:
+            raise CqdError(
+                f"{target} was prepared with different settings ({params_path}); use another --out folder or delete {target}"
+            )
+    else:
+        atomic_write_json(params_path, params)
+
+    crop = effective == "box"
+    sizes: dict[str, tuple[int, int]] = {}
+    jobs = []
+    for record in index.records:
+        dst = safe_join(target, record.path)
+        if dst.is_file():
+            continue
+        jobs.append((record.path, index.resolve(record), dst, degradation, record.box, crop, config, image_seed(getattr(config, "seed", 0), record.path)))
+    failures: list[str] = []
+    label = f"{dataset}/{target.name}"
+    for rel, size, error in _run(jobs, workers, progress, label):
+        if error is not None:
+            failures.append(f"{rel} ({error})")
+        elif size is not None:
+            sizes[rel] = tuple(size)  # type: ignore[assignment]
+    if failures:
+        shown = "; ".join(failures[:5]) + ("; ..." if len(failures) > 5 else "")
+        raise CqdError(
+            f"{len(failures)} images could not be prepared ({shown}); replace or remove them under {index.root} and rerun "
+            "(finished images are kept)"
+        )
+
+    records = []
+    for record in index.records:
+        if record.path not in sizes and not (crop or needs_box) and record.box is not None:
+            sizes[record.path] = _image_size(index.resolve(record))
+        out_box = _output_box(record.box, sizes.get(record.path, (out_size, out_size)), crop or needs_box, out_size)
+        records.append(dataclasses.replace(record, box=out_box).to_dict())
+    from cqd_port.data.synth import is_synthetic
+
+    synthetic = is_synthetic(index.root)
+    manifest = {
+        "format": 1,
+        "synthetic": synthetic,
+        "dataset": dataset,
+        "degradation": degradation,
+        "source": effective,
+        "source_root": str(Path(index.root).resolve()),
+        "out_size": out_size,
+        "jpeg_quality": JPEG_QUALITY,
+        "parameters": params["parameters"],
+        "counts": {
+            "images": len(records),
+            "train": sum(1 for r in index.records if r.train),
+            "test": sum(1 for r in index.records if not r.train),
+            "classes": index.num_classes,
+        },
+        "class_names": index.class_names,
+        "records": records,
+    }
+    if synthetic:
+        atomic_write_json(target / "synthetic.json", {"synthetic": True, "prepared_from": str(Path(index.root).resolve())})
+    atomic_write_json(target / MANIFEST, manifest)
+    return target
+
+
+def read_prepared(directory: str | Path) -> DatasetIndex:
+    """The `DatasetIndex` of a prepared folder, from its `manifest.json` alone."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise CqdError(f"{directory} has no {MANIFEST}; run `cqd-port prepare` for it first (an interrupted run resumes)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        records = [ImageRecord.from_dict(r) for r in manifest["records"]]
+        class_names = [str(n) for n in manifest["class_names"]]
+        name = f"{manifest['dataset']}-{directory.name}"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CqdError(f"{path} is corrupt ({exc}); delete it and rerun `cqd-port prepare`") from exc
+    index = DatasetIndex(root=directory, name=name, class_names=class_names, records=records)
+    for record in records:
+        index.resolve(record)
+        if not 0 <= record.label < len(class_names):
+            raise CqdError(f"{path}: record {record.path} has label {record.label} outside 0..{len(class_names) - 1}; rerun prepare")
+    return index

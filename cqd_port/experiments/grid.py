@@ -1,0 +1,433 @@
+"""The experiment grid: which runs a table needs, in which order, and running them.
+
+`plan_grid` turns (table, tasks, methods) into cells and the runs they need,
+shared where two cells ask for the same computation (the CUB A model serves
+five columns); the runs form a DAG (an A model before the runs that start from
+it or distil from it) listed in an order that respects it. `run_grid`
+executes the plan resumably: a run whose `run.json` says finished is skipped,
+an unfinished one continues from its checkpoint; independent runs go in
+parallel with one process per listed GPU, otherwise one after the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cqd_port.errors import CqdError
+from cqd_port.experiments.methods import AUGMENTATION_CLASSES, IMAGENET, METHODS, RunSpec
+from cqd_port.experiments.paper import paper_table
+from cqd_port.experiments.tasks import DataVariant, Task, select_tasks, table_tasks, with_epochs
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """A cell of the table and the run whose test accuracy fills it."""
+
+    task: str
+    method: str
+    run: str
+
+
+@dataclass
+class GridPlan:
+    """Cells to fill and the runs they need (dependencies first)."""
+
+    table: int
+    cells: list[CellPlan]
+    runs: dict[str, RunSpec] = field(default_factory=dict)
+
+    def variants(self) -> list[DataVariant]:
+        """Every prepared data variant some run reads, in first-use order."""
+        seen: dict[DataVariant, None] = {}
+        for run in self.runs.values():
+            for variant in (*run.train, run.test):
+                seen.setdefault(variant, None)
+        return list(seen)
+
+    def archs(self) -> list[str]:
+        """Every network that starts from ImageNet weights somewhere in the plan."""
+        seen: dict[str, None] = {}
+        for run in self.runs.values():
+            if run.trains and run.init == IMAGENET:
+                seen.setdefault(run.arch, None)
+        return list(seen)
+
+
+def _task_runs(task: Task, method: str, a_key: str, class_factor: int) -> RunSpec:
+    """The run answering (task, method), its A-model dependency given as `a_key`."""
+    spec = METHODS[method]
+    teacher_arch, student_arch = task.teacher_arch, task.student_arch
+    key = f"{task.name}/{method}"
+    if method == "upper_bound":
+        return RunSpec(key, method, task.name, teacher_arch, (task.a,), task.a, IMAGENET, task.hyper, task.batch_size(teacher_arch))
+    if method == "no_adaptation":
+        return RunSpec(key, method, task.name, teacher_arch, (), task.b, a_key, task.hyper, task.batch_size(teacher_arch), depends=(a_key,))
+    init = a_key if spec.start == "a_model" else IMAGENET
+    if init == a_key and teacher_arch != student_arch:
+        raise CqdError(f"{task.name}/{method}: cannot start a {student_arch} from the {teacher_arch} A model")
+    train = (task.a, task.b) if spec.train == "A+B" else (task.b,)
+    depends = (a_key,) if (spec.distill or init == a_key) else ()
+    return RunSpec(
+        key,
+        method,
+        task.name,
+        student_arch,
+        train,
+        task.b,
+        init,
+        task.hyper,
+        task.batch_size(student_arch),
+        class_factor=class_factor if spec.train == "A+B" else 1,
+        teacher=a_key if spec.distill else None,
+        teacher_arch=teacher_arch if spec.distill else None,
+        teacher_data=task.a if spec.distill else None,
+        depends=depends,
+    )
+
+
+def plan_grid(
+    table: int,
+    tasks: list[str] | None = None,
+    methods: list[str] | None = None,
+    epochs: int | None = None,
+    augmentation_classes: str = "2k",
+) -> GridPlan:
+    """Cells of Table `table` for the chosen tasks and methods, and the runs they need.
+
+    A run is shared between cells that ask for the same computation; its folder
+    is named after the first task that needs it in the paper's order (tasks
+    with f = g first), whatever subset is selected, so a partial grid and the
+    full one put the same run in the same folder.
+    """
+    paper = paper_table(table)
+    if augmentation_classes not in AUGMENTATION_CLASSES:
+        raise CqdError(f"--augmentation-classes {augmentation_classes}: use 2k (the released code) or k")
+    chosen_methods = list(methods) if methods else list(paper.methods)
+    unknown = [m for m in chosen_methods if m not in paper.methods]
+    if unknown:
+        raise CqdError(f"--methods: unknown method(s) {', '.join(unknown)} for Table {table} (choose from {', '.join(paper.methods)})")
+    chosen_tasks = {t.name for t in select_tasks(table, tasks)}
+    class_factor = 2 if augmentation_classes == "2k" else 1
+
+    all_tasks = [with_epochs(t, epochs) for t in table_tasks(table)]
+    preference = sorted(all_tasks, key=lambda t: t.teacher_arch != t.student_arch)  # stable: f = g owners first
+    by_signature: dict[tuple, str] = {}
+    runs: dict[str, RunSpec] = {}
+    cell_run: dict[tuple[str, str], str] = {}
+    for task in preference:
+        a_key = None
+        for method in ("upper_bound", *[m for m in paper.methods if m != "upper_bound"]):
+            run = _task_runs(task, method, a_key or "", class_factor)
+            signature = run.signature()
+            key = by_signature.setdefault(signature, run.key)
+            if key == run.key:
+                runs[key] = run
+            if method == "upper_bound":
+                a_key = key
+            cell_run[(task.name, method)] = key
+
+    cells = [
+        CellPlan(t.name, m, cell_run[(t.name, m)])
+        for m in paper.methods
+        if m in chosen_methods
+        for t in all_tasks
+        if t.name in chosen_tasks
+    ]
+    needed: set[str] = set()
+    stack = [c.run for c in cells]
+    while stack:
+        key = stack.pop()
+        if key not in needed:
+            needed.add(key)
+            stack.extend(runs[key].depends)
+    ordered = {k: r for k, r in runs.items() if k in needed}  # registration order puts dependencies first
+    return GridPlan(table, cells, ordered)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass
+class GridConfig:
+    """Where data, models and runs live, and how runs execute.
+
+    `pretrained` maps a network ("vgg-m", "vgg-vd-16") to the model file that
+    stands in for the ImageNet model (the demo's pretrained stand-in); when
+    absent the file is looked up in `models`. `lr_scale` multiplies the
+    released schedule (the demo's short runs); the input size and average
+    colour come from the model's meta; `preload` decodes every image once into a
+    tensor (the demo); `prepare` lets a missing data variant be prepared.
+    """
+
+    out: Path
+    prepared: Path = Path("data/prepared")
+    models: Path = Path("models")
+    cub_root: Path | None = None
+    cars_root: Path | None = None
+    sed_model: Path | None = None
+    device: str = "auto"
+    gpus: tuple[int, ...] = ()
+    tf32: bool = False
+    workers: int = 4
+    seed: int = 0
+    lrn_mode: str = "exact"
+    pretrained: dict[str, Path] = field(default_factory=dict)
+    lr_scale: float = 1.0
+    preload: bool = False
+    progress: bool = True
+    synthetic: bool = False
+    edges_method: str | None = None  # None: SED when --sed-model is given (the paper), else the prepare default
+    prepare_config: dict | None = None  # extra DegradationConfig fields
+    batch_size: int | None = None  # overrides the paper's batch size (the demo's small data)
+
+    def concrete(self, variant: DataVariant) -> DataVariant:
+        """The variant actually prepared: `edges` becomes `edges_method` when one is set (the demo's Sobel edges)."""
+        if variant.degradation == "edges" and self.edges_method and self.edges_method != "edges":
+            return DataVariant(variant.dataset, self.edges_method, variant.source)
+        return variant
+
+    def variant_dir(self, variant: DataVariant) -> Path:
+        """The prepared copy of a data variant: `<prepared>/<dataset>/<folder>` (`cqd_port.data.prepare.output_dir`)."""
+        from cqd_port.data.prepare import output_dir
+
+        concrete = self.concrete(variant)
+        return output_dir(self.prepared, concrete.dataset, concrete.degradation, concrete.source)
+
+    def dataset_root(self, dataset: str) -> Path | None:
+        return self.cub_root if dataset == "cub" else self.cars_root
+
+    def model_file(self, arch: str) -> Path:
+        """The ImageNet (or stand-in) model for `arch`; CqdError naming the file and convert-weights when missing."""
+        from cqd_port.experiments.networks import imagenet_model_path
+
+        if arch in self.pretrained:
+            path = Path(self.pretrained[arch])
+            if not path.is_file():
+                raise CqdError(f"pretrained model for {arch} missing: {path}")
+            return path
+        return imagenet_model_path(self.models, arch)
+
+
+def run_dir(config: GridConfig, key: str) -> Path:
+    return Path(config.out) / key
+
+
+def run_status(config: GridConfig, key: str) -> str:
+    """'finished', 'running' (started, not finished: resumes from its checkpoint) or 'pending'."""
+    import json
+
+    path = run_dir(config, key) / "run.json"
+    if not path.is_file():
+        return "pending"
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8")).get("status", "pending"))
+    except (OSError, ValueError):
+        return "pending"
+
+
+def describe_plan(plan: GridPlan, config: GridConfig) -> list[str]:
+    """What `reproduce --dry-run` prints: every cell, its run, the runs, data variants and models.
+
+    Reads only; nothing is created.
+    """
+    from cqd_port.experiments.networks import IMAGENET_FILES
+
+    lines = [f"Table {plan.table}: {len(plan.cells)} cells, {len(plan.runs)} runs, output {config.out}", "", "cells (task / method -> run):"]
+    for cell in plan.cells:
+        shared = "" if cell.run == f"{cell.task}/{cell.method}" else "  (shared run)"
+        lines.append(f"  {cell.task} / {cell.method} -> {cell.run}{shared}")
+    lines += ["", "runs (in dependency order):"]
+    for key, run in plan.runs.items():
+        after = f"  [after {', '.join(run.depends)}]" if run.depends else ""
+        lines.append(f"  {key} [{run_status(config, key)}]: {run.describe()}{after}")
+    lines += ["", "data variants:"]
+    for variant in plan.variants():
+        path = config.variant_dir(variant)
+        state = "exists" if (path / "manifest.json").is_file() else "missing, will be prepared"
+        root = config.dataset_root(variant.dataset)
+        if state != "exists" and root is None:
+            state = f"missing; needs --{variant.dataset}-root to prepare it"
+        lines.append(f"  {config.concrete(variant).label}: {path} ({state})")
+    lines += ["", "pretrained models:"]
+    for arch in plan.archs():
+        if arch in config.pretrained:
+            path = Path(config.pretrained[arch])
+            lines.append(f"  {arch}: {path} ({'exists' if path.is_file() else 'missing'})")
+            continue
+        stem = IMAGENET_FILES[arch]
+        candidates = [Path(config.models) / f"{stem}{s}" for s in (".pt", ".mat")]
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is not None:
+            lines.append(f"  {arch}: {found} (exists)")
+        else:
+            lines.append(f"  {arch}: {candidates[0]} (missing; run `cqd-port convert-weights {candidates[1]}`)")
+    return lines
+
+
+# --------------------------------------------------------------------------- execution
+
+
+def ensure_variant(variant: DataVariant, config: GridConfig, progress: bool = True) -> Path:
+    """The prepared folder of `variant`, preparing it from the raw dataset when it is missing.
+
+    Preparation resumes where an interrupted one stopped (`prepare_dataset`).
+    CqdError naming the folder and the option when the raw dataset is not given.
+    """
+    from cqd_port.data.prepare import MANIFEST, prepare_dataset
+
+    folder = config.variant_dir(variant)
+    if (folder / MANIFEST).is_file():
+        return folder
+    concrete = config.concrete(variant)
+    root = config.dataset_root(variant.dataset)
+    if root is None:
+        raise CqdError(
+            f"prepared data {folder} missing; pass --{variant.dataset}-root DIR (the raw dataset) so it can be prepared, "
+            f"or run `cqd-port prepare --dataset {variant.dataset} --degradation {concrete.degradation}"
+            f"{' --source ' + concrete.source if concrete.source else ''} --out {config.prepared}`"
+        )
+    from cqd_port.data.degrade import DegradationConfig
+
+    extra = dict(config.prepare_config or {})
+    if config.sed_model is not None and "sed_model" in DegradationConfig.__dataclass_fields__:
+        extra.setdefault("sed_model", str(config.sed_model))
+    degradation_config = DegradationConfig(**extra)
+    return prepare_dataset(
+        concrete.dataset,
+        concrete.degradation,
+        root,
+        config.prepared,
+        source=concrete.source,
+        workers=config.workers,
+        config=degradation_config,
+        progress=progress,
+    )
+
+
+@dataclass
+class GridOutcome:
+    """What `run_grid` leaves: the results files, their Markdown, each run's run.json."""
+
+    results_json: Path
+    results_md: Path
+    markdown: str
+    runs: dict[str, dict]
+
+
+def check_inputs(plan: GridPlan, config: GridConfig) -> None:
+    """Fail before any work when an unfinished run needs a missing model or unpreparable data."""
+    pending = [r for k, r in plan.runs.items() if run_status(config, k) != "finished"]
+    for arch in dict.fromkeys(r.arch for r in pending if r.trains and r.init == IMAGENET):
+        config.model_file(arch)
+    from cqd_port.data.prepare import MANIFEST
+
+    for variant in dict.fromkeys(v for r in pending for v in (*r.train, r.test, *( (r.teacher_data,) if r.teacher_data else ()))):
+        folder = config.variant_dir(variant)
+        if not (folder / MANIFEST).is_file() and config.dataset_root(variant.dataset) is None:
+            concrete = config.concrete(variant)
+            raise CqdError(
+                f"prepared data {folder} missing; pass --{variant.dataset}-root DIR (the raw dataset) so it can be prepared, "
+                f"or run `cqd-port prepare --dataset {variant.dataset} --degradation {concrete.degradation}"
+                f"{' --source ' + concrete.source if concrete.source else ''} --out {config.prepared}`"
+            )
+
+
+def collect_cells(plan: GridPlan, config: GridConfig):
+    """The table's cells from the run folders' run.json (accuracy None where a run has not finished)."""
+    from cqd_port.experiments.methods import read_run_json
+    from cqd_port.experiments.results import Cell
+
+    paper = paper_table(plan.table)
+    cells = []
+    for cell in plan.cells:
+        record = read_run_json(run_dir(config, cell.run))
+        accuracy = record.get("accuracy") if record.get("status") == "finished" else None
+        cells.append(Cell(cell.task, cell.method, None if accuracy is None else float(accuracy), paper.value(cell.task, cell.method)))
+    return cells
+
+
+def run_grid(plan: GridPlan, config: GridConfig, on_run=None) -> GridOutcome:
+    """Execute every run of `plan` (skipping finished ones), then write results.json and results.md.
+
+    Sequential on one device, or with `config.gpus` one worker process per GPU,
+    each taking the next run whose dependencies have finished. `on_run(key,
+    record)` is called after each run (the demo's progress bar).
+    """
+    from cqd_port.experiments.methods import DomainData, execute_run
+    from cqd_port.experiments.results import write_results
+
+    check_inputs(plan, config)
+    Path(config.out).mkdir(parents=True, exist_ok=True)
+    records: dict[str, dict] = {}
+    if len(config.gpus) > 1:
+        records = _run_parallel(plan, config, on_run)
+    else:
+        device = f"cuda:{config.gpus[0]}" if config.gpus else config.device
+        data = DomainData(lambda v: ensure_variant(v, config, config.progress), preload=config.preload, workers=config.workers)
+        total = len(plan.runs)
+        for number, (key, run) in enumerate(plan.runs.items(), start=1):
+            status = run_status(config, key)
+            if config.progress and on_run is None:
+                verb = {"finished": "done, skipped", "running": "resuming"}.get(status, "starting")
+                print(f"[{number}/{total}] {key}: {verb}", flush=True)
+            records[key] = execute_run(run, config, data, device=device)
+            if on_run is not None:
+                on_run(key, records[key])
+    json_path, md_path = write_results(config.out, plan.table, config.synthetic, collect_cells(plan, config))
+    return GridOutcome(json_path, md_path, md_path.read_text(encoding="utf-8"), records)
+
+
+def _worker(run, config: GridConfig, device: str) -> dict:
+    """One run in a worker process (its own data cache; no progress bars)."""
+    from dataclasses import replace
+
+    from cqd_port.experiments.methods import DomainData, execute_run
+
+    config = replace(config, progress=False)
+    data = DomainData(lambda v: ensure_variant(v, config, False), preload=config.preload, workers=0)
+    return execute_run(run, config, data, device=device, progress=False)
+
+
+def _run_parallel(plan: GridPlan, config: GridConfig, on_run=None) -> dict[str, dict]:
+    """Independent runs at the same time, one process per GPU, dependencies first.
+
+    Data variants are prepared up front in this process so that two workers
+    never write the same folder.
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from rich.progress import Progress
+
+    for variant in plan.variants():
+        ensure_variant(variant, config, config.progress)
+    done: dict[str, dict] = {k: {} for k in plan.runs if run_status(config, k) == "finished"}
+    records: dict[str, dict] = {}
+    free = list(config.gpus)
+    running: dict = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=len(config.gpus), mp_context=context) as pool, Progress(disable=not config.progress) as bar:
+        task = bar.add_task(f"Table {plan.table} runs ({len(config.gpus)} GPUs)", total=len(plan.runs), completed=len(done))
+        pending = [k for k in plan.runs if k not in done]
+        while pending or running:
+            for key in list(pending):
+                if not free:
+                    break
+                if all(dep in done for dep in plan.runs[key].depends):
+                    gpu = free.pop(0)
+                    running[pool.submit(_worker, plan.runs[key], config, f"cuda:{gpu}")] = (key, gpu)
+                    pending.remove(key)
+                    bar.console.print(f"{key}: started on cuda:{gpu}")
+            if not running:
+                raise CqdError(f"runs {', '.join(pending)} wait for runs that cannot finish; check their run.json")
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in finished:
+                key, gpu = running.pop(future)
+                free.append(gpu)
+                records[key] = done[key] = future.result()  # re-raises a worker's error here
+                bar.advance(task)
+                bar.console.print(f"{key}: finished, accuracy {records[key].get('accuracy', float('nan')):.2f}%")
+                if on_run is not None:
+                    on_run(key, records[key])
+    return records

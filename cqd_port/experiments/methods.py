@@ -1,0 +1,379 @@
+"""The methods of Tables 1 and 2 and what one run of them does.
+
+A *cell* of a table (task x method) is answered by a *run*: one network
+trained (or only evaluated) on given domains, from a given start, in its own
+run folder. Several cells may share a run (the A model of CUB serves the
+upper bound of five columns, the no-adaptation test, the staged and A-CQD
+starts and the CQD teacher), which `cqd_port.experiments.grid` works out.
+
+Methods (paper Section 4, 'Methods', and the released code):
+
+| method | trains on | tests on | starts from | objective |
+|---|---|---|---|---|
+| upper_bound | A | A | ImageNet, new fc8 | softmax-log |
+| no_adaptation | (the A model) | B | - | evaluation only |
+| fine_tuning | B | B | ImageNet, new fc8 | softmax-log |
+| data_augmentation | A+B | B | ImageNet, new fc8 (2k-way by default) | softmax-log |
+| staged | B | B | the whole A model (fc8 and its multipliers included) | softmax-log |
+| cqd | B | B | ImageNet, new fc8 | softmax-log + lambda * distillation from the A model |
+| a_cqd | B | B | the whole A model | same as cqd |
+
+Data augmentation as released concatenates the class lists of the two
+domains, so `fc8` is 2k-way while the labels of both domains stay in 1..k
+(outputs k+1..2k are never a target); the test takes the argmax over the
+label range 1..k. `augmentation_classes="k"` trains a plain k-way fc8.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import torch
+
+from cqd_port.errors import CqdError
+from cqd_port.experiments.tasks import DataVariant, Hyper
+from cqd_port.fileio import atomic_write_json
+
+if TYPE_CHECKING:
+    from cqd_port.experiments.grid import GridConfig
+
+IMAGENET = "imagenet"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """How a method trains: domains, start, objective (see the module table)."""
+
+    name: str
+    train: str  # "A", "B", "A+B" or "" (evaluation only)
+    test: str  # "A" or "B"
+    start: str  # "imagenet" or "a_model"
+    distill: bool = False
+
+    @property
+    def trains(self) -> bool:
+        return bool(self.train)
+
+
+METHODS: dict[str, MethodSpec] = {
+    "upper_bound": MethodSpec("upper_bound", "A", "A", IMAGENET),
+    "no_adaptation": MethodSpec("no_adaptation", "", "B", "a_model"),
+    "fine_tuning": MethodSpec("fine_tuning", "B", "B", IMAGENET),
+    "data_augmentation": MethodSpec("data_augmentation", "A+B", "B", IMAGENET),
+    "staged": MethodSpec("staged", "B", "B", "a_model"),
+    "cqd": MethodSpec("cqd", "B", "B", IMAGENET, distill=True),
+    "a_cqd": MethodSpec("a_cqd", "B", "B", "a_model", distill=True),
+}
+
+AUGMENTATION_CLASSES = ("2k", "k")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: a network trained (or evaluated) in the run folder `<out>/<key>`.
+
+    `init` is "imagenet" (the ImageNet model with a fresh fc8) or the key of the
+    run whose `final.pt` it starts from; `teacher` the key of the run whose model
+    gives the distillation targets; `depends` every run that must finish first.
+    """
+
+    key: str
+    method: str
+    task: str
+    arch: str
+    train: tuple[DataVariant, ...]
+    test: DataVariant
+    init: str
+    hyper: Hyper
+    batch_size: int
+    class_factor: int = 1  # 2: the released A+B's 2k-way fc8
+    teacher: str | None = None
+    teacher_arch: str | None = None
+    teacher_data: DataVariant | None = None  # the teacher's (A) domain, paired image by image with train[0]
+    depends: tuple[str, ...] = ()
+
+    @property
+    def trains(self) -> bool:
+        return bool(self.train)
+
+    @property
+    def distill(self) -> bool:
+        return self.teacher is not None
+
+    def signature(self) -> tuple:
+        """What makes two runs the same computation (the folder name aside)."""
+        return (
+            self.method if self.method in ("no_adaptation",) else ("train", self.distill),
+            self.arch,
+            self.train,
+            self.test if not self.trains else None,
+            self.test,
+            self.init,
+            self.hyper.schedule,
+            self.hyper.epochs,
+            self.batch_size,
+            self.class_factor,
+            self.teacher,
+            self.teacher_arch,
+            self.teacher_data,
+            (self.hyper.lambda_, self.hyper.temperature) if self.distill else None,
+        )
+
+    def describe(self) -> str:
+        """One line for `--dry-run`."""
+        if not self.trains:
+            what = f"evaluate {self.init} on {self.test.label}"
+        else:
+            train = " + ".join(v.label for v in self.train)
+            start = "ImageNet " + self.arch if self.init == IMAGENET else f"{self.init}/final.pt"
+            what = f"train {self.arch} on {train} from {start}, test on {self.test.label}"
+            if self.class_factor != 1:
+                what += f", fc8 {self.class_factor}k-way"
+            if self.distill:
+                what += f", distill from {self.teacher} (lambda {self.hyper.lambda_:g}, T {self.hyper.temperature:g})"
+            what += f", {self.hyper.epochs} epochs, batch {self.batch_size}"
+        return what
+
+
+# --------------------------------------------------------------------------- running one run
+
+RUN_JSON = "run.json"
+FINAL_MODEL = "final.pt"
+TEACHER_CACHE = "teacher-logits"
+
+
+def input_normalization(meta: dict[str, Any], image_size: int | None = None) -> tuple[tuple[int, int], np.ndarray]:
+    """Input side and average colour the network expects, from its `meta.normalization`.
+
+    As the released code (`getBatch` of the B-CNN/CQD code): images are resized
+    to `imageSize(1:2)` and the network's average *colour*
+    `mean(mean(averageImage, 1), 2)` is subtracted; a full HxWx3 average image
+    is reduced to its mean colour for that reason. `image_size` overrides the
+    size (the demo's reduced networks carry their own in meta anyway).
+    """
+    norm = meta.get("normalization", {}) or {}
+    size = norm.get("imageSize") or [224, 224]
+    hw = (int(image_size), int(image_size)) if image_size else (int(size[0]), int(size[1]))
+    avg = norm.get("averageImage")
+    if avg is None:
+        avg_colour = np.zeros((1, 1, 3), dtype=np.float32)
+    else:
+        avg = np.asarray(avg, dtype=np.float32)
+        avg_colour = avg.reshape(-1, 3).mean(axis=0).reshape(1, 1, 3) if avg.size != 3 else avg.reshape(1, 1, 3)
+    return hw, avg_colour.astype(np.float32)
+
+
+class DomainData:
+    """Prepared data variants as datasets, cached for the life of a grid.
+
+    `ensure(variant)` returns the prepared folder of a variant, preparing it
+    when missing (see `cqd_port.experiments.grid.ensure_variant`). With
+    `preload`, each (variant, records, size, average) is decoded once into a
+    tensor and reused by every later run.
+    """
+
+    def __init__(self, ensure: Callable[[Any], Path], preload: bool = False, workers: int = 0):
+        self._ensure = ensure
+        self._preload = preload
+        self._workers = workers
+        self._indices: dict[Any, Any] = {}
+        self._datasets: dict[tuple, Any] = {}
+
+    def index(self, variant):
+        if variant not in self._indices:
+            from cqd_port.data.prepare import read_prepared
+
+            self._indices[variant] = read_prepared(self._ensure(variant))
+        return self._indices[variant]
+
+    def dataset(self, variant, records, image_size: tuple[int, int], average: np.ndarray):
+        from cqd_port.data.batches import ImageFolderDataset, preload
+
+        key = (variant, tuple(r.path for r in records), image_size, average.tobytes())
+        if key in self._datasets:
+            return self._datasets[key]
+        dataset = ImageFolderDataset(self.index(variant), records, image_size, average)
+        if self._preload:
+            dataset = preload(dataset, workers=self._workers)
+            self._datasets[key] = dataset
+        return dataset
+
+
+def _concat(datasets: list):
+    """A+B training set: one dataset of both domains (positions renumbered)."""
+    from cqd_port.data.batches import PreloadedDataset
+
+    if all(isinstance(d, PreloadedDataset) for d in datasets):
+        return PreloadedDataset(torch.cat([d.images for d in datasets]), torch.cat([d.label_tensor for d in datasets]))
+
+    class _Concat(torch.utils.data.Dataset):
+        def __init__(self, parts):
+            self.parts = parts
+            self.offsets = np.cumsum([0, *[len(p) for p in parts]])
+
+        def __len__(self):
+            return int(self.offsets[-1])
+
+        def __getitem__(self, position):
+            part = int(np.searchsorted(self.offsets, position, side="right") - 1)
+            image, label, _ = self.parts[part][position - int(self.offsets[part])]
+            return image, label, position
+
+    return _Concat(datasets)
+
+
+def read_run_json(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / RUN_JSON
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _load_trained(folder: Path, lrn_mode: str):
+    from matconvnet_weights.convert import load_model
+
+    path = Path(folder) / FINAL_MODEL
+    if not path.is_file():
+        raise CqdError(f"{path} missing: the run {folder.name} has not finished; rerun `cqd-port reproduce` to train it first")
+    return load_model(path, lrn_mode=lrn_mode)
+
+
+def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: str | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """Run `run` to completion in `<out>/<key>` (continuing from its checkpoint) and return its run.json.
+
+    A finished run (run.json status 'finished') is returned as it is.
+    """
+    from cqd_port.experiments.networks import finetune_network, load_pretrained, trained_network
+    from cqd_port.train.evaluate import evaluate
+    from cqd_port.train.objective import Objective
+    from cqd_port.train.schedules import get_schedule, shorten_schedule
+    from cqd_port.train.teacher import teacher_logits
+    from cqd_port.train.trainer import TrainConfig, train
+
+    out = Path(config.out)
+    folder = out / run.key
+    record = read_run_json(folder)
+    if record.get("status") == "finished":
+        return record
+    device = device or config.device
+    progress = config.progress if progress is None else progress
+    batch_size = config.batch_size or run.batch_size
+    started = time.perf_counter()
+    record = {
+        "key": run.key,
+        "task": run.task,
+        "method": run.method,
+        "arch": run.arch,
+        "status": "running",
+        "train": [v.label for v in run.train],
+        "test": run.test.label,
+        "init": run.init,
+        "teacher": run.teacher,
+        "description": run.describe(),
+        "synthetic": bool(config.synthetic),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / RUN_JSON, record)
+
+    if not run.trains:  # no adaptation: the A model on B's test images
+        model = _load_trained(out / run.init, config.lrn_mode)
+        size, average = input_normalization(model.meta, None)
+        index = data.index(run.test)
+        test_set = data.dataset(run.test, index.test_records(), size, average)
+        from cqd_port.train.device import select_device
+
+        dev = select_device(device)
+        evaluation = evaluate(model.to(dev), test_set, batch_size=batch_size, device=dev)
+        evaluation.save(folder / "evaluation.json")
+        record.update(status="finished", accuracy=evaluation.accuracy, seconds=time.perf_counter() - started)
+        atomic_write_json(folder / RUN_JSON, record)
+        return record
+
+    # network
+    if run.init == IMAGENET:
+        source = config.model_file(run.arch)
+        specs, state, meta = load_pretrained(source, config.lrn_mode)
+        num_classes = data.index(run.test).num_classes
+        network = finetune_network(specs, state, meta, num_classes * run.class_factor, seed=config.seed, source=str(source))
+    else:
+        network = trained_network(out / run.init / FINAL_MODEL)
+        num_classes = int(network.state["fc8.weight"].shape[0])
+    model = network.build(config.lrn_mode)
+    size, average = input_normalization(network.meta, None)
+
+    # data: B (or A, or A+B) training images, paired with A's for the teacher
+    test_index = data.index(run.test)
+    test_set = data.dataset(run.test, test_index.test_records(), size, average)
+    logits = None
+    if run.distill:
+        a_variant = run.teacher_data
+        a_records, b_records = _paired_train(data, a_variant, run.train[0])
+        train_set = data.dataset(run.train[0], b_records, size, average)
+        teacher = _load_trained(out / run.teacher, config.lrn_mode)
+        t_size, t_average = input_normalization(teacher.meta, None)
+        teacher_set = data.dataset(a_variant, a_records, t_size, t_average)
+        from cqd_port.train.device import select_device
+
+        dev = select_device(device)
+        logits = teacher_logits(teacher.to(dev), teacher_set, out / run.teacher / TEACHER_CACHE, batch_size=max(batch_size, 32), device=dev)
+        del teacher
+    else:
+        parts = []
+        for variant in run.train:
+            index = data.index(variant)
+            parts.append(data.dataset(variant, index.train_records(), size, average))
+        train_set = parts[0] if len(parts) == 1 else _concat(parts)
+
+    k = data.index(run.test).num_classes
+    schedule = shorten_schedule(get_schedule(run.hyper.schedule), run.hyper.epochs, config.lr_scale)
+    train_config = TrainConfig(
+        epochs=run.hyper.epochs,
+        batch_size=batch_size,
+        schedule=schedule,
+        seed=config.seed,
+        device=device,
+        num_workers=0 if config.preload else config.workers,
+        label_range=(0, k) if run.class_factor != 1 else None,
+        lrn_mode=config.lrn_mode,
+        tf32=config.tf32,
+    )
+    objective = (
+        Objective("cqd", run.hyper.lambda_, run.hyper.temperature) if run.distill else Objective("softmaxlog")
+    )
+    result = train(model, train_set, test_set, train_config, objective, folder, teacher_logits=logits, multipliers=network.multipliers, progress=progress)
+
+    from matconvnet_weights.convert import save_checkpoint
+
+    trained_state = {k_: v.detach().cpu() for k_, v in model.state_dict().items()}
+    save_checkpoint(folder / FINAL_MODEL, model.specs, trained_state, model.meta)
+    record.update(
+        status="finished",
+        accuracy=result.accuracy,
+        epochs=run.hyper.epochs,
+        batch_size=batch_size,
+        schedule=list(schedule),
+        objective=objective.to_dict(),
+        num_classes=num_classes,
+        label_range=list(train_config.label_range) if train_config.label_range else None,
+        train_images=len(train_set),
+        test_images=len(test_set),
+        images_per_second=result.images_per_second if result.steps else None,
+        resumed_from_epoch=result.resumed_from,
+        seconds=time.perf_counter() - started,
+    )
+    atomic_write_json(folder / RUN_JSON, record)
+    return record
+
+
+def _paired_train(data: DomainData, a_variant, b_variant):
+    from cqd_port.data.batches import paired_records
+
+    return paired_records(data.index(a_variant), data.index(b_variant), train=True)

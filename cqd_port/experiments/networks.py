@@ -1,0 +1,175 @@
+"""Networks as the released CQD code set them up for fine-tuning.
+
+Reproduces the released `initializeNetwork.m` followed by
+`dagnn.DagNN.fromSimpleNN`: the ImageNet model (vgg-m or vgg-vd-16) is cut
+after `relu7` (its `fc8` and `prob` layers are dropped), a dropout layer of
+rate 0.5 follows `relu6` and another `relu7`, and a new k-way `fc8`
+(filters `0.01 * randn`, zero biases) is appended. Parameter multipliers are
+the ones the DagNN really trained with: (learning rate, weight decay) = (1, 1)
+for every pretrained parameter, biases included (`fromSimpleNN` does not carry
+the SimpleNN `learningRate` fields), and `fc8` has `[10 20]` / `[1 0]`
+(filters / biases).
+
+Differences from a PyTorch-style fine-tuning setup: no softmax layer in the
+network (the loss is applied outside, on the `fc8` scores, as `softmaxloss`
+was); weight decay applies to biases of pretrained layers (wd 1) but not to
+the `fc8` bias; the fresh `fc8` draws from `torch.Generator` seeded by the
+caller, so its values differ from MATLAB's `randn` (only the statistics match).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cqd_port.errors import CqdError
+from cqd_port.models.layers import LayerSpec
+
+FC8 = "fc8"
+DROPOUT_RATE = 0.5
+FC8_STD = 0.01
+FC8_MULTIPLIERS = {"weight": (10.0, 1.0), "bias": (20.0, 0.0)}  # (lr, wd), initializeNetwork.m
+
+IMAGENET_FILES = {"vgg-m": "imagenet-vgg-m", "vgg-vd-16": "imagenet-vgg-verydeep-16"}
+
+Multipliers = dict[str, tuple[float, float]]
+
+
+@dataclass
+class FinetuneNetwork:
+    """A network ready to fine-tune: layer list, parameters, meta and per-parameter (lr, wd) multipliers."""
+
+    specs: list[LayerSpec]
+    state: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+    multipliers: Multipliers
+
+    def build(self, lrn_mode: str = "exact"):
+        """The `SimpleNetwork` running these layers with these parameters."""
+        from cqd_port.models.network import SimpleNetwork
+
+        return SimpleNetwork(self.specs, self.state, self.meta, lrn_mode=lrn_mode)
+
+
+def imagenet_model_path(models_dir: str | Path, arch: str) -> Path:
+    """The converted ImageNet model of `arch` in `models_dir` (`.pt` preferred, else the `.mat`).
+
+    Raises CqdError naming the missing file and the command that makes it.
+    """
+    if arch not in IMAGENET_FILES:
+        raise CqdError(f"unknown network '{arch}' (known: {', '.join(IMAGENET_FILES)})")
+    models_dir = Path(models_dir)
+    stem = IMAGENET_FILES[arch]
+    for suffix in (".pt", ".mat"):
+        candidate = models_dir / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    raise CqdError(
+        f"ImageNet weights for {arch} missing: {models_dir / (stem + '.pt')} (or {stem}.mat); put MatConvNet's "
+        f"{stem}.mat in {models_dir} and run `cqd-port convert-weights {models_dir / (stem + '.mat')}`, "
+        f"or point --models at the folder that has them"
+    )
+
+
+def load_pretrained(path: str | Path, lrn_mode: str = "exact") -> tuple[list[LayerSpec], dict[str, torch.Tensor], dict[str, Any]]:
+    """Layer list, parameters and meta of a converted model (`.pt` from convert-weights, or a `.mat`)."""
+    from matconvnet_weights.convert import load_model
+
+    model = load_model(Path(path), lrn_mode=lrn_mode)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return list(model.specs), state, copy.deepcopy(dict(model.meta or {}))
+
+
+def _layer_index(specs: list[LayerSpec], name: str, what: str, source: str) -> int:
+    for i, spec in enumerate(specs):
+        if spec.name == name:
+            return i
+    raise CqdError(
+        f"{source}: no layer '{name}' ({what}); expected an ImageNet vgg-m or vgg-vd-16 model whose layers run "
+        f"... fc6 relu6 fc7 relu7 fc8 prob (see `cqd-port convert-weights --table`)"
+    )
+
+
+def finetune_network(
+    specs: list[LayerSpec],
+    state: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    num_classes: int,
+    seed: int = 0,
+    source: str = "model",
+) -> FinetuneNetwork:
+    """The released `initializeNetwork.m` + `DagNN.fromSimpleNN` applied to a pretrained model.
+
+    Keeps the layers through `relu7` (existing dropout layers are dropped and
+    re-inserted, so models saved with or without them give the same network),
+    puts dropout (rate 0.5) after `relu6` and `relu7`, appends a fresh
+    `num_classes`-way `fc8` (N(0, 0.01^2) filters from a generator seeded with
+    `seed`, zero biases) and returns the (lr, wd) multipliers described in the
+    module docstring. `source` names the model in error messages.
+    """
+    if num_classes < 1:
+        raise CqdError(f"num_classes {num_classes}: a classifier needs at least one class")
+    relu7 = _layer_index(specs, "relu7", "the last layer kept", source)
+    kept = [s for s in specs[: relu7 + 1] if s.type != "dropout"]
+    names = [s.name for s in kept]
+    if "relu6" not in names:
+        _layer_index(kept, "relu6", "dropout follows it", source)
+    fc7 = _layer_index(kept, "fc7", "its width sets fc8's input", source)
+    fc7_weight = state.get(f"{kept[fc7].name}.weight")
+    if fc7_weight is None:
+        raise CqdError(f"{source}: layer fc7 has no weights; the model file is incomplete, convert it again")
+    width = int(fc7_weight.shape[0])
+
+    new_specs: list[LayerSpec] = []
+    for spec in kept:
+        new_specs.append(LayerSpec(spec.name, spec.type, copy.deepcopy(spec.attrs)))
+        if spec.name in ("relu6", "relu7"):
+            new_specs.append(LayerSpec(f"dropout{spec.name[-1]}", "dropout", {"rate": DROPOUT_RATE}))
+    new_specs.append(
+        LayerSpec(FC8, "conv", {"pad": [0, 0, 0, 0], "stride": [1, 1], "dilate": [1, 1], "has_bias": True})
+    )
+
+    kept_names = {s.name for s in kept}
+    new_state = {k: v.detach().clone() for k, v in state.items() if k.rpartition(".")[0] in kept_names}
+    generator = torch.Generator().manual_seed(int(seed))
+    new_state[f"{FC8}.weight"] = FC8_STD * torch.randn(num_classes, width, 1, 1, generator=generator, dtype=torch.float32)
+    new_state[f"{FC8}.bias"] = torch.zeros(num_classes, dtype=torch.float32)
+
+    new_meta = copy.deepcopy(meta)
+    new_meta["classes"] = {"name": [str(i + 1) for i in range(num_classes)], "description": []}
+    new_meta["num_classes"] = num_classes
+    return FinetuneNetwork(new_specs, new_state, new_meta, finetune_multipliers(new_state))
+
+
+def finetune_multipliers(state: dict[str, torch.Tensor]) -> Multipliers:
+    """(lr, wd) per parameter: (1, 1) for all, fc8 filters (10, 1), fc8 biases (20, 0).
+
+    Also what a trained model keeps when it is fine-tuned again (staged
+    training, A-CQD start from the whole A model, fc8 multipliers included).
+    Moments (bnorm statistics) are not trained by SGD and get none.
+    """
+    multipliers: Multipliers = {}
+    for name in state:
+        layer, _, kind = name.rpartition(".")
+        if kind == "moments":
+            continue
+        multipliers[name] = FC8_MULTIPLIERS[kind] if layer == FC8 and kind in FC8_MULTIPLIERS else (1.0, 1.0)
+    return multipliers
+
+
+def imagenet_finetune_network(path: str | Path, num_classes: int, seed: int = 0) -> FinetuneNetwork:
+    """`finetune_network` on the model stored at `path`."""
+    specs, state, meta = load_pretrained(path)
+    return finetune_network(specs, state, meta, num_classes, seed=seed, source=str(path))
+
+
+def trained_network(path: str | Path) -> FinetuneNetwork:
+    """A trained model (a run's `final.pt`) with the fine-tuning multipliers, to train again."""
+    specs, state, meta = load_pretrained(path)
+    if f"{FC8}.weight" not in state:
+        raise CqdError(f"{path}: no fc8 layer; expected a model trained by `cqd-port reproduce`, delete the run folder and rerun")
+    return FinetuneNetwork(specs, state, meta, finetune_multipliers(state))

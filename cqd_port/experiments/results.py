@@ -1,0 +1,155 @@
+"""results.json and the Markdown table made from it.
+
+`results.json` is the one record of a grid's outcome:
+`{"table": 1, "synthetic": false, "cells": [{"task", "method", "accuracy", "paper"}]}`
+with accuracies in percent (`accuracy` null for a cell not run yet, `paper`
+null where the paper has no number). Tables and figures are always made from
+this file, never from live objects, so they can be remade without rerunning
+anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cqd_port.errors import CqdError
+from cqd_port.experiments.paper import paper_table
+from cqd_port.fileio import atomic_write_json, atomic_write_text
+
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+CELL_KEYS = ("task", "method", "accuracy", "paper")
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: str
+    method: str
+    accuracy: float | None  # percent, None when not run
+    paper: float | None  # percent, None where the paper has no entry
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "method": self.method, "accuracy": self.accuracy, "paper": self.paper}
+
+
+def _is_percent(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0.0 <= value <= 100.0
+
+
+def validate_results(obj: Any, source: str = "results.json") -> dict[str, Any]:
+    """Check `obj` against the results.json schema; CqdError naming the first problem."""
+    if not isinstance(obj, dict) or set(obj) != {"table", "synthetic", "cells"}:
+        raise CqdError(f"{source}: expected exactly the keys table, synthetic, cells; rerun `cqd-port reproduce` to rewrite it")
+    if obj["table"] not in (1, 2):
+        raise CqdError(f"{source}: 'table' must be 1 or 2, got {obj['table']!r}")
+    if not isinstance(obj["synthetic"], bool):
+        raise CqdError(f"{source}: 'synthetic' must be true or false")
+    if not isinstance(obj["cells"], list):
+        raise CqdError(f"{source}: 'cells' must be a list")
+    table = paper_table(obj["table"])
+    seen = set()
+    for i, cell in enumerate(obj["cells"]):
+        if not isinstance(cell, dict) or set(cell) != set(CELL_KEYS):
+            raise CqdError(f"{source}: cell {i} must have exactly the keys {', '.join(CELL_KEYS)}")
+        if cell["task"] not in table.tasks:
+            raise CqdError(f"{source}: cell {i} has unknown task {cell['task']!r} for Table {obj['table']}")
+        if cell["method"] not in table.methods:
+            raise CqdError(f"{source}: cell {i} has unknown method {cell['method']!r} for Table {obj['table']}")
+        for key in ("accuracy", "paper"):
+            if cell[key] is not None and not _is_percent(cell[key]):
+                raise CqdError(f"{source}: cell {i} '{key}' must be a percentage in [0, 100] or null, got {cell[key]!r}")
+        pair = (cell["task"], cell["method"])
+        if pair in seen:
+            raise CqdError(f"{source}: cell {cell['task']}/{cell['method']} appears twice")
+        seen.add(pair)
+    return obj
+
+
+def results_object(table: int, synthetic: bool, cells: list[Cell]) -> dict[str, Any]:
+    """The results.json content for `cells` (validated)."""
+    obj = {"table": table, "synthetic": synthetic, "cells": [c.to_dict() for c in cells]}
+    return validate_results(obj)
+
+
+def write_results(out_dir: str | Path, table: int, synthetic: bool, cells: list[Cell]) -> tuple[Path, Path]:
+    """Write results.json, then results.md made from that file (both atomically)."""
+    out_dir = Path(out_dir)
+    json_path = out_dir / RESULTS_JSON
+    atomic_write_json(json_path, results_object(table, synthetic, cells))
+    md_path = out_dir / RESULTS_MD
+    atomic_write_text(md_path, markdown_table(load_results(json_path)))
+    return json_path, md_path
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """Read and validate a results.json."""
+    path = Path(path)
+    if not path.is_file():
+        raise CqdError(f"{path}: no such results file; run `cqd-port reproduce` (or `cqd-port demo`) first")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CqdError(f"{path}: not valid JSON ({exc}); delete it and rerun `cqd-port reproduce` to rewrite it") from exc
+    return validate_results(obj, str(path))
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _cell_text(cell: dict[str, Any] | None) -> str:
+    """'ours / paper (diff)' for one cell of the Markdown table."""
+    if cell is None:
+        return ""
+    ours, paper = cell["accuracy"], cell["paper"]
+    if ours is None:
+        text = "not run"
+    else:
+        text = f"**{ours:.1f}**"
+    if paper is not None:
+        text += f" / {paper:.1f}"
+        if ours is not None:
+            text += f" ({ours - paper:+.1f})"
+    return text
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """The table shaped like the paper's, each cell `ours / paper (ours - paper)`.
+
+    Table 1: methods as rows (with the train/test domains), tasks as columns.
+    Table 2: f -> g as rows, the three training/testing settings as columns.
+    """
+    table = paper_table(results["table"])
+    by_key = {(c["task"], c["method"]): c for c in results["cells"]}
+    tasks = [t for t in table.tasks if any(k[0] == t for k in by_key)]
+    methods = [m for m in table.methods if any(k[1] == m for k in by_key)]
+    lines = [f"# Table {table.number}: {table.caption}", ""]
+    if results["synthetic"]:
+        lines += [
+            "**SYNTHETIC DATA**: these numbers come from the CPU demo on generated images, "
+            "not from CUB or Stanford Cars; the paper's numbers are shown only for the shape of the comparison.",
+            "",
+        ]
+    lines += ["Each cell: **ours** / paper (ours - paper), per-image accuracy in percent.", ""]
+    if table.number == 1:
+        header = ["Method", "Train", "Test", *[table.task_labels[t] for t in tasks]]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        for m in methods:
+            desc, train, test = table.method_labels[m]
+            row = [desc, train, test, *[_cell_text(by_key.get((t, m))) for t in tasks]]
+            lines.append("| " + " | ".join(row) + " |")
+    else:
+        header = ["f -> g", *[" -> ".join(table.method_labels[m][1:]) for m in methods]]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        for t in tasks:
+            row = [table.task_labels[t], *[_cell_text(by_key.get((t, m))) for m in methods]]
+            lines.append("| " + " | ".join(row) + " |")
+    if table.notes:
+        lines += ["", f"Note: {table.notes}"]
+    return "\n".join(lines) + "\n"

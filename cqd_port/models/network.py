@@ -1,0 +1,232 @@
+"""`SimpleNetwork`: runs a MatConvNet layer list exactly as `vl_simplenn` does.
+
+The layers run one after another, each on the previous output. Parameters
+live in the module's state dict as `<layer>.weight` (conv filters OIHW, bnorm
+gain), `<layer>.bias` and `<layer>.moments` (bnorm `[mean sigma]`, a buffer).
+
+Differences from a plain `nn.Sequential`: layer names are MatConvNet's and
+index the state dict directly; every intermediate output is available
+(`return_all=True`, `res(i+1).x` of `vl_simplenn`) for parity checks; the
+network starts in *test* mode (`vl_simplenn`'s default: dropout is the
+identity) and `model.train()` turns dropout on; LRN layers use `lrn_mode`
+("exact" as MatConvNet's GPU kernels, "matconvnet-cpu" for its CPU kernels).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cqd_port.errors import CqdError
+from cqd_port.models.layers import LayerSpec
+from cqd_port.nn import modules as M
+from cqd_port.nn.lrn import LRN_MODES
+
+# Layers whose output autograd does not keep, so a ReLU right after them may work in place.
+_INPLACE_SAFE_BEFORE_RELU = ("conv", "bnorm")
+
+
+def _tensor(value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    return torch.from_numpy(np.array(value, copy=True))
+
+
+def _scalar(value: Any) -> float:
+    # readers may keep MATLAB's 1x1 arrays as one-element lists
+    return float(value[0]) if isinstance(value, (list, tuple)) else float(value)
+
+
+def _filter_shape_from_size(spec: LayerSpec) -> tuple[int, int, int, int] | None:
+    """`size` [h w depth count] (MatConvNet's field, optional in attrs) -> OIHW shape."""
+    size = spec.attrs.get("size")
+    if size is None:
+        return None
+    h, w, depth, count = (int(v) for v in size)
+    return (count, depth, h, w)
+
+
+class SimpleNetwork(nn.Module):
+    """A chain network given as a list of `LayerSpec` plus a state dict.
+
+    `state` maps `<layer>.weight` / `.bias` / `.moments` to tensors (or numpy
+    arrays). Without a state, conv layers need a `size` attribute
+    `[h w depth count]` and start from zeros (see `vgg.init_state` for random
+    weights). Missing, unknown or mis-shaped parameters raise `CqdError`
+    naming the layer, the parameter and both shapes.
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[LayerSpec],
+        state: Mapping[str, Any] | None = None,
+        meta: Mapping[str, Any] | None = None,
+        lrn_mode: str = "exact",
+    ) -> None:
+        super().__init__()
+        if lrn_mode not in LRN_MODES:
+            raise CqdError(f"unknown LRN mode '{lrn_mode}' (use one of: {', '.join(LRN_MODES)})")
+        self._specs: list[LayerSpec] = [copy.deepcopy(s) for s in specs]
+        self._meta: dict[str, Any] = copy.deepcopy(dict(meta)) if meta is not None else {}
+        self._lrn_mode = lrn_mode
+        # ReLU in place after conv/bnorm when only the final output is asked for (saves a
+        # pass over memory); switch off when forward hooks must see pre-ReLU outputs.
+        self.inplace_relu = True
+        state = dict(state) if state is not None else None
+        used: set[str] = set()
+        names: set[str] = set()
+        for spec in self._specs:
+            if spec.name in names:
+                raise CqdError(f"layer '{spec.name}' appears twice; layer names must be unique")
+            names.add(spec.name)
+            module = self._build(spec, state, used)
+            if not spec.name or "." in spec.name or (hasattr(self, spec.name) and spec.name not in self._modules):
+                raise CqdError(f"layer name '{spec.name}' cannot be used (empty, contains '.', or clashes with an attribute); rename the layer")
+            self.add_module(spec.name, module)
+        if state is not None:
+            unknown = sorted(set(state) - used)
+            if unknown:
+                raise CqdError(f"parameter '{unknown[0]}' belongs to no layer of the network (layers: {', '.join(s.name for s in self._specs)})")
+        self.eval()
+
+    # -- construction ---------------------------------------------------------------
+    def _param(self, state: dict[str, Any] | None, used: set[str], spec: LayerSpec, key: str, shape: tuple[int, ...] | None) -> torch.Tensor:
+        full = f"{spec.name}.{key}"
+        if state is None or full not in state:
+            if state is None and shape is not None:
+                return torch.zeros(shape)
+            expected = f" of shape {list(shape)}" if shape is not None else ""
+            raise CqdError(f"layer '{spec.name}' ({spec.type}): parameter '{full}'{expected} is missing from the state dict")
+        used.add(full)
+        value = _tensor(state[full])
+        if shape is not None:
+            if key == "bias" or (spec.type == "bnorm" and key == "weight"):
+                value = value.reshape(-1) if value.numel() == int(np.prod(shape)) else value
+            elif key == "moments" and value.numel() == int(np.prod(shape)):
+                value = value.reshape(shape)
+            if tuple(value.shape) != tuple(shape):
+                raise CqdError(
+                    f"layer '{spec.name}' ({spec.type}): parameter '{full}' has shape {list(value.shape)}, expected {list(shape)}"
+                )
+        return value
+
+    def _build(self, spec: LayerSpec, state: dict[str, Any] | None, used: set[str]) -> nn.Module:
+        a = spec.attrs
+        if spec.type == "conv":
+            shape = _filter_shape_from_size(spec)
+            weight = self._param(state, used, spec, "weight", shape)
+            if weight.dim() != 4:
+                raise CqdError(f"layer '{spec.name}' (conv): parameter '{spec.name}.weight' must be 4-D (O x I x H x W), got shape {list(weight.shape)}")
+            has_bias = bool(a.get("has_bias", True))
+            bias = self._param(state, used, spec, "bias", (weight.shape[0],)) if has_bias else None
+            return M.Conv(weight, bias, a.get("pad", 0), a.get("stride", 1), a.get("dilate", 1))
+        if spec.type == "pool":
+            return M.Pool(str(a.get("method", "max")), a.get("pool", 1), a.get("stride", 1), a.get("pad", 0))
+        if spec.type == "lrn":
+            if "param" not in a:
+                raise CqdError(f"layer '{spec.name}' (lrn): attribute 'param' [N kappa alpha beta] is missing")
+            return M.LRN(a["param"], self._lrn_mode)
+        if spec.type == "relu":
+            return M.ReLU(_scalar(a.get("leak", 0.0)))
+        if spec.type == "dropout":
+            return M.Dropout(_scalar(a.get("rate", 0.5)))
+        if spec.type == "softmax":
+            return M.Softmax()
+        if spec.type == "bnorm":
+            weight = self._param(state, used, spec, "weight", None)
+            channels = weight.numel()
+            gain = weight.reshape(-1)
+            bias = self._param(state, used, spec, "bias", (channels,))
+            moments = self._param(state, used, spec, "moments", (channels, 2))
+            return M.BatchNormTest(gain, bias, moments, _scalar(a.get("epsilon", 1e-4)))
+        raise CqdError(f"layer '{spec.name}': unknown layer type '{spec.type}'")
+
+    # -- properties -----------------------------------------------------------------
+    @property
+    def specs(self) -> list[LayerSpec]:
+        """The layer list (copies: editing them does not change the network)."""
+        return [copy.deepcopy(s) for s in self._specs]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """MatConvNet's `net.meta` (normalization, classes, ...) as plain Python."""
+        return self._meta
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [s.name for s in self._specs]
+
+    @property
+    def lrn_mode(self) -> str:
+        return self._lrn_mode
+
+    @lrn_mode.setter
+    def lrn_mode(self, mode: str) -> None:
+        if mode not in LRN_MODES:
+            raise CqdError(f"unknown LRN mode '{mode}' (use one of: {', '.join(LRN_MODES)})")
+        self._lrn_mode = mode
+        for module in self.children():
+            if isinstance(module, M.LRN):
+                module.mode = mode
+
+    def layer(self, name: str) -> nn.Module:
+        if name not in self._modules:
+            raise CqdError(f"no layer named '{name}' (layers: {', '.join(self.layer_names)})")
+        return self._modules[name]  # type: ignore[return-value]
+
+    # -- evaluation -----------------------------------------------------------------
+    def forward(self, x: torch.Tensor, return_all: bool = False) -> torch.Tensor | OrderedDict[str, torch.Tensor]:
+        """Run every layer in order; the last output, or {layer name: output} for all layers."""
+        outputs: OrderedDict[str, torch.Tensor] = OrderedDict()
+        previous_type = None
+        for spec in self._specs:
+            module = self._modules[spec.name]
+            if isinstance(module, M.ReLU):
+                # in place only on a fresh activation that nobody else holds or needs for backward
+                module.inplace = self.inplace_relu and not return_all and previous_type in _INPLACE_SAFE_BEFORE_RELU
+            try:
+                x = module(x)
+            except CqdError as exc:
+                raise CqdError(f"layer '{spec.name}' ({spec.type}): {exc}") from None
+            previous_type = spec.type
+            if return_all:
+                outputs[spec.name] = x
+        return outputs if return_all else x
+
+    # -- derived networks -----------------------------------------------------------
+    def _cloned_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+    def truncated(self, after: str) -> "SimpleNetwork":
+        """A new network with the layers up to and including `after` (copied weights, same meta and LRN mode)."""
+        names = self.layer_names
+        if after not in names:
+            raise CqdError(f"cannot truncate after '{after}': no such layer (layers: {', '.join(names)})")
+        keep = names[: names.index(after) + 1]
+        state = {k: v for k, v in self._cloned_state().items() if k.split(".", 1)[0] in keep}
+        net = SimpleNetwork(self._specs[: len(keep)], state, self._meta, self._lrn_mode)
+        return net.train(self.training)
+
+    def with_layers_appended(self, specs: Sequence[LayerSpec], state: Mapping[str, Any] | None = None) -> "SimpleNetwork":
+        """A new network: these layers plus `specs`, whose parameters come from `state` (copied weights)."""
+        merged = self._cloned_state()
+        if state is None:
+            # new conv layers then need their `size` attribute; build them on their own first
+            extra = SimpleNetwork(specs, None, lrn_mode=self._lrn_mode)._cloned_state()
+        else:
+            extra = dict(state)
+        clash = sorted(set(merged) & set(extra))
+        if clash:
+            raise CqdError(f"cannot append: parameter '{clash[0]}' already exists in the network; rename the new layer")
+        merged.update(extra)
+        net = SimpleNetwork([*self._specs, *specs], merged, self._meta, self._lrn_mode)
+        return net.train(self.training)
+
+    def extra_repr(self) -> str:
+        return f"lrn_mode={self._lrn_mode!r}"

@@ -1,0 +1,200 @@
+"""`vl_nnnormalize`: MatConvNet's cross-channel local response normalisation.
+
+    y_k = x_k / (kappa + alpha * S_k) ^ beta,
+    S_k = sum of x_j^2 over j in [k - floor((N-1)/2), k + ceil((N-1)/2)] clipped to [0, C-1].
+
+Differences from PyTorch's `nn.LocalResponseNorm`: alpha is *not* divided
+by N, the window of an even N is asymmetric (one more channel after k than
+before), and the window is clipped at the ends (PyTorch zero-pads, which is
+the same sum but it averages). Two power functions exist in MatConvNet
+1.0-beta18 and both are offered here (see ../shared/parity/FORMAT.md):
+
+- `mode="exact"` (default): `L ** -beta` with a true power, as the GPU kernel
+  (`normalize_gpu.cu`, `powf`) that the CQD experiments ran on.
+- `mode="matconvnet-cpu"`: the CPU kernel `normalize_cpu.cpp`, compiled with
+  `VL_NNNORMALIZE_FAST`, whose `fast_pow(x, y)` approximates `2^(y log2 x)`
+  with float32 bit manipulation: the exponent field of x gives the integer
+  part of log2 x, a cubic in the mantissa (coefficients 1.442695040888963,
+  -0.606737602222409, 0.164042561333445) the fraction; the result's integer
+  part goes back into the exponent field and a cubic (0.693147180559945,
+  0.227411277760219, 0.079441541679836) gives the mantissa, the sum being
+  scaled by 2^23 and truncated to an integer (C cast, toward zero). The
+  kernel also accumulates S as a running sum over channels (adding the
+  entering and removing the leaving square) and its backward pass uses the
+  approximated `L^-beta` and `L^-beta / L` with a running channel integral.
+  Everything is reproduced in float32 in the same order (relative error
+  about 1e-7 against the MEX output); it is slow and meant for parity.
+
+Both are `torch.autograd.Function`s with explicit backward passes; the
+exact mode's backward is the analytic derivative
+
+    dx_q = g_q L_q^-beta - 2 alpha beta x_q sum_{t : q in window(t)} g_t x_t L_t^(-beta-1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from cqd_port.errors import CqdError
+
+LRN_MODES = ("exact", "matconvnet-cpu")
+
+
+def _window_offsets(depth: int) -> tuple[int, int]:
+    """Channels before and after k in the window: floor((N-1)/2) and ceil((N-1)/2)."""
+    before = (depth - 1) // 2
+    return before, depth - 1 - before
+
+
+def channel_window_sum(v: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """out[:, k] = sum of v[:, j] for j in [k - before, k + after] clipped to the channels.
+
+    A few shifted in-place adds over the channel axis (N - 1 passes for a
+    window of N); much cheaper than pooling or a banded matrix product on
+    CPU and free of the cancellation a cumulative sum would bring.
+    """
+    channels = v.shape[1]
+    out = v.clone()
+    for d in range(1, min(before, channels - 1) + 1):
+        out[:, d:] += v[:, :-d]
+    for d in range(1, min(after, channels - 1) + 1):
+        out[:, :-d] += v[:, d:]
+    return out
+
+
+class _ExactLRN(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, depth: int, kappa: float, alpha: float, beta: float) -> torch.Tensor:  # type: ignore[override]
+        before, after = _window_offsets(depth)
+        scale = channel_window_sum(x * x, before, after).mul_(alpha).add_(kappa)  # L
+        lb = torch.pow(scale, -beta)  # L^-beta (a vectorised pow beat rsqrt/sqrt chains for beta = 0.75 here)
+        ctx.save_for_backward(x, scale, lb)
+        ctx.params = (depth, alpha, beta)
+        return x * lb
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        x, scale, lb = ctx.saved_tensors
+        depth, alpha, beta = ctx.params
+        before, after = _window_offsets(depth)
+        # sum over the windows that contain q: the transposed window [q - after, q + before]
+        inner = (grad * x).mul_(lb).div_(scale)
+        spread = channel_window_sum(inner, after, before)
+        dx = (grad * lb).sub_(spread.mul_(x).mul_(2.0 * alpha * beta))
+        return dx, None, None, None, None
+
+
+def fast_pow(x: torch.Tensor, y: float) -> torch.Tensor:
+    """MatConvNet 1.0-beta18's `fast_pow(x, y)` (VL_NNNORMALIZE_FAST), bit for bit.
+
+    float32 for float32 input (23-bit mantissa, exponent bias 127), the
+    double variant (52 bits, bias 1023) for float64. x must be positive.
+    """
+    if x.dtype == torch.float32:
+        int_dtype, bits, bias = torch.int32, 23, 127
+    elif x.dtype == torch.float64:
+        int_dtype, bits, bias = torch.int64, 52, 1023
+    else:
+        raise CqdError(f"LRN matconvnet-cpu mode needs float32 or float64 input, got {x.dtype}")
+    dt = x.dtype
+
+    def c(value: float) -> torch.Tensor:
+        return torch.tensor(value, dtype=dt)
+
+    plog3, plog2, plog1 = c(0.164042561333445), c(-0.606737602222409), c(1.442695040888963)
+    pexp3, pexp2, pexp1 = c(0.079441541679836), c(0.227411277760219), c(0.693147180559945)
+    offset = bias << bits
+    ix = x.contiguous().view(int_dtype) - offset
+    imx = (ix & ((1 << bits) - 1)) + offset
+    fx = (ix >> bits).to(dt)  # arithmetic shift: floor of log2 x
+    mx = imx.view(dt) - 1
+    mx2 = mx * mx
+    mx3 = mx2 * mx
+    t = c(y) * (((fx + mx * plog1) + mx2 * plog2) + mx3 * plog3)
+    fz = torch.floor(t)
+    rz = t - fz
+    rz2 = rz * rz
+    rz3 = rz2 * rz
+    tz = ((fz + rz * pexp1) + rz2 * pexp2) + rz3 * pexp3
+    zi = (tz * float(1 << bits)).to(int_dtype) + offset  # C cast: truncation toward zero
+    return zi.view(dt)
+
+
+def _running_window_sum(sq: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """S as normalize_cpu.cpp accumulates it: acc += x_{t+after}^2 - x_{t-before-1}^2, in order."""
+    channels = sq.shape[1]
+    acc = torch.zeros_like(sq[:, 0])
+    out = torch.empty_like(sq)
+    for t in range(-after, channels):
+        tm, tp = t - before - 1, t + after
+        if tm >= 0 and tp < channels:
+            acc = acc + (sq[:, tp] - sq[:, tm])
+        elif tm < 0 and tp < channels:
+            acc = acc + sq[:, tp]
+        elif tm >= 0 and tp >= channels:
+            acc = acc - sq[:, tm]
+        if t >= 0:
+            out[:, t] = acc
+    return out
+
+
+class _MatConvNetCpuLRN(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, depth: int, kappa: float, alpha: float, beta: float) -> torch.Tensor:  # type: ignore[override]
+        dt = x.dtype
+        kappa_t, alpha_t, beta_t = (torch.tensor(v, dtype=dt) for v in (kappa, alpha, beta))
+        before, after = _window_offsets(depth)
+        acc = _running_window_sum(x * x, before, after)
+        scale = kappa_t + alpha_t * acc
+        lb = fast_pow(scale, float(-beta_t))
+        ctx.save_for_backward(x, scale, lb)
+        ctx.params = (depth, alpha_t, beta_t)
+        return x * lb
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        x, scale, lb = ctx.saved_tensors
+        depth, alpha_t, beta_t = ctx.params
+        before, after = _window_offsets(depth)
+        channels = x.shape[1]
+        ab2 = (2 * alpha_t) * beta_t
+        temp1 = grad * lb
+        temp2 = ((x * ab2) * temp1) / scale
+        # running integral over channels, in float as the C loop does (torch.cumsum accumulates in double)
+        integral = temp2.clone()
+        for t in range(1, channels):
+            integral[:, t] += integral[:, t - 1]
+        dx = torch.empty_like(x)
+        for t in range(channels):
+            q1 = t - after - 1
+            q2 = min(t + before, channels - 1)
+            window = integral[:, q2] - integral[:, q1] if q1 >= 0 else integral[:, q2]
+            dx[:, t] = temp1[:, t] - window * x[:, t]
+        return dx, None, None, None, None
+
+
+def lrn(x: torch.Tensor, param: Sequence[float], mode: str = "exact") -> torch.Tensor:
+    """`vl_nnnormalize(x, [N kappa alpha beta])` on an NCHW tensor.
+
+    `mode="exact"` uses a true power (MatConvNet's GPU kernel);
+    `mode="matconvnet-cpu"` reproduces the CPU kernel's `fast_pow`
+    approximation and its backward formula (see the module docstring).
+    PyTorch's `LocalResponseNorm(N, alpha * N, beta, kappa)` equals the exact
+    mode for odd N.
+    """
+    values = [float(v) for v in param]
+    if len(values) != 4:
+        raise CqdError(f"LRN param must be [N kappa alpha beta], got {values}")
+    depth = int(values[0])
+    if depth < 1 or depth != values[0]:
+        raise CqdError(f"LRN window size N must be a positive integer, got {values[0]}")
+    if x.dim() != 4:
+        raise CqdError(f"LRN: expected an N x C x H x W input, got shape {tuple(x.shape)}")
+    kappa, alpha, beta = values[1:]
+    if mode == "exact":
+        return _ExactLRN.apply(x, depth, kappa, alpha, beta)
+    if mode == "matconvnet-cpu":
+        return _MatConvNetCpuLRN.apply(x, depth, kappa, alpha, beta)
+    raise CqdError(f"unknown LRN mode '{mode}' (use one of: {', '.join(LRN_MODES)})")

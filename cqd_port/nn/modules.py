@@ -1,0 +1,128 @@
+"""Thin `nn.Module` wrappers over `cqd_port.nn.functional`, one per MatConvNet block.
+
+Each holds its block's attributes (MatConvNet conventions: pad `(t, b, l, r)`,
+stride/dilate/pool `(y, x)`) and, for conv and bnorm, its parameters, so
+that a module's state dict keys are `weight`, `bias`, `moments` and a
+network's are `<layer>.weight` etc.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from cqd_port.nn import functional as MF
+from cqd_port.nn.lrn import LRN_MODES, lrn
+
+
+class Conv(nn.Module):
+    """`vl_nnconv` layer: OIHW `weight` (I = depth per group), optional `bias`."""
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        pad: Sequence[int] | int = 0,
+        stride: Sequence[int] | int = 1,
+        dilate: Sequence[int] | int = 1,
+    ) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias.reshape(-1)) if bias is not None else None
+        self.pad = MF.as_quad(pad, "conv pad")
+        self.stride = MF.as_pair(stride, "conv stride")
+        self.dilate = MF.as_pair(dilate, "conv dilate")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return MF.conv(x, self.weight, self.bias, self.pad, self.stride, self.dilate)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, pad={self.pad}, stride={self.stride}, dilate={self.dilate}, bias={self.bias is not None}"
+
+
+class Pool(nn.Module):
+    """`vl_nnpool` layer: max or average pooling with MatConvNet padding."""
+
+    def __init__(self, method: str, pool: Sequence[int] | int, stride: Sequence[int] | int = 1, pad: Sequence[int] | int = 0) -> None:
+        super().__init__()
+        self.method = method
+        self.pool = MF.as_pair(pool, "pool size")
+        self.stride = MF.as_pair(stride, "pool stride")
+        self.pad = MF.as_quad(pad, "pool pad")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return MF.pool(x, self.method, self.pool, self.stride, self.pad)
+
+    def extra_repr(self) -> str:
+        return f"{self.method}, pool={self.pool}, stride={self.stride}, pad={self.pad}"
+
+
+class LRN(nn.Module):
+    """`vl_nnnormalize` layer; `mode` picks the exact or MatConvNet-CPU power."""
+
+    def __init__(self, param: Sequence[float], mode: str = "exact") -> None:
+        super().__init__()
+        if mode not in LRN_MODES:
+            from cqd_port.errors import CqdError
+
+            raise CqdError(f"unknown LRN mode '{mode}' (use one of: {', '.join(LRN_MODES)})")
+        self.param = tuple(float(v) for v in param)
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return lrn(x, self.param, self.mode)
+
+    def extra_repr(self) -> str:
+        return f"param={list(self.param)}, mode={self.mode}"
+
+
+class ReLU(nn.Module):
+    """`vl_nnrelu` layer (`leak` > 0: leaky). `inplace` is set by the runner when safe."""
+
+    def __init__(self, leak: float = 0.0) -> None:
+        super().__init__()
+        self.leak = float(leak)
+        self.inplace = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return MF.relu(x, self.leak, inplace=self.inplace)
+
+    def extra_repr(self) -> str:
+        return f"leak={self.leak}"
+
+
+class Dropout(nn.Module):
+    """`vl_nndropout` layer: active only in `.train()` mode."""
+
+    def __init__(self, rate: float = 0.5) -> None:
+        super().__init__()
+        self.rate = float(rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return MF.dropout(x, self.rate, self.training)
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
+
+
+class Softmax(nn.Module):
+    """`vl_nnsoftmax` layer: softmax over channels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return MF.softmax(x)
+
+
+class BatchNormTest(nn.Module):
+    """`vl_nnbnorm` in test mode: `weight` (gain), `bias`, and the `moments` buffer `[mean sigma]`."""
+
+    def __init__(self, gain: torch.Tensor, bias: torch.Tensor, moments: torch.Tensor, epsilon: float = 1e-4) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(gain.reshape(-1))
+        self.bias = nn.Parameter(bias.reshape(-1))
+        self.register_buffer("moments", moments.reshape(-1, 2))
+        self.epsilon = float(epsilon)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return MF.bnorm(x, self.weight, self.bias, self.moments, self.epsilon)

@@ -1,0 +1,75 @@
+"""The per-epoch training checkpoint (`checkpoint.pt` of a run folder).
+
+It holds what a rerun needs to continue exactly where the last *finished*
+epoch left off: the model's state dict, the SGD momentum buffers (MatConvNet
+keeps them in `state.momentum` across epochs, so they must survive a
+restart), the epoch number, the history so far and the configuration the run
+was started with. Shuffling and dropout are seeded from `(seed, epoch)`, so
+no RNG state needs saving. Written atomically: an interrupted save leaves
+the previous checkpoint in place. Only tensors and plain Python values go
+in, so it loads with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cqd_port.errors import CqdError
+from cqd_port.fileio import atomic_torch_save
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT = "cqd-port-train-checkpoint"
+VERSION = 1
+
+
+@dataclass
+class TrainingCheckpoint:
+    epoch: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def save_training_checkpoint(path: str | Path, checkpoint: TrainingCheckpoint) -> None:
+    """Write `checkpoint` to `path` atomically (tensors moved to the CPU)."""
+    atomic_torch_save(
+        path,
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "epoch": int(checkpoint.epoch),
+            "model": {k: v.detach().cpu().clone() for k, v in checkpoint.model.items()},
+            "optimizer": checkpoint.optimizer,
+            "history": checkpoint.history,
+            "config": checkpoint.config,
+        },
+    )
+
+
+def load_training_checkpoint(path: str | Path) -> TrainingCheckpoint:
+    """Read a checkpoint written by `save_training_checkpoint`; `CqdError` if it is not one."""
+    path = Path(path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CqdError(f"training checkpoint not found: {path}") from None
+    except Exception as exc:  # truncated or foreign file: torch raises several types
+        raise CqdError(
+            f"training checkpoint {path} is unreadable ({type(exc).__name__}); delete it to restart the run from scratch"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CqdError(f"{path} is not a cqd-port training checkpoint; delete it or pick another run folder")
+    if data.get("version") != VERSION:
+        raise CqdError(f"training checkpoint {path} has version {data.get('version')}, expected {VERSION}; delete it to restart")
+    return TrainingCheckpoint(
+        epoch=int(data["epoch"]),
+        model=dict(data["model"]),
+        optimizer=dict(data["optimizer"]),
+        history=list(data.get("history", [])),
+        config=dict(data.get("config", {})),
+    )

@@ -1,0 +1,103 @@
+"""The learning-rate schedules the released CQD code used, one value per epoch.
+
+CUB:  [0.0005 x5, 0.0005:-0.00005:0.0001 (9 values), 0.0001 x10, 0.00005 x10]
+CARS: [0.001 x5,  0.001:-0.0001:0.0001 (10 values),  0.0001 x10, 0.00005 x10]
+
+`cnn_train_dag` uses `opts.learningRate(min(epoch, numel(opts.learningRate)))`,
+so a run longer than the schedule keeps its last value (`learning_rate`).
+The paper trains 30 epochs, i.e. it never reaches the end of either list.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+Schedule = tuple[float, ...]
+
+
+def matlab_colon(start: float, step: float, stop: float) -> list[float]:
+    """MATLAB's `start:step:stop` for doubles, element for element.
+
+    MATLAB does not accumulate `start + step + step ...`: it counts the
+    intervals `n` with a tolerance of 2 eps, snaps the last element onto
+    `stop` when it lies within that tolerance, fills the first half as
+    `start + k*step` and the second half as `stop - k*step`, and puts the
+    exact midpoint `(start+stop)/2` in the middle when `n` is even (the
+    algorithm of MathWorks' `colonop.m`). `numpy.arange` instead returns
+    `start + k*step` throughout and excludes `stop`.
+    """
+    if step == 0 or (start < stop and step < 0) or (stop < start and step > 0):
+        return []
+    tol = 2.0 * 2.220446049250313e-16 * max(abs(start), abs(stop))
+    sig = 1.0 if step > 0 else -1.0
+    n = round((stop - start) / step)
+    if sig * (start + n * step - stop) > tol:
+        n -= 1
+    last = start + n * step
+    if sig * (last - stop) > -tol:
+        last = stop
+    values = [0.0] * (n + 1)
+    for k in range(n // 2 + 1):
+        values[k] = start + k * step
+        values[n - k] = last - k * step
+    if n % 2 == 0:
+        values[n // 2] = (start + last) / 2.0
+    return values
+
+
+CUB_SCHEDULE: Schedule = tuple([0.0005] * 5 + matlab_colon(0.0005, -0.00005, 0.0001) + [0.0001] * 10 + [0.00005] * 10)
+CARS_SCHEDULE: Schedule = tuple([0.001] * 5 + matlab_colon(0.001, -0.0001, 0.0001) + [0.0001] * 10 + [0.00005] * 10)
+
+SCHEDULES: dict[str, Schedule] = {"cub": CUB_SCHEDULE, "cars": CARS_SCHEDULE}
+
+
+def get_schedule(name: str) -> Schedule:
+    """A released schedule by dataset name (`cub` or `cars`)."""
+    try:
+        return SCHEDULES[name.lower()]
+    except KeyError:
+        from cqd_port.errors import CqdError
+
+        raise CqdError(f"unknown learning-rate schedule '{name}' (known: {', '.join(SCHEDULES)})") from None
+
+
+def learning_rate(schedule: Sequence[float], epoch: int) -> float:
+    """`opts.learningRate(min(epoch, numel(opts.learningRate)))` for a 1-based epoch."""
+    if epoch < 1:
+        raise ValueError(f"epochs are 1-based, got {epoch}")
+    if not schedule:
+        raise ValueError("empty learning-rate schedule")
+    return float(schedule[min(epoch, len(schedule)) - 1])
+
+
+def shorten_schedule(schedule: Sequence[float], epochs: int, scale: float = 1.0) -> Schedule:
+    """The schedule's first `span` entries squeezed into `epochs` epochs, times `scale`.
+
+    For the short demo: `span` is the part a full run visits (30 epochs of the
+    paper, or the whole list if shorter), sampled at `epochs` evenly spaced
+    points that keep its first and last values, so a few epochs still go from
+    the initial rate down to the final one.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    span = list(schedule[: min(30, len(schedule))])
+    if epochs == 1:
+        picked = [span[0]]
+    else:
+        picked = [span[round(i * (len(span) - 1) / (epochs - 1))] for i in range(epochs)]
+    return tuple(float(v) * scale for v in picked)
+
+
+def _finite(schedule: Sequence[float]) -> bool:
+    return all(math.isfinite(v) and v >= 0 for v in schedule)
+
+
+def validate_schedule(schedule: Sequence[float]) -> Schedule:
+    """A schedule as a tuple of floats; a `CqdError` for an empty or negative one."""
+    values = tuple(float(v) for v in schedule)
+    if not values or not _finite(values):
+        from cqd_port.errors import CqdError
+
+        raise CqdError(f"learning-rate schedule {list(values)} must be a non-empty list of non-negative numbers")
+    return values

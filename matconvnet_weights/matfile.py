@@ -1,0 +1,273 @@
+"""Read any MATLAB `.mat` file into one plain-Python representation.
+
+MATLAB writes model files in two container formats: v5/v7 (read with
+`scipy.io.loadmat`) and v7.3, which is HDF5 with a 512-byte MATLAB header
+(read here with h5py, walking MATLAB's own conventions; `mat73` decodes the
+rare classes this walker does not know, such as sparse matrices). Both come
+out in the same shape, so the layout readers see one representation:
+
+| MATLAB | Python |
+|---|---|
+| 1x1 struct | `dict` (field order kept) |
+| struct array of any other size | `list` of `dict`, column-major order |
+| cell array | `list`, column-major order |
+| 1xN char | `str` (an MxN char matrix: `list` of `str`) |
+| numeric / logical | `numpy.ndarray` with MATLAB's own dimensions (at least 2) |
+| object, function handle | `OpaqueValue(class_name)` |
+
+Unlike `scipy.io.loadmat(squeeze_me=True)` and `mat73` (which squeeze
+singleton dimensions), arrays keep exactly the dimensions MATLAB saved:
+MATLAB only drops *trailing* singleton dimensions, which
+`cqd_port.layout.pad_trailing_dims` restores. Arrays are column-major views
+(`order='F'`), never copied on the way: a 400 MB model is held once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cqd_port.errors import CqdError
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class OpaqueValue:
+    """A MATLAB value with no plain representation (a class object, a function handle)."""
+
+    class_name: str
+
+
+def load_mat(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load every variable of a MAT v4/v5/v7/v7.3 file as plain Python (see the module table).
+
+    Raises `CqdError` naming the file when it is missing, empty, truncated,
+    corrupt or not a MAT file at all.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CqdError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise CqdError(f"{path}: is a directory, not a .mat file; pass the model file itself")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(520)
+    except OSError as exc:
+        raise CqdError(f"{path}: cannot be read ({exc.strerror or exc}); check its permissions") from None
+    if not head:
+        raise CqdError(f"{path}: the file is empty, not a MAT file; re-download or re-export it")
+    if head[:4] == b"PK\x03\x04":
+        raise CqdError(
+            f"{path}: is a zip archive (a PyTorch checkpoint?), not a MAT file; "
+            "pass the MatConvNet .mat model, or use the checkpoint directly"
+        )
+    if head[512:520] == HDF5_SIGNATURE or head[:8] == HDF5_SIGNATURE:
+        return _guarded(path, "MAT v7.3 (HDF5)", _load_hdf5)
+    return _guarded(path, "MAT v5/v7", _load_scipy)
+
+
+def _guarded(path: Path, kind: str, loader) -> dict[str, Any]:
+    # Every backend failure (truncation, bad zlib stream, garbage header) becomes
+    # one CqdError line naming the file; memory exhaustion is not a user error.
+    try:
+        return loader(path)
+    except CqdError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the backends raise a dozen exception types
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise CqdError(
+            f"{path}: not a readable {kind} file ({reason}); the file is truncated, corrupt "
+            "or not a MAT file: re-download it or save it again from MATLAB"
+        ) from None
+
+
+# ----------------------------------------------------------------------------- v5 / v7
+
+
+def _load_scipy(path: Path) -> dict[str, Any]:
+    import scipy.io
+
+    raw = scipy.io.loadmat(str(path), squeeze_me=False, struct_as_record=False, chars_as_strings=True)
+    out: dict[str, Any] = {}
+    for name in list(raw):
+        if name.startswith("__"):
+            continue
+        # pop as we go so the raw tree does not keep a second reference to each array
+        out[name] = _from_scipy(raw.pop(name))
+    return out
+
+
+def _from_scipy(value: Any) -> Any:
+    from scipy.io.matlab import mat_struct
+
+    if isinstance(value, mat_struct):
+        return {field: _from_scipy(getattr(value, field)) for field in value._fieldnames}
+    if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            items = [_from_scipy(item) for item in value.ravel(order="F")]
+            # a 1x1 struct is a dict; any other struct array (and every cell) a list
+            if value.size == 1 and isinstance(value.flat[0], mat_struct):
+                return items[0]
+            return items
+        if value.dtype.kind == "U":
+            return _strings(value.ravel(order="F").tolist())
+        if value.dtype.names is not None:  # an old-style MATLAB object record
+            return OpaqueValue(getattr(value, "classname", "object"))
+        return _native(value)
+    if type(value).__name__ in ("MatlabOpaque", "MatlabFunction", "MatlabObject"):
+        return OpaqueValue(str(getattr(value, "classname", type(value).__name__)))
+    return value
+
+
+def _strings(rows: list[str]) -> str | list[str]:
+    if len(rows) == 0:
+        return ""
+    if len(rows) == 1:
+        return rows[0]
+    return rows
+
+
+def _native(array: np.ndarray) -> np.ndarray:
+    """Native byte order (torch.from_numpy refuses big-endian data); no copy otherwise."""
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="), order="K")
+    if array.ndim < 2:
+        array = array.reshape(array.shape + (1,) * (2 - array.ndim), order="F")
+    return array
+
+
+# ----------------------------------------------------------------------------- v7.3 (HDF5)
+
+_NUMERIC_CLASSES = {
+    "double", "single", "int8", "int16", "int32", "int64",
+    "uint8", "uint16", "uint32", "uint64", "logical",
+}
+
+
+def _load_hdf5(path: Path) -> dict[str, Any]:
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        reader = _Hdf5Reader(handle)
+        return {name: reader.value(handle[name]) for name in handle if not name.startswith("#")}
+
+
+class _Hdf5Reader:
+    """MATLAB's v7.3 conventions: every variable carries a `MATLAB_class` attribute;
+    arrays are stored with their dimensions reversed (HDF5 is row-major); a 1x1 struct
+    is a group of fields; a struct array is a group whose fields are datasets of object
+    references (no `MATLAB_class`), one per element; a cell array is a dataset of object
+    references into `#refs#`; char arrays are uint16 code units; empty arrays are a
+    dataset of their dimensions with the `MATLAB_empty` attribute."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+
+    def value(self, node) -> Any:
+        import h5py
+
+        cls = _attr_str(node.attrs.get("MATLAB_class"))
+        if isinstance(node, h5py.Group):
+            if "MATLAB_sparse" in node.attrs or (cls is not None and cls not in ("struct",)):
+                return self._fallback(node, cls)
+            return self._struct(node)
+        if "MATLAB_empty" in node.attrs and int(np.asarray(node.attrs["MATLAB_empty"]).ravel()[0]):
+            return self._empty(node, cls)
+        if cls == "cell" or (cls is None and h5py.check_ref_dtype(node.dtype) is not None):
+            return [self.value(self.handle[ref]) for ref in np.asarray(node[()]).ravel(order="C")]
+        if cls == "char":
+            return self._char(node)
+        if cls in _NUMERIC_CLASSES:
+            data = node[()]
+            if data.dtype.names and {"real", "imag"} <= set(data.dtype.names):
+                data = data["real"] + 1j * data["imag"]
+            array = np.asarray(data).T  # reversed HDF5 dims -> MATLAB dims, column-major view
+            if cls == "logical":
+                array = array.astype(bool)
+            return _native(array)
+        if cls == "struct":  # a struct with no fields stored as a dataset
+            return {}
+        return self._fallback(node, cls)
+
+    def _struct(self, group) -> dict[str, Any] | list[dict[str, Any]]:
+        import h5py
+
+        names = _field_names(group)
+        fields = [group[name] for name in names]
+        is_array = bool(fields) and all(
+            isinstance(f, h5py.Dataset) and h5py.check_ref_dtype(f.dtype) is not None and "MATLAB_class" not in f.attrs
+            for f in fields
+        )
+        if not is_array:
+            return {name: self.value(field) for name, field in zip(names, fields)}
+        refs = {name: np.asarray(field[()]).ravel(order="C") for name, field in zip(names, fields)}
+        count = len(next(iter(refs.values())))
+        items = [{name: self.value(self.handle[refs[name][i]]) for name in names} for i in range(count)]
+        return items[0] if count == 1 else items  # a 1x1 struct is a dict, as from scipy
+
+    def _empty(self, node, cls: str | None) -> Any:
+        if cls == "char":
+            return ""
+        if cls in ("cell", "struct"):
+            return []
+        dims = tuple(int(d) for d in np.asarray(node[()]).ravel())
+        dtype = np.float64 if cls in (None, "double") else (bool if cls == "logical" else np.dtype(_MATLAB_DTYPES.get(cls, "float64")))
+        return np.zeros(dims if len(dims) >= 2 else (0, 0), dtype=dtype)
+
+    def _char(self, node) -> str | list[str]:
+        codes = np.asarray(node[()]).T  # MATLAB rows x columns
+        if codes.ndim == 1:
+            codes = codes[None, :]
+        rows = [codes[i].astype("<u2").tobytes().decode("utf-16-le", errors="replace") for i in range(codes.shape[0])]
+        return _strings(rows)
+
+    def _fallback(self, node, cls: str | None) -> Any:
+        # mat73 knows sparse matrices and a few other classes; objects and
+        # function handles have no plain form.
+        if cls in ("function_handle",) or "MATLAB_object_decode" in node.attrs:
+            return OpaqueValue(cls or "object")
+        try:
+            from mat73.core import HDF5Decoder
+
+            decoder = HDF5Decoder(verbose=False)
+            if "#refs#" in self.handle:
+                decoder.refs = self.handle["#refs#"]
+            return decoder.unpack_mat(node, force=True, MATLAB_class=cls)
+        except Exception:  # noqa: BLE001 - an undecodable value is reported as opaque
+            return OpaqueValue(cls or "unknown")
+
+
+_MATLAB_DTYPES = {
+    "single": "float32", "double": "float64", "int8": "int8", "int16": "int16", "int32": "int32",
+    "int64": "int64", "uint8": "uint8", "uint16": "uint16", "uint32": "uint32", "uint64": "uint64",
+}
+
+
+def _attr_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("ascii", errors="replace")
+    if isinstance(value, np.ndarray):
+        return _attr_str(value.ravel()[0]) if value.size else None
+    return str(value)
+
+
+def _field_names(group) -> list[str]:
+    # MATLAB records the field order in MATLAB_fields (vlen arrays of single chars);
+    # h5py itself iterates alphabetically.
+    fields = group.attrs.get("MATLAB_fields")
+    if fields is None:
+        return list(group.keys())
+    names = []
+    for entry in fields:
+        chars = np.asarray(entry).ravel()
+        names.append(b"".join(c if isinstance(c, bytes) else bytes(c) for c in chars).decode("ascii"))
+    return [name for name in names if name in group] + [k for k in group.keys() if k not in names]

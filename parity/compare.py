@@ -1,0 +1,110 @@
+"""One comparison between a value the port computed and MatConvNet's reference.
+
+The error measure and the tolerances are the ones `../shared/parity/FORMAT.md`
+sets: relative error = max|got - ref| / max|ref| over the whole tensor, and
+a comparison passes at 1e-5 (1e-4 for momentum buffers and for gradients
+that travelled back through a whole network, where float32 rounding of many
+layers adds up). All tolerances live here, nowhere else.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# Tolerances on the relative error (FORMAT.md, "Tolerances the project must meet").
+TOL_DEFAULT = 1e-5
+"""Single operators (forward and backward), network activations, losses."""
+TOL_MOMENTUM = 1e-4
+"""SGD momentum buffers of the training replay."""
+TOL_NETWORK_GRADIENT = 1e-4
+"""Input and parameter derivatives back-propagated through a whole network."""
+
+
+@dataclass
+class ComparisonRow:
+    """One line of the parity table.
+
+    `group` is the reference file (or family) the case came from, `case` the
+    operator case or network layer, `quantity` what was compared (`y`,
+    `dzdx`, `dzdw`...). `rel` is the relative error, `max_abs` the largest
+    absolute difference, `tol` the tolerance on `rel`.
+    """
+
+    group: str
+    case: str
+    quantity: str
+    max_abs: float
+    rel: float
+    tol: float
+    note: str = ""
+
+    @property
+    def passed(self) -> bool:
+        # NaN compares False, so a NaN error (or a shape mismatch) fails.
+        return bool(self.rel <= self.tol)
+
+
+def _as_float64(value: np.ndarray | torch.Tensor | float) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().to(torch.float64).numpy()
+    return np.asarray(value, dtype=np.float64)
+
+
+def relative_error(got: np.ndarray | torch.Tensor | float, ref: np.ndarray | torch.Tensor | float) -> tuple[float, float]:
+    """(max|got - ref|, max|got - ref| / max|ref|), computed in float64.
+
+    A reference that is all zeros has no scale: the relative error is then the
+    absolute error (zero when `got` is zero too), so an exactly-zero gradient
+    that the port reproduces passes and a non-zero one is measured absolutely.
+    Empty tensors compare equal. NaN anywhere gives NaN.
+    """
+    got64, ref64 = _as_float64(got), _as_float64(ref)
+    if got64.shape != ref64.shape:
+        raise ValueError(f"shape {tuple(got64.shape)} != reference shape {tuple(ref64.shape)}")
+    if ref64.size == 0:
+        return 0.0, 0.0
+    diff = np.abs(got64 - ref64)
+    if np.isnan(diff).any():
+        return math.nan, math.nan
+    max_abs = float(diff.max())
+    scale = float(np.abs(ref64).max())
+    rel = max_abs / scale if scale > 0 else max_abs
+    return max_abs, rel
+
+
+def compare(
+    case: str,
+    quantity: str,
+    got: np.ndarray | torch.Tensor | float,
+    ref: np.ndarray | torch.Tensor | float,
+    tol: float = TOL_DEFAULT,
+    group: str = "",
+    note: str = "",
+) -> ComparisonRow:
+    """Compare `got` with `ref` (same shape and layout) and return the table row.
+
+    Both are converted to float64 before subtracting, so the measure itself
+    adds no rounding. A shape mismatch is a failed row (NaN errors, the two
+    shapes in the note), not an exception: the suite reports it next to the
+    other rows.
+    """
+    try:
+        max_abs, rel = relative_error(got, ref)
+    except ValueError as exc:
+        return ComparisonRow(group, case, quantity, math.nan, math.nan, tol, _join(note, str(exc)))
+    if math.isnan(rel):
+        note = _join(note, "NaN in the result")
+    return ComparisonRow(group, case, quantity, max_abs, rel, tol, note)
+
+
+def failed_row(group: str, case: str, quantity: str, tol: float, note: str) -> ComparisonRow:
+    """A row for a comparison that could not be made (missing layer, missing gradient...)."""
+    return ComparisonRow(group, case, quantity, math.nan, math.nan, tol, note)
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a else b

@@ -1,0 +1,484 @@
+"""The parity suite: run the library on MatConvNet's reference inputs and compare.
+
+`run_parity` drives the *same* library code the rest of the project uses
+(`cqd_port.nn`, `matconvnet_weights`, `cqd_port.models.SimpleNetwork`, the
+trainer through `parity.train_reference`) on every reference file it finds,
+and returns one `ComparisonRow` per compared tensor:
+
+- `ops_*.mat`: each operator case forward (`y`) and backward (`dzdx`, and
+  `dzdw`/`dzdb` for convolutions), the backward by autograd with the file's
+  `dzdy` as the projection, exactly MatConvNet's `vl_nnX(x, ..., dzdy)`;
+- `ref_*.mat`: the network named in `provenance.network` (looked up beside
+  the reference file, together with its other file layouts `<net>_oldformat.mat`
+  and `<net>_dag.mat` when present), layer by layer: every activation
+  `x{i+1}`, every input derivative `dzdx{i}` and parameter derivative
+  `dzdw{i}`, with one backward pass from the output projected on `dzdy`;
+- `train_*.mat`: replayed by `parity.train_reference.run_train_reference`.
+
+Precision: everything runs in float32, the precision MatConvNet computed
+the references in and the precision the library trains and evaluates in
+(what the suite must vouch for); the CPU LRN's `fast_pow` is moreover defined
+on float32 bit patterns. Both precisions pass at the FORMAT.md tolerances;
+measured worst relative errors: operators 3.8e-7 in float32 / 4.6e-7 in
+float64; whole networks, activations 1.2e-6 / 1.2e-6 and gradients 6.7e-6 /
+1.7e-6. The float32 network gradients are further off because a bias
+gradient sums ~50k float32 terms in another order than MatConvNet did, which
+is exactly why FORMAT.md allows 1e-4 for whole-network gradients.
+
+LRN mode: taken from each file's `provenance.lrn` (`lrn="auto"`), or forced
+for every file with `lrn="exact"` / `lrn="matconvnet-cpu"`; forcing the
+wrong one makes the LRN rows fail, which is how the suite shows it can fail.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cqd_port.errors import CqdError
+from cqd_port.layout import image_to_nchw
+from parity.compare import TOL_DEFAULT, TOL_NETWORK_GRADIENT, ComparisonRow, compare, failed_row
+from parity.references import (
+    LRN_MODES,
+    NetworkReference,
+    OpCase,
+    find_reference_files,
+    read_network_reference,
+    read_ops_file,
+    read_train_provenance,
+    reference_kind,
+)
+
+LRN_CHOICES = ("auto", *LRN_MODES)
+PACKAGED_REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+# The file layouts of one network that a faithful reader must read identically (FORMAT.md).
+NETWORK_LAYOUT_SUFFIXES = ("", "_oldformat", "_dag")
+# MatConvNet's layer type names (`types` of ref_*.mat) that differ from LayerSpec's.
+_MCN_TO_SPEC_TYPE = {"normalize": "lrn", "lrn": "lrn"}
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class NotRun:
+    """A reference file the suite found but did not compare, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class ParityReport:
+    rows: list[ComparisonRow] = field(default_factory=list)
+    not_run: list[NotRun] = field(default_factory=list)
+    lrn_modes: dict[str, str] = field(default_factory=dict)
+    """The LRN mode each group ran with (for the files where LRN takes part)."""
+
+    @property
+    def n_passed(self) -> int:
+        return sum(row.passed for row in self.rows)
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.rows) - self.n_passed
+
+    @property
+    def passed(self) -> bool:
+        """True when at least one comparison ran and none failed."""
+        return bool(self.rows) and self.n_failed == 0
+
+    def failures(self) -> list[ComparisonRow]:
+        return [row for row in self.rows if not row.passed]
+
+
+# --------------------------------------------------------------------------- where the references are
+
+
+def default_reference_dirs() -> list[Path]:
+    """The packaged `parity/reference/` and `../shared/parity`, where present.
+
+    `../shared/parity` is looked up relative to the current working directory
+    and to the repository root (the checkout this package was imported from);
+    the same directory reached both ways is listed once.
+    """
+    candidates = [
+        PACKAGED_REFERENCE_DIR,
+        Path.cwd().parent / "shared" / "parity",
+        REPOSITORY_ROOT.parent / "shared" / "parity",
+    ]
+    dirs: list[Path] = []
+    seen: set[Path] = set()
+    for candidate in candidates:
+        if candidate.is_dir() and candidate.resolve() not in seen:
+            seen.add(candidate.resolve())
+            dirs.append(candidate)
+    return dirs
+
+
+def _resolve_lrn(lrn: str, file_lrn: str) -> str:
+    if lrn != "auto":
+        return lrn
+    return file_lrn or "exact"  # files without provenance.lrn: the GPU (exact pow) behaviour
+
+
+def network_layouts(reference_path: Path, network_name: str) -> list[Path]:
+    """The network file a reference names, looked up beside it, plus its other layouts.
+
+    CqdError when the named file is missing. `net_X.mat` brings along
+    `net_X_oldformat.mat` and `net_X_dag.mat` from the same folder when they
+    exist: FORMAT.md requires the same numbers from all three layouts.
+    """
+    if not network_name:
+        raise CqdError(
+            f"reference file {reference_path} names no network (provenance.network is empty); "
+            "run it with --model NET.mat --reference REF.mat"
+        )
+    primary = reference_path.parent / network_name
+    if not primary.is_file():
+        raise CqdError(
+            f"network file {primary} (named by {reference_path.name} in provenance.network) not found; "
+            "put it beside the reference file or use --model/--reference"
+        )
+    layouts = [primary]
+    for suffix in NETWORK_LAYOUT_SUFFIXES[1:]:
+        variant = primary.with_name(f"{primary.stem}{suffix}{primary.suffix}")
+        if variant.is_file():
+            layouts.append(variant)
+    return layouts
+
+
+# --------------------------------------------------------------------------- ops_*.mat
+
+
+def _op_forward(case: OpCase, x: torch.Tensor, lrn_mode: str, extra: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The library's implementation of one MatConvNet operator case."""
+    t, p = case.tensors, case.params
+    op = case.op
+    if op == "conv":
+        from cqd_port.nn.functional import conv
+
+        return conv(x, extra["w"], extra.get("b"), pad=p["pad"], stride=p["stride"], dilate=p.get("dilate", [1, 1]))
+    if op == "pool":
+        from cqd_port.nn.functional import pool
+
+        return pool(x, p["method"], p["pool"], stride=p["stride"], pad=p["pad"])
+    if op == "normalize":
+        from cqd_port.nn.lrn import lrn
+
+        return lrn(x, p["param"], mode=lrn_mode)
+    if op == "relu":
+        from cqd_port.nn.functional import relu
+
+        return relu(x, p.get("leak", 0.0))
+    if op == "softmax":
+        from cqd_port.nn.functional import softmax
+
+        return softmax(x)
+    if op in ("loss_softmaxlog", "softmaxloss"):
+        from cqd_port.nn.losses import softmaxlog_loss
+
+        return softmaxlog_loss(x, p["labels"])
+    if op == "dropout":
+        from cqd_port.nn.functional import dropout
+
+        return dropout(x, p["rate"], training=True, mask=t["mask"])
+    if op == "bnorm":
+        from cqd_port.nn.functional import bnorm
+
+        return bnorm(x, t["g"], t["b"], t["moments"], p.get("epsilon", 1e-4))
+    if op == "distill":
+        from cqd_port.nn.losses import distill_loss
+
+        # vl_nndistillloss: x/T2 is the student, v/T1 the teacher; y is per image.
+        return distill_loss(x, t["v"], p["T2"], p["T1"], reduction="none")
+    raise CqdError(f"unknown operator '{op}' in case '{case.name}' (supported: conv, pool, normalize, relu, "
+                   "softmax, loss_softmaxlog, softmaxloss, dropout, bnorm, distill)")
+
+
+def run_op_case(case: OpCase, group: str, lrn_mode: str) -> list[ComparisonRow]:
+    """Forward and backward of one operator case; rows for y, dzdx (and dzdw, dzdb)."""
+    t = case.tensors
+    note = f"lrn {lrn_mode}" if case.op == "normalize" else ""
+    x = t["x"].clone().requires_grad_(True)
+    extra: dict[str, torch.Tensor] = {}
+    if "w" in t:
+        extra["w"] = t["w"].clone().requires_grad_(True)
+    if "b" in t and t["b"].numel() > 0:
+        extra["b"] = t["b"].clone().requires_grad_(True)
+    try:
+        y = _op_forward(case, x, lrn_mode, extra)
+    except CqdError:
+        raise
+    except Exception as exc:  # a library defect or missing module: a failed row, not a crash
+        return [failed_row(group, case.name, "y", TOL_DEFAULT, f"{case.op} raised {type(exc).__name__}: {exc}")]
+
+    ref_y = t["y"]
+    rows = []
+    # Same numbers, possibly another shape (a per-image loss as N vs MatConvNet's 1x1x1xN).
+    got_y = y.reshape(ref_y.shape) if y.numel() == ref_y.numel() else y
+    rows.append(compare(case.name, "y", got_y, ref_y, TOL_DEFAULT, group, note))
+    if "dzdx" not in t:
+        return rows  # forward-only case (bnorm in test mode)
+
+    dzdy = t["dzdy"].to(y.dtype)
+    if dzdy.numel() == 1 and y.numel() != 1:
+        dzdy = dzdy.reshape(()).expand(y.shape)  # a scalar projection of a per-image loss
+    elif dzdy.numel() == y.numel():
+        dzdy = dzdy.reshape(y.shape)
+    inputs = [x, *extra.values()]
+    grads = torch.autograd.grad(y, inputs, grad_outputs=dzdy, allow_unused=True)
+    by_name = dict(zip(["x", *extra.keys()], grads))
+    for key, ref_key, quantity in (("x", "dzdx", "dzdx"), ("w", "dzdw", "dzdw"), ("b", "dzdb", "dzdb")):
+        if ref_key not in t or (ref_key == "dzdb" and t[ref_key].numel() == 0):
+            continue
+        grad = by_name.get(key)
+        if grad is None:
+            rows.append(failed_row(group, case.name, quantity, TOL_DEFAULT, "no gradient reached this input"))
+        else:
+            rows.append(compare(case.name, quantity, grad, t[ref_key], TOL_DEFAULT, group, note))
+    return rows
+
+
+def run_ops_file(path: Path, lrn: str = "auto") -> tuple[list[ComparisonRow], str | None]:
+    """All cases of one `ops_*.mat` file. Returns the rows and the LRN mode used (None if no LRN case)."""
+    ops = read_ops_file(path)
+    lrn_mode = _resolve_lrn(lrn, ops.provenance.lrn)
+    rows: list[ComparisonRow] = []
+    for case in ops.cases:
+        rows.extend(run_op_case(case, path.name, lrn_mode))
+    uses_lrn = any(case.op == "normalize" for case in ops.cases)
+    return rows, (lrn_mode if uses_lrn else None)
+
+
+# --------------------------------------------------------------------------- ref_*.mat
+
+
+def _load_network(path: Path, lrn_mode: str) -> torch.nn.Module:
+    """The network through the project's own loader (`.mat` in any layout, or a converted `.pt`)."""
+    from matconvnet_weights.convert import load_model
+
+    model = load_model(path, lrn_mode=lrn_mode)
+    model.eval()
+    return model
+
+
+def _average_image(model: torch.nn.Module) -> torch.Tensor | None:
+    """meta.normalization.averageImage (H x W x 3 or 1x1x3, MatConvNet layout) as 1 x 3 x H x W, if any."""
+    meta = getattr(model, "meta", None) or {}
+    normalization = meta.get("normalization") if isinstance(meta, dict) else None
+    average = normalization.get("averageImage") if isinstance(normalization, dict) else None
+    if average is None:
+        return None
+    average = np.asarray(average, dtype=np.float32)
+    if average.ndim == 1 or (average.ndim == 2 and 1 in average.shape):
+        average = average.reshape(1, 1, -1)  # a mean colour stored as a vector
+    return image_to_nchw(average)
+
+
+def compare_network(model: torch.nn.Module, ref: NetworkReference, group: str) -> list[ComparisonRow]:
+    """Run `model` on the reference input and compare every layer, forward and backward.
+
+    Reproduces `res = vl_simplenn(net, input, dzdy)` in test mode: one forward
+    pass keeping every layer's output, one backward pass from the last output
+    projected on `dzdy`. The derivative with respect to the input of layer i
+    is the gradient retained on the output of layer i - 1 (on the input for
+    the first layer). Layers are matched by position, as `vl_simplenn` runs
+    them; a name or type that differs from the reference is noted on the row.
+    """
+    params = {name: value for name, value in model.state_dict(keep_vars=True).items()}
+    dtype = next((p.dtype for p in params.values() if p.is_floating_point()), torch.float32)
+    x = ref.input.to(dtype).clone().requires_grad_(True)
+    with torch.enable_grad():
+        outputs = model.forward(x, return_all=True)
+        names = list(outputs.keys())
+        tensors = list(outputs.values())
+        for tensor in tensors:
+            if tensor.requires_grad and tensor is not x:
+                tensor.retain_grad()
+        if not tensors:
+            return [failed_row(group, "network", "layers", TOL_DEFAULT, "the model returned no layer outputs")]
+        final = tensors[-1]
+        dzdy = ref.dzdy.to(final.dtype)
+        backward_ran = dzdy.shape == final.shape and final.requires_grad
+        if backward_ran:
+            final.backward(dzdy)
+
+    rows: list[ComparisonRow] = []
+    if not backward_ran:
+        rows.append(failed_row(group, "network", "dzdy", TOL_NETWORK_GRADIENT,
+                               f"no backward pass: model output {tuple(final.shape)} vs reference dzdy {tuple(dzdy.shape)}"))
+    average = _average_image(model)
+    if average is not None:
+        # The reader's averageImage against the reference's own normalization: input = image - averageImage.
+        try:
+            normalized = ref.image - average.to(ref.image.dtype)
+            rows.append(compare("input", "image - averageImage", normalized, ref.input, TOL_DEFAULT, group))
+        except RuntimeError as exc:  # sizes that do not broadcast
+            rows.append(failed_row(group, "input", "image - averageImage", TOL_DEFAULT, f"averageImage does not fit the image: {exc}"))
+    if len(names) != len(ref.names):
+        rows.append(failed_row(group, "network", "layers", TOL_DEFAULT,
+                               f"the model has {len(names)} layers, the reference {len(ref.names)}"))
+    specs = getattr(model, "specs", None)
+    for i, ref_name in enumerate(ref.names):
+        case = f"{i + 1:02d} {ref_name}"
+        if i >= len(names):
+            rows.append(failed_row(group, case, "y", TOL_DEFAULT, "layer missing from the model"))
+            continue
+        note = "" if names[i] == ref_name else f"model layer '{names[i]}'"
+        if specs is not None and i < len(specs):
+            want = _MCN_TO_SPEC_TYPE.get(ref.types[i], ref.types[i])
+            if specs[i].type != want:
+                note = _join(note, f"model type '{specs[i].type}' vs '{ref.types[i]}'")
+        rows.append(compare(case, "y", tensors[i], ref.x[i + 1], TOL_DEFAULT, group, note))
+        input_tensor = x if i == 0 else tensors[i - 1]
+        if input_tensor.grad is None:
+            rows.append(failed_row(group, case, "dzdx", TOL_NETWORK_GRADIENT, _join(note, "no gradient reached this layer's input")))
+        else:
+            rows.append(compare(case, "dzdx", input_tensor.grad, ref.dzdx[i], TOL_NETWORK_GRADIENT, group, note))
+        for suffix, ref_grad in ref.dzdw[i].items():
+            quantity = {"weight": "dzdw", "bias": "dzdb"}.get(suffix, f"dzd{suffix}")
+            param = params.get(f"{names[i]}.{suffix}")
+            if param is None or param.grad is None:
+                why = f"no parameter '{names[i]}.{suffix}'" if param is None else "no gradient for this parameter"
+                rows.append(failed_row(group, case, quantity, TOL_NETWORK_GRADIENT, _join(note, why)))
+            else:
+                rows.append(compare(case, quantity, param.grad, ref_grad, TOL_NETWORK_GRADIENT, group, note))
+    return rows
+
+
+def run_network_reference(
+    reference: Path,
+    lrn: str = "auto",
+    model_path: Path | None = None,
+    progress: Progress | None = None,
+) -> tuple[list[ComparisonRow], dict[str, str]]:
+    """Compare one `ref_*.mat` with its network (all its layouts), or with `model_path` if given."""
+    ref = read_network_reference(reference)
+    lrn_mode = _resolve_lrn(lrn, ref.provenance.lrn)
+    networks = [Path(model_path)] if model_path is not None else network_layouts(reference, ref.network_name)
+    rows: list[ComparisonRow] = []
+    modes: dict[str, str] = {}
+    for network in networks:
+        if not network.is_file():
+            raise CqdError(f"network file not found: {network} (check --model)")
+        group = f"{reference.name} / {network.name}"
+        if progress is not None:
+            progress(group)
+        model = _load_network(network, lrn_mode)
+        rows.extend(compare_network(model, ref, group))
+        modes[group] = lrn_mode
+    return rows, modes
+
+
+# --------------------------------------------------------------------------- train_*.mat
+
+
+def run_train_file(path: Path) -> tuple[list[ComparisonRow], NotRun | None]:
+    """Replay a `train_*.mat` through `parity.train_reference`, or say why it was not run."""
+    read_train_provenance(path)  # a missing or corrupt file is a user error (CqdError) either way
+    try:
+        from parity.train_reference import run_train_reference
+    except ImportError as exc:
+        return [], NotRun(str(path), f"training replay unavailable (parity.train_reference: {exc})")
+    try:
+        return list(run_train_reference(path)), None
+    except CqdError:
+        raise
+    except Exception as exc:
+        return [], NotRun(str(path), f"training replay failed: {type(exc).__name__}: {exc}")
+
+
+# --------------------------------------------------------------------------- the whole suite
+
+
+def run_parity(
+    reference_dirs: Iterable[str | os.PathLike[str]] | None = None,
+    lrn: str = "auto",
+    model: str | os.PathLike[str] | None = None,
+    reference: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+) -> ParityReport:
+    """Run every reference file in `reference_dirs` (default: `default_reference_dirs()`).
+
+    `reference` alone runs just that `ref_*.mat` (or `ops_*`/`train_*` file)
+    with the network its provenance names; `model` with `reference` compares
+    that network file (a MatConvNet `.mat` or a converted `.pt`) with that
+    reference: the check for a user's own conversion. `lrn` is "auto" (each
+    file's `provenance.lrn`), "exact" or "matconvnet-cpu". `progress` is
+    called with a label before each file or network is run.
+    """
+    if lrn not in LRN_CHOICES:
+        raise CqdError(f"unknown --lrn '{lrn}' (use one of {', '.join(LRN_CHOICES)})")
+    report = ParityReport()
+
+    if model is not None and reference is None:
+        raise CqdError("--model needs --reference REF.mat (the MatConvNet reference to compare the model with)")
+    if reference is not None:
+        ref_path = Path(reference)
+        if not ref_path.is_file():
+            raise CqdError(f"reference file not found: {ref_path} (check --reference)")
+        kind = reference_kind(ref_path)
+        if model is not None and kind != "ref":
+            raise CqdError(f"--reference {ref_path.name} must be a ref_*.mat whole-network reference to go with --model")
+        _run_file(report, ref_path, kind or "ref", lrn, Path(model) if model is not None else None, progress)
+        return report
+
+    dirs = [Path(d) for d in reference_dirs] if reference_dirs is not None else default_reference_dirs()
+    if not dirs:
+        raise CqdError("no reference directory found (no parity/reference/ or ../shared/parity); pass --reference-dir DIR")
+    files = find_reference_files(dirs)
+    if not files.all():
+        raise CqdError(
+            f"no reference files (ops_*.mat, ref_*.mat, train_*.mat) in {', '.join(str(d) for d in dirs)}; "
+            "pass --reference-dir DIR"
+        )
+    for kind, paths in (("ops", files.ops), ("ref", files.refs), ("train", files.trains)):
+        for path in paths:
+            _run_file(report, path, kind, lrn, None, progress)
+    return report
+
+
+def _run_file(report: ParityReport, path: Path, kind: str, lrn: str, model: Path | None, progress: Progress | None) -> None:
+    if kind == "ops":
+        if progress is not None:
+            progress(path.name)
+        rows, mode = run_ops_file(path, lrn)
+        report.rows.extend(rows)
+        if mode is not None:
+            report.lrn_modes[path.name] = mode
+    elif kind == "ref":
+        rows, modes = run_network_reference(path, lrn, model, progress)
+        report.rows.extend(rows)
+        report.lrn_modes.update(modes)
+    else:
+        if progress is not None:
+            progress(path.name)
+        rows, not_run = run_train_file(path)
+        report.rows.extend(rows)
+        if not_run is not None:
+            report.not_run.append(not_run)
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a else b
+
+
+__all__ = [
+    "LRN_CHOICES",
+    "NotRun",
+    "ParityReport",
+    "compare_network",
+    "default_reference_dirs",
+    "network_layouts",
+    "run_network_reference",
+    "run_op_case",
+    "run_ops_file",
+    "run_parity",
+    "run_train_file",
+]

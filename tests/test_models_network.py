@@ -1,0 +1,142 @@
+"""SimpleNetwork: runs the layer list as vl_simplenn does; parameters and errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cqd_port.nn as N
+from cqd_port.errors import CqdError
+from cqd_port.models import LayerSpec, SimpleNetwork, init_state, vgg_m_specs
+
+
+@pytest.fixture(scope="module")
+def small_net() -> SimpleNetwork:
+    specs = vgg_m_specs(num_classes=7, width=1 / 16, input_size=99, dropout=0.5)
+    return SimpleNetwork(specs, init_state(specs, seed=4, method="xavierimproved"), meta={"classes": list("abcdefg")})
+
+
+def hand_composition(net: SimpleNetwork, x: torch.Tensor, lrn_mode: str = "exact") -> torch.Tensor:
+    s = net.state_dict()
+
+    def conv(name, pad=0, stride=1):
+        return lambda t: N.conv(t, s[f"{name}.weight"], s[f"{name}.bias"], pad, stride)
+
+    lrn = lambda t: N.lrn(t, [5, 2, 1e-4, 0.75], lrn_mode)  # noqa: E731
+    steps = [
+        conv("conv1", 0, 2), N.relu, lrn, lambda t: N.pool(t, "max", 3, 2),
+        conv("conv2", 1, 2), N.relu, lrn, lambda t: N.pool(t, "max", 3, 2, (0, 1, 0, 1)),
+        conv("conv3", 1), N.relu, conv("conv4", 1), N.relu, conv("conv5", 1), N.relu, lambda t: N.pool(t, "max", 3, 2),
+        conv("fc6"), N.relu, conv("fc7"), N.relu, conv("fc8"), N.softmax,
+    ]
+    for step in steps:
+        x = step(x)
+    return x
+
+
+def test_forward_equals_hand_composition(small_net: SimpleNetwork) -> None:
+    x = torch.randn(2, 3, 99, 99) * 50
+    want = hand_composition(small_net, x)
+    assert small_net.layer("fc6").weight.shape[2:] == (2, 2)  # fc6 covers pool5's map at 99x99
+    got = small_net(x)
+    assert got.shape == (2, 7, 1, 1)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-7)
+    small_net.lrn_mode = "matconvnet-cpu"
+    try:
+        cpu = small_net(x)
+    finally:
+        small_net.lrn_mode = "exact"
+    assert torch.allclose(cpu, hand_composition(small_net, x, "matconvnet-cpu"), rtol=1e-5, atol=1e-7)
+
+
+def test_return_all_gives_every_layer_in_order(small_net: SimpleNetwork) -> None:
+    x = torch.randn(1, 3, 99, 99) * 50
+    outs = small_net(x, return_all=True)
+    assert list(outs) == small_net.layer_names
+    # relu outputs are separate tensors: the conv output before it keeps its negatives
+    assert float(outs["conv1"].detach().min()) < 0 and float(outs["relu1"].detach().min()) == 0
+    assert torch.equal(outs["prob"], small_net(x))
+
+
+def test_gradients_flow_to_every_parameter(small_net: SimpleNetwork) -> None:
+    x = torch.randn(2, 3, 99, 99) * 50
+    small_net.zero_grad()
+    (small_net(x) * torch.randn(2, 7, 1, 1)).sum().backward()
+    for name, p in small_net.named_parameters():
+        assert p.grad is not None and float(p.grad.abs().max()) > 0, name
+
+
+def test_dropout_only_in_train_mode(small_net: SimpleNetwork) -> None:
+    x = torch.randn(2, 3, 99, 99) * 50
+    assert not small_net.training  # starts in test mode, as vl_simplenn
+    a, b = small_net(x), small_net(x)
+    assert torch.equal(a, b)
+    small_net.train()
+    try:
+        c = small_net(x)
+    finally:
+        small_net.eval()
+    assert not torch.allclose(a, c)
+
+
+def test_state_dict_keys_and_truncation(small_net: SimpleNetwork) -> None:
+    keys = set(small_net.state_dict())
+    assert {"conv1.weight", "conv1.bias", "fc8.weight", "fc8.bias"} <= keys
+    head = small_net.truncated("pool5")
+    assert head.layer_names[-1] == "pool5" and "fc6.weight" not in head.state_dict()
+    x = torch.randn(1, 3, 99, 99) * 50
+    assert torch.equal(head(x), small_net(x, return_all=True)["pool5"])
+    with torch.no_grad():
+        head.layer("conv1").weight.zero_()
+    assert float(small_net.layer("conv1").weight.detach().abs().max()) > 0  # nothing shared
+    head.meta["classes"].append("z")
+    assert len(small_net.meta["classes"]) == 7
+
+
+def test_with_layers_appended(small_net: SimpleNetwork) -> None:
+    head = small_net.truncated("relu7")
+    extra = [LayerSpec("fc8new", "conv", {"pad": [0, 0, 0, 0], "stride": [1, 1]})]
+    state = {"fc8new.weight": torch.randn(3, head.layer("fc7").weight.shape[0], 1, 1), "fc8new.bias": torch.zeros(3)}
+    net = head.with_layers_appended(extra, state)
+    x = torch.randn(2, 3, 99, 99) * 50
+    want = N.conv(head(x), state["fc8new.weight"], state["fc8new.bias"])
+    assert torch.allclose(net(x), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(CqdError, match="parameter .fc8new.bias. already exists"):
+        net.with_layers_appended(extra, state)
+
+
+def test_bnorm_layer_uses_moments() -> None:
+    specs = [LayerSpec("bn", "bnorm", {"epsilon": 1e-4})]
+    state = {"bn.weight": torch.tensor([2.0, 1.0]), "bn.bias": torch.tensor([0.0, 1.0]), "bn.moments": torch.tensor([[1.0, 2.0], [0.0, 1.0]])}
+    net = SimpleNetwork(specs, state)
+    y = net(torch.ones(1, 2, 1, 1))
+    assert y.flatten().tolist() == [0.0, 2.0]
+    assert "bn.moments" in net.state_dict()
+
+
+@pytest.mark.parametrize(
+    "mutate,fragment",
+    [
+        (lambda s: s.pop("conv2.weight"), "layer 'conv2' (conv): parameter 'conv2.weight'"),
+        (lambda s: s.__setitem__("conv3.bias", torch.zeros(5)), "'conv3.bias' has shape [5], expected"),
+        (lambda s: s.__setitem__("conv9.weight", torch.zeros(1)), "'conv9.weight' belongs to no layer"),
+    ],
+)
+def test_bad_state_names_layer_and_parameter(mutate, fragment: str) -> None:
+    specs = vgg_m_specs(num_classes=3, width=1 / 32, input_size=99)
+    state = init_state(specs, 0)
+    mutate(state)
+    with pytest.raises(CqdError) as info:
+        SimpleNetwork(specs, state)
+    assert fragment in str(info.value)
+
+
+def test_runtime_shape_error_names_layer() -> None:
+    specs = [LayerSpec("c1", "conv", {"size": [3, 3, 3, 4]}), LayerSpec("c2", "conv", {"size": [1, 1, 5, 2]})]
+    net = SimpleNetwork(specs)
+    with pytest.raises(CqdError, match="layer 'c2' \\(conv\\).*filter depth"):
+        net(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(CqdError, match="unknown LRN mode"):
+        net.lrn_mode = "fast"
+    with pytest.raises(CqdError, match="appears twice"):
+        SimpleNetwork([LayerSpec("r", "relu"), LayerSpec("r", "relu")])
