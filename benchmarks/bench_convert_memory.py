@@ -143,12 +143,12 @@ def main() -> int:
     copies = (run["peak_mb"] - base_mb) / weights_mb
     read_copies = (run["peak_after_read_mb"] - base_mb) / weights_mb
     rows = [
-        ("weights (float32)", f"{weights_mb:.0f} MB"),
-        (".mat file", f"{file_mb:.0f} MB (written in {write_seconds:.0f} s)"),
-        ("checkpoint", f"{checkpoint_mb:.0f} MB"),
-        ("baseline RSS (python + torch + library)", f"{base_mb:.0f} MB"),
-        ("peak RSS after reading + converting", f"{run['peak_after_read_mb']:.0f} MB ({read_copies:.2f} x weights above baseline)"),
-        ("peak RSS of the whole conversion", f"{run['peak_mb']:.0f} MB ({copies:.2f} x weights above baseline)"),
+        ("weights (float32)", f"{weights_mb:.0f} MiB"),
+        (".mat file", f"{file_mb:.0f} MiB (written in {write_seconds:.0f} s)"),
+        ("checkpoint", f"{checkpoint_mb:.0f} MiB"),
+        ("baseline RSS (python + torch + library)", f"{base_mb:.0f} MiB"),
+        ("peak RSS after reading + converting", f"{run['peak_after_read_mb']:.0f} MiB ({read_copies:.2f} x weights above baseline)"),
+        ("peak RSS of the whole conversion", f"{run['peak_mb']:.0f} MiB ({copies:.2f} x weights above baseline)"),
         ("conversion time", f"{run['seconds']:.1f} s (read {run['read_seconds']:.1f} s)"),
         ("target", "<= 2.00 x weights above baseline: " + ("met" if copies <= 2.0 else "MISSED")),
     ]
@@ -158,6 +158,7 @@ def main() -> int:
         print(f"  {label:<{width}}  {value}")
     atomic_write_json(ROOT / "bench-out" / "bench_convert_memory.json", {
         "benchmark": "convert_memory",
+        "units": "MiB",
         "weights_mb": weights_mb,
         "mat_file_mb": file_mb,
         "checkpoint_mb": checkpoint_mb,

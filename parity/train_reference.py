@@ -124,7 +124,7 @@ def run_train_reference(path: str | Path) -> list[ComparisonRow]:
         v = mcn_to_nchw(np.asarray(teacher, dtype=np.float32))
         stats = sgd_step(model, optimizer, objective, x, y, v, learning_rates[step - 1])
         ref_loss = _floats(loss)
-        rows.append(compare(case, "loss objective (softmaxlog)", torch.tensor(stats.softmaxlog), np.float64(ref_loss[0]), TOL_DEFAULT, group))
+        rows.append(compare(case, "loss objective (softmaxlog)", torch.tensor(stats.softmaxlog), np.float64(ref_loss[0]), TOL_DEFAULT, group, f"LRN {lrn_mode}"))
         rows.append(compare(case, "loss distill", torch.tensor(stats.distill), np.float64(ref_loss[1]), TOL_DEFAULT, group))
 
         ref_momentum = _per_layer_params(list(momentum_after), names, "momentumAfter", path)

@@ -258,3 +258,36 @@ def test_user_errors_are_one_line_cqd_errors(call, fragment: str) -> None:
     with pytest.raises(CqdError) as info:
         call()
     assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_max_pool_every_padding_path_equals_explicit_minus_inf_padding() -> None:
+    # the symmetric, ceil-mode and explicit-padding paths against the definition
+    gen = torch.Generator().manual_seed(5)
+    for h, w in ((13, 13), (26, 26), (9, 10), (7, 6)):
+        for pad in ((0, 1, 0, 1), (0, 2, 0, 1), (1, 1, 1, 1), (1, 0, 2, 1), (0, 0, 0, 0)):
+            for pool_size, stride in (((3, 3), (2, 2)), ((3, 2), (1, 3))):
+                if max(pad[0], pad[1]) >= pool_size[0] or max(pad[2], pad[3]) >= pool_size[1]:
+                    continue
+                x = torch.randn(2, 3, h, w, generator=gen, dtype=torch.float64, requires_grad=True)
+                got = N.pool(x, "max", pool_size, stride, pad)
+                padded = torch.nn.functional.pad(x, (pad[2], pad[3], pad[0], pad[1]), value=float("-inf"))
+                want = torch.nn.functional.max_pool2d(padded, pool_size, stride)
+                assert got.shape == want.shape, (h, w, pad, pool_size, stride)
+                assert torch.equal(got, want)
+                g = torch.randn(got.shape, generator=gen, dtype=torch.float64)
+                (gx,) = torch.autograd.grad(got, x, g)
+                (wx,) = torch.autograd.grad(want, x, g)
+                assert torch.equal(gx, wx)
+
+
+@pytest.mark.parametrize("mode", ["exact", "matconvnet-cpu"])
+def test_lrn_same_numbers_in_channels_last_memory(mode: str) -> None:
+    gen = torch.Generator().manual_seed(2)
+    x = torch.relu(torch.randn(2, 10, 5, 6, generator=gen)) * 40
+    g = torch.randn(x.shape, generator=gen)
+    a = x.clone().requires_grad_()
+    b = x.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+    ya, yb = N.lrn(a, [5, 2, 1e-4, 0.75], mode), N.lrn(b, [5, 2, 1e-4, 0.75], mode)
+    ya.backward(g)
+    yb.backward(g)
+    assert torch.allclose(ya, yb, rtol=1e-6) and torch.allclose(a.grad, b.grad, rtol=1e-6, atol=1e-9)

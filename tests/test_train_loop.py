@@ -85,6 +85,13 @@ def test_run_writes_its_folder_and_learns(tmp_path):
     again = train(tiny_net(), Blobs(20, 1), Blobs(10, 2), config(), Objective(), tmp_path, progress=False,
                   on_step=lambda *a: calls.append(a))
     assert calls == [] and again.history == result.history and again.accuracy == result.accuracy
+    # A crash after the last checkpoint but before the other files: they are rewritten, no training.
+    (tmp_path / "evaluation.json").unlink()
+    (tmp_path / "history.json").unlink()
+    third = train(tiny_net(), Blobs(20, 1), Blobs(10, 2), config(), Objective(), tmp_path, progress=False,
+                  on_step=lambda *a: calls.append(a))
+    assert calls == [] and third.accuracy == result.accuracy
+    assert json.loads((tmp_path / "history.json").read_text()) == result.history
 
 
 def test_epoch_batches_reshuffle_per_epoch_and_keep_the_partial_batch():
@@ -274,3 +281,20 @@ def test_teacher_cache_key_follows_image_content_without_records(tmp_path, expos
     changed[2, 0, 0, 0] += 1.0
     second = teacher_logits(teacher, InMemory(changed, expose_tensor), tmp_path, batch_size=6)
     assert sum(calls) == 12 and not torch.equal(first, second)
+
+
+def test_softmax_ended_networks_teacher_gives_logits_and_training_is_refused(tmp_path):
+    teacher = tiny_net(seed=4)
+    with_prob = SimpleNetwork([*tiny_specs(), LayerSpec("prob", "softmax", {})], teacher.state_dict())
+    data = Blobs(6, 1)
+    logits = teacher_logits(with_prob, data, None, batch_size=6)
+    torch.testing.assert_close(logits, teacher_logits(teacher, data, None, batch_size=6))
+    with pytest.raises(CqdError, match="softmax layer 'prob'"):
+        train(with_prob, data, None, config(epochs=1), Objective(), tmp_path, progress=False)
+
+
+def test_progress_display_runs_and_can_be_silenced(tmp_path, capsys):
+    train(tiny_net(), Blobs(8, 1), Blobs(4, 2), config(epochs=1), Objective(), tmp_path / "on", progress=True)
+    assert "epochs" in capsys.readouterr().out
+    train(tiny_net(), Blobs(8, 1), Blobs(4, 2), config(epochs=1), Objective(), tmp_path / "off", progress=False)
+    assert capsys.readouterr().out == ""

@@ -56,8 +56,8 @@ class DemoConfig:
     lr_scale: float = 20.0
     pretrain_classes: int = 16  # per style
     pretrain_per_class: int = 30
-    pretrain_epochs: int = 12
-    pretrain_lr: float = 0.02
+    pretrain_epochs: int = 15
+    pretrain_lr: float = 0.001  # Adam, for the stand-in only
     sed_model: Path | None = None
     device: str = "cpu"
     seed: int = 0
@@ -100,18 +100,25 @@ def degradation_settings(image_size: int) -> dict[str, Any]:
 def pretrain_standin(config: DemoConfig, progress: bool) -> Path:
     """The demo's stand-in for imagenet-vgg-m: a reduced VGG-M trained on separate synthetic data.
 
-    Cached as `<out>/pretrain/final.pt` (the convert-weights checkpoint format,
-    with `meta.normalization` like an ImageNet model's: imageSize and the mean
-    colour of its training images); resumes from its checkpoint.
+    NOT MatConvNet's ImageNet training: a from-scratch VGG-M with LRN on
+    0-255 inputs and a few hundred images does not leave chance level with
+    plain SGD in a CPU budget, so the stand-in is trained with what does:
+    weights scaled layer by layer to unit output variance on a batch
+    (LSUV, Mishkin & Matas 2016) and Adam. Only this stand-in is trained
+    that way; every method of the grid then fine-tunes it with the
+    MatConvNet SGD, as the real grid fine-tunes imagenet-vgg-m.
+    Cached as `<out>/pretrain/final.pt` (the convert-weights checkpoint
+    format, `meta.normalization` like an ImageNet model's: imageSize and the
+    mean colour of its training images).
     """
     import torch
+    from rich.progress import Progress
 
-    from cqd_port.data.batches import ImageFolderDataset, PreloadedDataset, preload
+    from cqd_port.data.batches import ImageFolderDataset, preload
     from cqd_port.data.prepare import read_dataset
     from cqd_port.models.network import SimpleNetwork
     from cqd_port.models.vgg import init_state, vgg_m_specs
-    from cqd_port.train.objective import Objective
-    from cqd_port.train.trainer import TrainConfig, train
+    from cqd_port.train.objective import class_scores
     from matconvnet_weights.convert import save_checkpoint
 
     folder = Path(config.out) / "pretrain"
@@ -119,39 +126,55 @@ def pretrain_standin(config: DemoConfig, progress: bool) -> Path:
     if final.is_file():
         return final
     size = (config.image_size, config.image_size)
-    parts = []
+    zero = np.zeros((1, 1, 3), dtype=np.float32)
+    images, labels = [], []
     for offset, (style, seed) in enumerate((("birds", 1001), ("cars", 1002))):
         root = _dataset(
             Path(config.out) / "data" / f"pretrain-{style}", style, config.pretrain_classes, config.pretrain_per_class, 0, config.draw_size, seed
         )
         index = read_dataset("cub", root)
-        parts.append((index, offset * config.pretrain_classes))
-    # average colour of the pretraining images (what an ImageNet model's averageImage is)
-    zero = np.zeros((1, 1, 3), dtype=np.float32)
-    decoded = []
-    for index, offset in parts:
-        data = preload(ImageFolderDataset(index, index.records, size, zero))
-        decoded.append((data.images, data.label_tensor + offset))
-    images = torch.cat([d[0] for d in decoded])
-    labels = torch.cat([d[1] for d in decoded])
-    average = images.mean(dim=(0, 2, 3)).numpy().reshape(1, 1, 3).astype(np.float32)
-    train_set = PreloadedDataset(images - torch.from_numpy(average.reshape(3))[None, :, None, None], labels)
+        decoded = preload(ImageFolderDataset(index, index.records, size, zero))
+        images.append(decoded.images)
+        labels.append(decoded.label_tensor + offset * config.pretrain_classes)
+    x_all = torch.cat(images)
+    y_all = torch.cat(labels)
+    average = x_all.mean(dim=(0, 2, 3))
+    x_all -= average[None, :, None, None]
 
     num_classes = 2 * config.pretrain_classes
     specs = vgg_m_specs(num_classes=num_classes, width=config.width, input_size=config.image_size, dropout=0.5, softmax=False)
-    state = init_state(specs, seed=config.seed, method="xavierimproved")
+    generator = torch.Generator().manual_seed(config.seed + 1000)
+    model = SimpleNetwork(specs, init_state(specs, seed=config.seed, method="xavierimproved"))
+    with torch.no_grad():  # LSUV: unit output variance, layer after layer, on one batch
+        probe = x_all[torch.randperm(len(x_all), generator=generator)[:128]]
+        for spec in specs:
+            if spec.type == "conv":
+                std = float(model(probe, return_all=True)[spec.name].std())
+                model.layer(spec.name).weight.div_(max(std, 1e-6))
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.pretrain_lr)
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("pretraining the stand-in", total=config.pretrain_epochs)
+        for _epoch in range(config.pretrain_epochs):
+            model.train()
+            order = torch.randperm(len(x_all), generator=generator)
+            for start in range(0, len(order), config.batch_size):
+                batch = order[start : start + config.batch_size]
+                loss = torch.nn.functional.cross_entropy(class_scores(model(x_all[batch])), y_all[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            bar.advance(task)
+    model.eval()
     meta = {
-        "normalization": {"imageSize": [config.image_size, config.image_size, 3], "averageImage": average, "interpolation": "bicubic"},
+        "normalization": {
+            "imageSize": [config.image_size, config.image_size, 3],
+            "averageImage": average.numpy().reshape(1, 1, 3).astype(np.float32),
+            "interpolation": "bicubic",
+        },
         "classes": {"name": [str(i + 1) for i in range(num_classes)], "description": []},
         "source": "SYNTHETIC stand-in for imagenet-vgg-m (cqd_port.experiments.demo.pretrain_standin)",
-        "synthetic": True,
     }
-    model = SimpleNetwork(specs, state, meta)
-    epochs = config.pretrain_epochs
-    schedule = tuple(float(config.pretrain_lr * (0.1 ** (e / max(1, epochs - 1)))) for e in range(epochs))
-    train_config = TrainConfig(epochs=epochs, batch_size=config.batch_size, schedule=schedule, seed=config.seed + 7, device=config.device, evaluate_every_epoch=False)
-    train(model, train_set, None, train_config, Objective("softmaxlog"), folder, progress=progress)
-    save_checkpoint(final, model.specs, {k: v.detach().cpu() for k, v in model.state_dict().items()}, model.meta)
+    save_checkpoint(final, model.specs, {k: v.detach().cpu() for k, v in model.state_dict().items()}, meta)
     return final
 
 

@@ -78,6 +78,9 @@ class SimpleNetwork(nn.Module):
         # ReLU in place after conv/bnorm when only the final output is asked for (saves a
         # pass over memory); switch off when forward hooks must see pre-ReLU outputs.
         self.inplace_relu = True
+        # Activations in channels-last memory: oneDNN's convolutions and max pooling are
+        # markedly faster on CPU that way (VGG-M forward ~1.5x); values are unchanged.
+        self.channels_last = True
         state = dict(state) if state is not None else None
         used: set[str] = set()
         names: set[str] = set()
@@ -185,6 +188,8 @@ class SimpleNetwork(nn.Module):
         """Run every layer in order; the last output, or {layer name: output} for all layers."""
         outputs: OrderedDict[str, torch.Tensor] = OrderedDict()
         previous_type = None
+        if self.channels_last and x.dim() == 4 and x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
         for spec in self._specs:
             module = self._modules[spec.name]
             if isinstance(module, M.ReLU):

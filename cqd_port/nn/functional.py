@@ -142,6 +142,10 @@ def pool(
     if method == "max":
         if symmetric:
             return F.max_pool2d(x, (ph, pw), (sy, sx), (pt, pl))
+        if pt == 0 and pl == 0 and h >= ph and w >= pw and _ceil_mode_matches(h, w, (ph, pw), (sy, sx), (pb, pr)):
+            # Padding only at the bottom/right (VGG-M's pool2): PyTorch's ceil mode adds the same
+            # border windows, clipped to the input (= -inf padding), without copying the input.
+            return F.max_pool2d(x, (ph, pw), (sy, sx), ceil_mode=True)
         x = F.pad(x, (pl, pr, pt, pb), value=float("-inf"))
         return F.max_pool2d(x, (ph, pw), (sy, sx))
     if symmetric:
@@ -151,6 +155,18 @@ def pool(
     ones = F.pad(x.new_ones(1, 1, h, w), (pl, pr, pt, pb))
     counts = F.avg_pool2d(ones, (ph, pw), (sy, sx), divisor_override=1)
     return sums / counts
+
+
+def _ceil_mode_matches(h: int, w: int, pool: Pair, stride: Pair, pad_end: Pair) -> bool:
+    """True when PyTorch's ceil-mode output size equals MatConvNet's with end padding `pad_end`."""
+    for size, k, s, p in ((h, pool[0], stride[0], pad_end[0]), (w, pool[1], stride[1], pad_end[1])):
+        matconvnet = (size + p - k) // s + 1
+        ceil = -(-(size - k) // s) + 1
+        if (ceil - 1) * s >= size:  # PyTorch drops a last window that starts past the input
+            ceil -= 1
+        if ceil != matconvnet:
+            return False
+    return True
 
 
 def relu(x: torch.Tensor, leak: float = 0.0, inplace: bool = False) -> torch.Tensor:

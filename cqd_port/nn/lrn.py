@@ -51,39 +51,78 @@ def _window_offsets(depth: int) -> tuple[int, int]:
 def channel_window_sum(v: torch.Tensor, before: int, after: int) -> torch.Tensor:
     """out[:, k] = sum of v[:, j] for j in [k - before, k + after] clipped to the channels.
 
-    A few shifted in-place adds over the channel axis (N - 1 passes for a
-    window of N); much cheaper than pooling or a banded matrix product on
-    CPU and free of the cancellation a cumulative sum would bring.
+    A few shifted adds over the channel axis (N - 1 passes for a window of
+    N); much cheaper than pooling or a banded matrix product on CPU and free
+    of the cancellation a cumulative sum would bring.
     """
-    channels = v.shape[1]
-    out = v.clone()
-    for d in range(1, min(before, channels - 1) + 1):
-        out[:, d:] += v[:, :-d]
-    for d in range(1, min(after, channels - 1) + 1):
-        out[:, :-d] += v[:, d:]
+    padded = _padded_channels(v, before, after)
+    padded[:, before : before + v.shape[1]].copy_(v)
+    return _sum_shifted(padded, v.shape[1], before + after + 1)
+
+
+def _padded_channels(like: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """An N x (before + C + after) x H x W buffer whose extra channels are zero, in `like`'s memory format.
+
+    Mixing NCHW and channels-last operands makes every elementwise pass several times slower.
+    """
+    n, c, h, w = like.shape
+    shape = (n, before + c + after, h, w)
+    if _is_channels_last(like):
+        # the pad channels are short strided runs there: zeroing the whole buffer is cheaper
+        return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last).zero_()
+    buf = torch.empty(shape, dtype=like.dtype, device=like.device)
+    buf[:, :before].zero_()
+    buf[:, before + c :].zero_()
+    return buf
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.shape[1] > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _sum_shifted(padded: torch.Tensor, channels: int, depth: int) -> torch.Tensor:
+    # the zero channels of `padded` stand for the clipped part of the window
+    if depth == 1:
+        return padded[:, :channels].clone()
+    out = torch.add(padded[:, :channels], padded[:, 1 : 1 + channels])
+    for j in range(2, depth):
+        out.add_(padded[:, j : j + channels])
     return out
 
 
 class _ExactLRN(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, depth: int, kappa: float, alpha: float, beta: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, depth: int, kappa: float, alpha: float, beta: float, needs_grad: bool) -> torch.Tensor:  # type: ignore[override]
         before, after = _window_offsets(depth)
-        scale = channel_window_sum(x * x, before, after).mul_(alpha).add_(kappa)  # L
+        channels = x.shape[1]
+        squares = _padded_channels(x, before, after)
+        torch.mul(x, x, out=squares[:, before : before + channels])
+        window = _sum_shifted(squares, channels, depth)
+        del squares
+        scale = torch.add(torch.tensor(kappa, dtype=x.dtype), window, alpha=alpha)  # L = kappa + alpha S, one pass
+        del window
         lb = torch.pow(scale, -beta)  # L^-beta (a vectorised pow beat rsqrt/sqrt chains for beta = 0.75 here)
-        ctx.save_for_backward(x, scale, lb)
-        ctx.params = (depth, alpha, beta)
+        if needs_grad:
+            ctx.save_for_backward(x, lb, torch.div(lb, scale))  # L^-beta, L^-beta / L
+            ctx.params = (depth, alpha, beta)
         return x * lb
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        x, scale, lb = ctx.saved_tensors
+        x, lb, lb_over_l = ctx.saved_tensors
         depth, alpha, beta = ctx.params
         before, after = _window_offsets(depth)
+        channels = x.shape[1]
         # sum over the windows that contain q: the transposed window [q - after, q + before]
-        inner = (grad * x).mul_(lb).div_(scale)
-        spread = channel_window_sum(inner, after, before)
-        dx = (grad * lb).sub_(spread.mul_(x).mul_(2.0 * alpha * beta))
-        return dx, None, None, None, None
+        inner = _padded_channels(x, after, before)
+        middle = inner[:, after : after + channels]
+        torch.mul(grad, x, out=middle)
+        middle.mul_(lb_over_l)
+        spread = _sum_shifted(inner, channels, depth)
+        del inner, middle
+        dx = torch.mul(grad, lb)
+        dx.addcmul_(spread, x, value=-2.0 * alpha * beta)
+        return dx, None, None, None, None, None
 
 
 def fast_pow(x: torch.Tensor, y: float) -> torch.Tensor:
@@ -194,7 +233,7 @@ def lrn(x: torch.Tensor, param: Sequence[float], mode: str = "exact") -> torch.T
         raise CqdError(f"LRN: expected an N x C x H x W input, got shape {tuple(x.shape)}")
     kappa, alpha, beta = values[1:]
     if mode == "exact":
-        return _ExactLRN.apply(x, depth, kappa, alpha, beta)
+        return _ExactLRN.apply(x, depth, kappa, alpha, beta, x.requires_grad)
     if mode == "matconvnet-cpu":
         return _MatConvNetCpuLRN.apply(x, depth, kappa, alpha, beta)
     raise CqdError(f"unknown LRN mode '{mode}' (use one of: {', '.join(LRN_MODES)})")

@@ -116,14 +116,14 @@ def evaluate(
     """Run `model` in test mode (no dropout) over `dataset` of `(image, label, index)` triples.
 
     `progress` is an optional `rich.progress.Progress` to report batches on.
-    The model is left in test mode.
+    The model is moved to `device` and left there, in test mode.
     """
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise CqdError("cannot evaluate on an empty dataset; check the test split")
     device = torch.device(device)
-    model.eval()
+    model.to(device).eval()
     all_scores, all_labels, all_indices = [], [], []
-    task = progress.add_task("evaluate", total=len(dataset)) if progress is not None else None  # type: ignore[arg-type]
+    task = progress.add_task("evaluate", total=len(dataset), info="") if progress is not None else None  # type: ignore[arg-type]
     for batch in _loader(dataset, batch_size, num_workers):
         images, labels, indices = batch
         scores = class_scores(model(images.to(device))).float().cpu()

@@ -120,12 +120,19 @@ def compute_teacher_logits(
     device: str | torch.device = "cpu",
     num_workers: int = 0,
 ) -> torch.Tensor:
-    """The teacher's scores in test mode for every item, row `index` for the item with that index."""
+    """The teacher's scores in test mode for every item, row `index` for the item with that index.
+
+    A network ending in a softmax layer (a deployed model's `prob`) is run up
+    to the layer before it: distillation needs logits, not probabilities.
+    """
     n = len(dataset)  # type: ignore[arg-type]
     if n == 0:
         raise CqdError("cannot compute teacher logits on an empty training set")
     device = torch.device(device)
-    teacher_model.eval()
+    specs = getattr(teacher_model, "specs", None)
+    if specs and len(specs) > 1 and specs[-1].type == "softmax" and hasattr(teacher_model, "truncated"):
+        teacher_model = teacher_model.truncated(specs[-2].name)
+    teacher_model.to(device).eval()
     out: torch.Tensor | None = None
     filled = torch.zeros(n, dtype=torch.bool)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)

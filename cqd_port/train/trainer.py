@@ -169,7 +169,13 @@ def epoch_seed(seed: int, epoch: int, stream: int) -> int:
 
 
 def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The epoch's batches: a permutation seeded by `(seed, epoch)`, cut in order, last one partial."""
+    """The epoch's batches: a permutation seeded by `(seed, epoch)`, cut in order, last one partial.
+
+    As `cnn_train_dag` (`randperm` of the training set every epoch, batches
+    `t:t+batchSize-1`, the last one shorter). The permutation comes from
+    PyTorch's generator, not MATLAB's `randperm`, so the order differs from
+    the original's; unlike PyTorch's `drop_last=True` habit, nothing is dropped.
+    """
     generator = torch.Generator().manual_seed(epoch_seed(seed, epoch, 0))
     order = torch.randperm(num_items, generator=generator).tolist()
     return [order[i : i + batch_size] for i in range(0, num_items, batch_size)]
@@ -230,6 +236,12 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     if objective.needs_teacher and teacher_logits is None:
         raise CqdError("the CQD objective needs teacher_logits (one row per training image); see cqd_port.train.teacher")
+    specs = getattr(model, "specs", None)
+    if specs and specs[-1].type == "softmax":
+        raise CqdError(
+            f"the network ends in softmax layer '{specs[-1].name}'; the losses need logits: train the network "
+            f"without it (e.g. model.truncated('{specs[-2].name if len(specs) > 1 else specs[-1].name}'))"
+        )
     n_train = len(train_set)  # type: ignore[arg-type]
     if n_train == 0:
         raise CqdError("the training set is empty; check the training split")
@@ -263,7 +275,11 @@ def train(
     evaluation: Evaluation | None = None
     eval_path = run_dir / EVALUATION_NAME
     if start_epoch > config.epochs:
-        # Finished run: give back what it left, computing the evaluation only if it never got written.
+        # Finished run: give back what it left, redoing only what a crash after the last
+        # checkpoint may have left unwritten (history.json, the plot, evaluation.json).
+        atomic_write_json(run_dir / HISTORY_NAME, history)
+        if config.plot and not (run_dir / PLOT_NAME).exists():
+            plot_history(history, run_dir / PLOT_NAME)
         if test_set is not None:
             evaluation = Evaluation.load(eval_path) if eval_path.exists() else None
             if evaluation is None:
