@@ -97,7 +97,7 @@ def time_teacher_forward(specs, state, batch: int, steps: int) -> float:
 
 
 def main() -> int:
-    configs = [("vggm-tiny", tiny_vggm, 16, 3), ("vggm-full", full_vggm, 16, 2)]
+    configs = [("vggm-tiny", tiny_vggm, 16, 6), ("vggm-full", full_vggm, 16, 2)]
     rows = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU (measured while other jobs may share the machine)")
     print(f"{'network':<10} {'objective':<11} {'batch':>5} {'s/step':>8} {'img/s':>8}")

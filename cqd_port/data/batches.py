@@ -116,6 +116,13 @@ def make_loader(
         raise CqdError(f"batch size {batch_size} must be at least 1")
     generator = torch.Generator()
     generator.manual_seed(int(seed))
+    extra: dict = {}
+    if workers > 0:
+        # Not fork: a forked worker can inherit a lock held by one of the parent's threads (cv2, OpenMP) and hang.
+        import multiprocessing
+
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        extra = {"multiprocessing_context": method, "persistent_workers": True, "worker_init_fn": _init_worker}
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -123,9 +130,14 @@ def make_loader(
         num_workers=max(0, int(workers)),
         generator=generator,
         pin_memory=pin_memory,
-        persistent_workers=workers > 0,
         drop_last=False,
+        **extra,
     )
+
+
+def _init_worker(_worker_id: int) -> None:
+    # One image per worker at a time: cv2's own thread pool would oversubscribe the cores.
+    cv2.setNumThreads(1)
 
 
 def preload(dataset: ImageFolderDataset, workers: int = 0, progress: bool = False) -> PreloadedDataset:
@@ -134,7 +146,7 @@ def preload(dataset: ImageFolderDataset, workers: int = 0, progress: bool = Fals
     h, w = dataset.image_size
     images = torch.empty((n, 3, h, w), dtype=torch.float32)
     labels = torch.empty((n,), dtype=torch.long)
-    loader = DataLoader(dataset, batch_size=32, shuffle=False, num_workers=max(0, int(workers)))
+    loader = make_loader(dataset, batch_size=32, shuffle=False, workers=workers)
     done = 0
     bar = None
     if progress:

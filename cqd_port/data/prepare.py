@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
@@ -179,7 +180,10 @@ def _run(jobs: list[tuple], workers: int, progress: bool, label: str) -> Iterabl
                 if bar is not None:
                     bar.advance(task)
         else:
-            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+            # Not fork: the parent may hold threads (OpenMP, cv2, torch) whose locks a forked child would inherit held.
+            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+            context = multiprocessing.get_context(method)
+            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, mp_context=context) as pool:
                 for result in pool.map(_process, jobs, chunksize=4):
                     yield result
                     if bar is not None:

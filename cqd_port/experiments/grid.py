@@ -364,7 +364,7 @@ def run_grid(plan: GridPlan, config: GridConfig, on_run=None) -> GridOutcome:
         records = _run_parallel(plan, config, on_run)
     else:
         device = f"cuda:{config.gpus[0]}" if config.gpus else config.device
-        data = DomainData(lambda v: ensure_variant(v, config, config.progress), preload=config.preload, workers=config.workers)
+        data = DomainData(lambda v: ensure_variant(v, config, config.progress), preload=config.preload, workers=0 if config.preload else config.workers)
         total = len(plan.runs)
         for number, (key, run) in enumerate(plan.runs.items(), start=1):
             status = run_status(config, key)

@@ -10,6 +10,12 @@ index the state dict directly; every intermediate output is available
 network starts in *test* mode (`vl_simplenn`'s default: dropout is the
 identity) and `model.train()` turns dropout on; LRN layers use `lrn_mode`
 ("exact" as MatConvNet's GPU kernels, "matconvnet-cpu" for its CPU kernels).
+
+Speed options (same numbers, within float32 rounding): `channels_last`
+(default True) runs CPU activations in channels-last memory, where oneDNN's
+convolutions and max pooling are much faster; `inplace_relu` (default True)
+applies a ReLU in place on a fresh conv/bnorm output when only the final
+output is requested. Parameters stay ordinary contiguous OIHW tensors.
 """
 
 from __future__ import annotations
@@ -216,7 +222,7 @@ class SimpleNetwork(nn.Module):
         keep = names[: names.index(after) + 1]
         state = {k: v for k, v in self._cloned_state().items() if k.split(".", 1)[0] in keep}
         net = SimpleNetwork(self._specs[: len(keep)], state, self._meta, self._lrn_mode)
-        return net.train(self.training)
+        return self._same_options(net)
 
     def with_layers_appended(self, specs: Sequence[LayerSpec], state: Mapping[str, Any] | None = None) -> "SimpleNetwork":
         """A new network: these layers plus `specs`, whose parameters come from `state` (copied weights)."""
@@ -231,6 +237,10 @@ class SimpleNetwork(nn.Module):
             raise CqdError(f"cannot append: parameter '{clash[0]}' already exists in the network; rename the new layer")
         merged.update(extra)
         net = SimpleNetwork([*self._specs, *specs], merged, self._meta, self._lrn_mode)
+        return self._same_options(net)
+
+    def _same_options(self, net: "SimpleNetwork") -> "SimpleNetwork":
+        net.inplace_relu, net.channels_last = self.inplace_relu, self.channels_last
         return net.train(self.training)
 
     def extra_repr(self) -> str:

@@ -125,7 +125,9 @@ def pool(
     `count_include_pad=True` divides by the full window). Output size
     `floor((H + pt + pb - ph) / sy) + 1` (PyTorch's floor mode, never ceil).
     PyTorch's `max_pool2d` also refuses padding above half the window; here
-    any padding smaller than the window works, as in MatConvNet.
+    any padding smaller than the window works, as in MatConvNet. Max pooling
+    padded only at the bottom/right runs as PyTorch's ceil mode when that
+    gives the same windows (no padded copy of the input).
     """
     _check_nchw(x, "pool")
     ph, pw = as_pair(pool, "pool size")

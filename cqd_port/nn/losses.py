@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from cqd_port.errors import CqdError
 
@@ -68,6 +69,7 @@ class _DistillLoss(torch.autograd.Function):
         return -(target * log_prob).sum(dim=1)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         log_prob, target = ctx.saved_tensors
         t_student, t_teacher = ctx.temps

@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from cqd_port.errors import CqdError
 
@@ -108,6 +109,7 @@ class _ExactLRN(torch.autograd.Function):
         return x * lb
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         x, lb, lb_over_l = ctx.saved_tensors
         depth, alpha, beta = ctx.params
@@ -126,10 +128,13 @@ class _ExactLRN(torch.autograd.Function):
 
 
 def fast_pow(x: torch.Tensor, y: float) -> torch.Tensor:
-    """MatConvNet 1.0-beta18's `fast_pow(x, y)` (VL_NNNORMALIZE_FAST), bit for bit.
+    """MatConvNet 1.0-beta18's `fast_pow(x, y)` (VL_NNNORMALIZE_FAST), operation by operation.
 
     float32 for float32 input (23-bit mantissa, exponent bias 127), the
     double variant (52 bits, bias 1023) for float64. x must be positive.
+    Every step is rounded to the working precision as the C code's float
+    arithmetic is (the MEX build's fast-math may fuse a multiply-add here
+    and there; the result then differs in the last bit at most).
     """
     if x.dtype == torch.float32:
         int_dtype, bits, bias = torch.int32, 23, 127
@@ -193,6 +198,7 @@ class _MatConvNetCpuLRN(torch.autograd.Function):
         return x * lb
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         x, scale, lb = ctx.saved_tensors
         depth, alpha_t, beta_t = ctx.params
