@@ -167,3 +167,10 @@ def test_speed_options_do_not_change_results(small_net: SimpleNetwork) -> None:
     # FORMAT.md's tolerances: outputs 1e-5, whole-network gradients 1e-4 (float32 rounding differs by layout)
     assert rel(y1, y2) < 1e-5 and rel(dx1, dx2) < 1e-4 and rel(dw1, dw2) < 1e-4
     assert small_net.truncated("fc7").channels_last
+
+
+def test_no_state_needs_sizes() -> None:
+    with pytest.raises(CqdError, match="layer 'c' \\(conv\\): no state given and no 'size'"):
+        SimpleNetwork([LayerSpec("c", "conv", {"pad": [0, 0, 0, 0]})])
+    net = SimpleNetwork([LayerSpec("c", "conv", {"size": [3, 3, 2, 4]})])
+    assert net.state_dict()["c.weight"].shape == (4, 2, 3, 3) and net.state_dict()["c.bias"].shape == (4,)

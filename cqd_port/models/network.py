@@ -110,6 +110,11 @@ class SimpleNetwork(nn.Module):
         if state is None or full not in state:
             if state is None and shape is not None:
                 return torch.zeros(shape)
+            if state is None:
+                raise CqdError(
+                    f"layer '{spec.name}' ({spec.type}): no state given and no 'size' attribute to shape "
+                    f"'{full}'; pass the parameters (e.g. vgg.init_state(specs)) or add 'size' [h w depth count]"
+                )
             expected = f" of shape {list(shape)}" if shape is not None else ""
             raise CqdError(f"layer '{spec.name}' ({spec.type}): parameter '{full}'{expected} is missing from the state dict")
         used.add(full)
