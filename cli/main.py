@@ -26,13 +26,7 @@ def _register_commands() -> None:
     import importlib
 
     for module_name in ("cli.weights", "cli.parity_cmd", "cli.data_cmd", "cli.train_cmd", "cli.analysis_cmd"):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        module.register(app)
+        importlib.import_module(module_name).register(app)
 
 
 _register_commands()

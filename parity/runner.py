@@ -382,16 +382,16 @@ def run_network_reference(
 def run_train_file(path: Path) -> tuple[list[ComparisonRow], NotRun | None]:
     """Replay a `train_*.mat` through `parity.train_reference`, or say why it was not run."""
     read_train_provenance(path)  # a missing or corrupt file is a user error (CqdError) either way
-    try:
-        from parity.train_reference import run_train_reference
-    except ImportError as exc:
-        return [], NotRun(str(path), f"training replay unavailable (parity.train_reference: {exc})")
+    from parity.train_reference import run_train_reference
+
     try:
         return list(run_train_reference(path)), None
     except CqdError:
         raise
     except Exception as exc:
-        return [], NotRun(str(path), f"training replay failed: {type(exc).__name__}: {exc}")
+        # A replay that crashes is a parity failure, never a silent "not run".
+        note = f"training replay crashed: {type(exc).__name__}: {exc}"
+        return [failed_row(path.name, "replay", "all steps", TOL_DEFAULT, note)], None
 
 
 # --------------------------------------------------------------------------- the whole suite

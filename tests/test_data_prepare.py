@@ -191,3 +191,15 @@ def test_read_prepared_errors(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(CqdError, match="corrupt"):
         read_prepared(tmp_path)
+
+
+def test_distorted_box_follows_the_aspect_keeping_resize_and_centre_window():
+    from cqd_port.data.prepare import _output_box
+
+    # 100 x 200 image -> 64 x 128 (shorter side 64), central 64 x 64 window starts at x = 33
+    assert _output_box((1, 1, 200, 100), (100, 200), False, 64, "distorted", SMALL) == (1, 1, 64, 64)
+    assert _output_box((101, 1, 200, 100), (100, 200), False, 64, "distorted", SMALL) == (33, 1, 64, 64)
+    assert _output_box((1, 1, 50, 100), (100, 200), False, 64, "distorted", SMALL) is None  # outside the window
+    # every other degradation resizes the whole image (aspect not kept)
+    assert _output_box((101, 1, 200, 100), (100, 200), False, 64, "lowres", SMALL) == (33, 1, 64, 64)
+    assert _output_box((1, 1, 50, 100), (100, 200), False, 64, "lowres", SMALL) == (1, 1, 16, 64)

@@ -100,3 +100,17 @@ def test_cli_synth(tmp_path, cli):
     assert len(read_cub(tmp_path / "s").records) == 4
     bad = cli("synth", "--out", tmp_path / "t", "--style", "fish")
     assert bad.exit_code == 2 and bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1
+
+
+def test_classes_come_in_sister_groups_that_differ_only_in_fine_details(tmp_path):
+    from cqd_port.data.synth import _class_attributes
+
+    for style, coarse in (("birds", ("body", "head")), ("cars", ("body",))):
+        classes = _class_attributes(style, 12, seed=3)
+        assert len({tuple(sorted(c.items())) for c in classes}) == 12
+        groups: dict[tuple, list] = {}
+        for c in classes:
+            groups.setdefault(tuple(c[k] for k in coarse), []).append(c)
+        assert sorted(len(g) for g in groups.values()) == [4, 4, 4]  # colour tells the group, details the class
+        assert _class_attributes(style, 12, seed=3) == classes
+        assert _class_attributes(style, 12, seed=4) != classes

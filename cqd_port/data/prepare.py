@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -104,14 +105,31 @@ def _out_size(config: Any) -> int:
     return int(getattr(config, "out_size", 224))
 
 
-def _output_box(record_box: Box | None, image_size: tuple[int, int], cropped: bool, out_size: int) -> Box | None:
-    """The record's box in the 224x224 output: the whole image when the output is the crop."""
+def _output_box(record_box: Box | None, image_size: tuple[int, int], cropped: bool, out_size: int, degradation: str = "", config: Any = None) -> Box | None:
+    """The record's box in the out_size x out_size output: the whole image when the output is the crop.
+
+    Most degradations resize the whole image to out_size x out_size (aspect not
+    kept). `distorted` keeps the aspect (shorter side = out_size) and takes the
+    central (or top-left) window; its box ignores the warp's few-pixel shifts.
+    """
     if cropped:
         return (1, 1, out_size, out_size)
     if record_box is None:
         return None
     h, w = image_size
-    return map_box_to_resized(clip_box(record_box, w, h), (h, w), (out_size, out_size))
+    box = clip_box(record_box, w, h)
+    if degradation != "distorted":
+        return map_box_to_resized(box, (h, w), (out_size, out_size))
+    scale = out_size / min(h, w)
+    rh, rw = (out_size, math.ceil(w * scale)) if h <= w else (math.ceil(h * scale), out_size)
+    x1, y1, x2, y2 = map_box_to_resized(box, (h, w), (rh, rw))
+    centre = getattr(config, "distortion_region", "center") == "center"
+    top, left = ((rh - out_size) // 2, (rw - out_size) // 2) if centre else (0, 0)
+    x1, x2 = max(1, x1 - left), min(out_size, x2 - left)
+    y1, y2 = max(1, y1 - top), min(out_size, y2 - top)
+    if x2 < x1 or y2 < y1:  # the object lies outside the kept window
+        return None
+    return (x1, y1, x2, y2)
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -280,7 +298,7 @@ def prepare_dataset(
     for record in index.records:
         if record.path not in sizes and not (crop or needs_box) and record.box is not None:
             sizes[record.path] = _image_size(index.resolve(record))
-        out_box = _output_box(record.box, sizes.get(record.path, (out_size, out_size)), crop or needs_box, out_size)
+        out_box = _output_box(record.box, sizes.get(record.path, (out_size, out_size)), crop or needs_box, out_size, degradation, config)
         records.append(dataclasses.replace(record, box=out_box).to_dict())
     from cqd_port.data.synth import is_synthetic
 

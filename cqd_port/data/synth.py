@@ -169,7 +169,7 @@ def _draw_bird(attrs: dict[str, str], length: float, rng: np.random.Generator) -
     wc, wax, wang = (c - 0.04 * L, c - 0.01 * L), (0.31 * L, 0.15 * L * fat), -8.0
     _ellipse(obj, wc, wax, wang, (*dark, 255))
     _ellipse(wing_mask, wc, wax, wang, 255)
-    _paste(obj[:, :, :3], _pattern((side, side), attrs["wing"], L / 14.0, _contrast(dark), rng, angle=15.0), wing_mask)
+    _paste(obj[:, :, :3], _pattern((side, side), attrs["wing"], L / 9.0, _contrast(dark), rng, angle=15.0), wing_mask)
     return obj
 
 
@@ -194,17 +194,17 @@ def _draw_car(attrs: dict[str, str], length: float, rng: np.random.Generator) ->
         _circle(obj, corner, r, (*body, 255))
     # Door trim: the class's fine pattern in a band along the side.
     band = np.zeros((h, w), np.uint8)
-    cv2.rectangle(band, _pt(cx - 0.28 * L, cy + 0.02 * L), _pt(cx + 0.3 * L, cy + 0.09 * L), 255, -1, cv2.LINE_AA, SHIFT)
-    _paste(obj[:, :, :3], _pattern((h, w), attrs["trim"], L / 22.0, _contrast(body), rng), band)
+    cv2.rectangle(band, _pt(cx - 0.28 * L, cy + 0.0 * L), _pt(cx + 0.3 * L, cy + 0.11 * L), 255, -1, cv2.LINE_AA, SHIFT)
+    _paste(obj[:, :, :3], _pattern((h, w), attrs["trim"], L / 12.0, _contrast(body), rng), band)
     # Headlight (front) and a small tail light.
     light = (250, 240, 200, 255)
     hx, hy = cx + 0.47 * L, cy + 0.0 * L
     if attrs["lights"] == "round":
-        _circle(obj, (hx - 0.01 * L, hy), 0.028 * L, light)
+        _circle(obj, (hx - 0.015 * L, hy), 0.036 * L, light)
     elif attrs["lights"] == "square":
-        cv2.rectangle(obj, _pt(hx - 0.05 * L, hy - 0.025 * L), _pt(hx + 0.01 * L, hy + 0.025 * L), light, -1, cv2.LINE_AA, SHIFT)
+        cv2.rectangle(obj, _pt(hx - 0.06 * L, hy - 0.032 * L), _pt(hx + 0.01 * L, hy + 0.032 * L), light, -1, cv2.LINE_AA, SHIFT)
     else:
-        cv2.rectangle(obj, _pt(hx - 0.09 * L, hy - 0.01 * L), _pt(hx + 0.02 * L, hy + 0.01 * L), light, -1, cv2.LINE_AA, SHIFT)
+        cv2.rectangle(obj, _pt(hx - 0.12 * L, hy - 0.013 * L), _pt(hx + 0.02 * L, hy + 0.013 * L), light, -1, cv2.LINE_AA, SHIFT)
     cv2.rectangle(obj, _pt(x0, cy - 0.02 * L), _pt(x0 + 0.025 * L, cy + 0.03 * L), (200, 30, 30, 255), -1, cv2.LINE_AA, SHIFT)
     # Wheels with the class's hub style.
     for wx in (cx - 0.31 * L, cx + 0.31 * L):
@@ -289,14 +289,35 @@ def _rotate_into(scene: np.ndarray, obj: np.ndarray, center: tuple[float, float]
     return warped[:, :, 3]
 
 
+COARSE_KEYS = {"birds": ("body", "head"), "cars": ("body",)}
+
+
 def _class_attributes(style: str, classes: int, seed: int) -> list[dict[str, str]]:
+    """Classes in groups that share their coarse attributes (colours) and differ only in fine ones.
+
+    Like sister species, the classes of a group can only be told apart by
+    small details (wing pattern and tail, or lights, trim and hubs), which is
+    what low resolution destroys; colours tell the groups apart, which is
+    what edge maps destroy.
+    """
     table = BIRD_ATTRIBUTES if style == "birds" else CAR_ATTRIBUTES
-    keys = list(table)
-    combos = list(itertools.product(*[list(table[k]) for k in keys]))
-    if classes > len(combos):
-        raise CqdError(f"--classes {classes} is more than the {len(combos)} distinct synthetic {style} classes; use at most {len(combos)}")
-    order = np.random.default_rng([seed, 7919]).permutation(len(combos))[:classes]
-    return [dict(zip(keys, combos[i])) for i in order]
+    coarse_keys = COARSE_KEYS[style]
+    fine_keys = tuple(k for k in table if k not in coarse_keys)
+    coarse = list(itertools.product(*[list(table[k]) for k in coarse_keys]))
+    fine = list(itertools.product(*[list(table[k]) for k in fine_keys]))
+    if classes > len(coarse) * len(fine):
+        most = len(coarse) * len(fine)
+        raise CqdError(f"--classes {classes} is more than the {most} distinct synthetic {style} classes; use at most {most}")
+    rng = np.random.default_rng([seed, 7919])
+    group_size = max(4, -(-classes // len(coarse)))  # at least 4 sister classes per colour group
+    groups = -(-classes // group_size)
+    chosen: list[dict[str, str]] = []
+    for g, c in enumerate(rng.permutation(len(coarse))[:groups]):
+        count = min(group_size, classes - g * group_size)
+        for f in rng.permutation(len(fine))[:count]:
+            attrs = dict(zip(coarse_keys, coarse[c])) | dict(zip(fine_keys, fine[f]))
+            chosen.append({k: attrs[k] for k in table})
+    return chosen
 
 
 def _class_name(style: str, attrs: dict[str, str]) -> str:

@@ -51,9 +51,9 @@ class DemoConfig:
     train_per_class: int = 30
     test_per_class: int = 20
     draw_size: int = 128  # height of the generated images before preparation
-    epochs: int = 10
+    epochs: int = 8
     batch_size: int = 32
-    lr_scale: float = 20.0
+    lr_scale: float = 1.0
     pretrain_classes: int = 16  # per style
     pretrain_per_class: int = 30
     pretrain_epochs: int = 15

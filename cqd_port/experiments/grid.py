@@ -374,7 +374,11 @@ def run_grid(plan: GridPlan, config: GridConfig, on_run=None) -> GridOutcome:
             records[key] = execute_run(run, config, data, device=device)
             if on_run is not None:
                 on_run(key, records[key])
-    json_path, md_path = write_results(config.out, plan.table, config.synthetic, collect_cells(plan, config))
+    from cqd_port.data.synth import is_synthetic
+
+    # results on generated data say so, whichever command made them
+    synthetic = config.synthetic or any(is_synthetic(config.variant_dir(v)) for v in plan.variants())
+    json_path, md_path = write_results(config.out, plan.table, synthetic, collect_cells(plan, config))
     return GridOutcome(json_path, md_path, md_path.read_text(encoding="utf-8"), records)
 
 

@@ -204,27 +204,29 @@ class DomainData:
         return dataset
 
 
+class ConcatDomains(torch.utils.data.Dataset):
+    """Items of several datasets one after the other, positions renumbered (A+B training set)."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+        self.offsets = np.cumsum([0, *[len(p) for p in parts]])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, position: int):
+        part = int(np.searchsorted(self.offsets, position, side="right") - 1)
+        image, label, _ = self.parts[part][position - int(self.offsets[part])]
+        return image, label, position
+
+
 def _concat(datasets: list):
     """A+B training set: one dataset of both domains (positions renumbered)."""
     from cqd_port.data.batches import PreloadedDataset
 
     if all(isinstance(d, PreloadedDataset) for d in datasets):
         return PreloadedDataset(torch.cat([d.images for d in datasets]), torch.cat([d.label_tensor for d in datasets]))
-
-    class _Concat(torch.utils.data.Dataset):
-        def __init__(self, parts):
-            self.parts = parts
-            self.offsets = np.cumsum([0, *[len(p) for p in parts]])
-
-        def __len__(self):
-            return int(self.offsets[-1])
-
-        def __getitem__(self, position):
-            part = int(np.searchsorted(self.offsets, position, side="right") - 1)
-            image, label, _ = self.parts[part][position - int(self.offsets[part])]
-            return image, label, position
-
-    return _Concat(datasets)
+    return ConcatDomains(datasets)
 
 
 def read_run_json(folder: Path) -> dict[str, Any]:

@@ -122,7 +122,7 @@ def select_tasks(table: int, names: list[str] | None) -> tuple[Task, ...]:
 
 
 def with_epochs(task: Task, epochs: int | None) -> Task:
-    """The task with its epoch count overridden (the learning-rate schedule is rescaled by the trainer)."""
+    """The task with its epoch count overridden (each run squeezes the released schedule into it, `shorten_schedule`)."""
     if epochs is None:
         return task
     if epochs < 1:

@@ -11,7 +11,7 @@ Layer types and their attributes (`attrs`), in MatConvNet's conventions:
 
 | type | attrs | MatConvNet block |
 |---|---|---|
-| conv | pad [top bottom left right], stride [y x], dilate [y x], has_bias | vl_nnconv (fully connected layers are convolutions) |
+| conv | pad [top bottom left right], stride [y x], dilate [y x], has_bias, size [h w depth count] (optional; shapes otherwise come from the state) | vl_nnconv (fully connected layers are convolutions) |
 | pool | method "max"/"avg", pool [h w], pad [t b l r], stride [y x] | vl_nnpool |
 | lrn | param [N kappa alpha beta] | vl_nnnormalize |
 | relu | leak | vl_nnrelu |

@@ -1,0 +1,99 @@
+"""results.json (schema, atomic writing), the Markdown table, the paper's transcribed numbers."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from cqd_port.errors import CqdError
+from cqd_port.experiments.paper import paper_table
+from cqd_port.experiments.results import Cell, load_results, markdown_table, validate_results, write_results
+
+ROW_TO_METHOD = {
+    "Upper bound": "upper_bound",
+    "No adaptation": "no_adaptation",
+    "Fine-tuning": "fine_tuning",
+    "Data augmentation": "data_augmentation",
+    "Staged training": "staged",
+    "CQD": "cqd",
+}
+
+
+def test_paper_table1_matches_shared_readme(paper_dir):
+    text = (paper_dir / "README.md").read_text()
+    table = paper_table(1)
+    rows = 0
+    for line in text.splitlines():
+        cols = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cols and cols[0] in ROW_TO_METHOD and len(cols) == 10:
+            method = ROW_TO_METHOD[cols[0]]
+            assert [table.value(t, method) for t in table.tasks] == [float(v) for v in cols[3:]]
+            rows += 1
+    assert rows == 6
+
+
+def test_paper_table2_matches_shared_readme(paper_dir):
+    text = (paper_dir / "README.md").read_text()
+    table = paper_table(2)
+    found = re.findall(r"^\| (vgg-\w+) → (vgg-\w+) \| ([\d.-]+) \| ([\d.-]+) \| ([\d.-]+) \|", text, re.M)
+    names = {("vgg-m", "vgg-m"): "vggm_vggm", ("vgg-vd", "vgg-m"): "vgg16_vggm", ("vgg-vd", "vgg-vd"): "vgg16_vgg16"}
+    assert len(found) == 3
+    for f, g, *values in found:
+        task = names[(f, g)]
+        expected = [None if v == "-" else float(v) for v in values]
+        assert [table.value(task, m) for m in ("upper_bound", "fine_tuning", "cqd")] == expected
+
+
+def test_write_and_read_results(tmp_path):
+    cells = [Cell("res_cub", "cqd", 61.0, 64.4), Cell("res_cub", "fine_tuning", None, 61.0), Cell("res_cub", "a_cqd", 50.0, None)]
+    json_path, md_path = write_results(tmp_path, 1, True, cells)
+    obj = json.loads(json_path.read_text())
+    assert obj == {
+        "table": 1,
+        "synthetic": True,
+        "cells": [
+            {"task": "res_cub", "method": "cqd", "accuracy": 61.0, "paper": 64.4},
+            {"task": "res_cub", "method": "fine_tuning", "accuracy": None, "paper": 61.0},
+            {"task": "res_cub", "method": "a_cqd", "accuracy": 50.0, "paper": None},
+        ],
+    }
+    assert load_results(json_path) == obj
+    md = md_path.read_text()
+    assert "SYNTHETIC" in md
+    assert "| CQD | CQD | B | **61.0** / 64.4 (-3.4) |" in md
+    assert "| Fine-tuning | B | B | not run / 61.0 |" in md
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporaries
+
+
+def test_markdown_made_from_file_shapes_like_paper(tmp_path):
+    cells = [Cell(t, m, 50.0, paper_table(2).value(t, m)) for t in paper_table(2).tasks for m in paper_table(2).methods]
+    json_path, _ = write_results(tmp_path, 2, False, cells)
+    md = markdown_table(load_results(json_path))
+    assert "| f -> g | A -> A | B -> B | CQD -> B |" in md
+    assert "| vgg-vd -> vgg-m | **50.0** | **50.0** | **50.0** / 64.6 (-14.6) |" in md
+    assert "SYNTHETIC" not in md
+
+
+@pytest.mark.parametrize(
+    "obj, message",
+    [
+        ({"table": 1, "synthetic": False}, "exactly the keys"),
+        ({"table": 4, "synthetic": False, "cells": []}, "'table'"),
+        ({"table": 1, "synthetic": "no", "cells": []}, "'synthetic'"),
+        ({"table": 1, "synthetic": False, "cells": [{"task": "x", "method": "cqd", "accuracy": 1, "paper": None}]}, "unknown task"),
+        ({"table": 2, "synthetic": False, "cells": [{"task": "vggm_vggm", "method": "staged", "accuracy": 1, "paper": None}]}, "unknown method"),
+        ({"table": 1, "synthetic": False, "cells": [{"task": "res_cub", "method": "cqd", "accuracy": 0.9 * 200, "paper": None}]}, "percentage"),
+        ({"table": 1, "synthetic": False, "cells": [{"task": "res_cub", "method": "cqd", "accuracy": 1.0}]}, "exactly the keys"),
+    ],
+)
+def test_schema_violations(obj, message):
+    with pytest.raises(CqdError, match=message):
+        validate_results(obj)
+
+
+def test_corrupt_results_file(tmp_path):
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(CqdError, match="not valid JSON"):
+        load_results(tmp_path / "results.json")
