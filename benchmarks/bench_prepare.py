@@ -3,9 +3,9 @@
 Draws a SYNTHETIC birds dataset (CUB layout, 224-pixel-high images) into a
 temporary folder and prepares every degradation that needs no external model
 (`edges` needs the SED model file and is skipped, `edges_sobel` stands for
-the edge maps) with `workers=2`, then `original` once more in-process for
-the single-process figure. Figures include process start-up and JPEG
-writing; they depend on the machine's load.
+the edge maps) in-process (`workers=0`) and with `workers=2`. Figures
+include worker start-up, per-process caches (resize weights, the TPS
+operator) and JPEG writing; they depend on the machine's load.
 
 Writes bench-out/bench_prepare.json.
 """
@@ -25,7 +25,7 @@ from cqd_port.data.prepare import prepare_dataset  # noqa: E402
 from cqd_port.data.synth import make_synthetic_dataset  # noqa: E402
 from cqd_port.fileio import atomic_write_json  # noqa: E402
 
-CLASSES, PER_CLASS = 10, 8  # 80 images
+CLASSES, PER_CLASS = 20, 8  # 160 images
 WORKERS = 2
 
 
@@ -37,7 +37,7 @@ def main() -> int:
         synth_seconds = time.perf_counter() - started
         images = CLASSES * PER_CLASS
         rows.append({"step": "synth (drawing + JPEG q95)", "workers": 0, "images": images, "seconds": synth_seconds})
-        runs = [(name, WORKERS) for name in DEGRADATIONS if name != "edges"] + [("original", 0)]
+        runs = [(name, workers) for name in DEGRADATIONS if name != "edges" for workers in (0, WORKERS)]
         for name, workers in runs:
             out = Path(tmp) / f"out-w{workers}"
             started = time.perf_counter()

@@ -24,11 +24,13 @@ image's relative path, never from the order or the worker.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
@@ -146,6 +148,22 @@ def _image_size(path: Path) -> tuple[int, int]:
         return read_image_rgb(path).shape[:2]
 
 
+@contextlib.contextmanager
+def _single_threaded_children():
+    """Child processes started inside this block import numpy with one BLAS/OpenMP thread."""
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: "1" for name in names})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _init_worker() -> None:
     # Each process handles one image at a time; cv2's own thread pool would oversubscribe the cores.
     cv2.setNumThreads(1)
@@ -198,10 +216,11 @@ def _run(jobs: list[tuple], workers: int, progress: bool, label: str) -> Iterabl
                 if bar is not None:
                     bar.advance(task)
         else:
-            # Not fork: the parent may hold threads (OpenMP, cv2, torch) whose locks a forked child would inherit held.
-            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-            context = multiprocessing.get_context(method)
-            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, mp_context=context) as pool:
+            # Spawned (not forked: the parent may hold threads whose locks a forked child would inherit held), and
+            # one BLAS/OpenMP thread per worker: N workers x N BLAS threads would oversubscribe the cores.
+            with _single_threaded_children(), ProcessPoolExecutor(
+                max_workers=workers, initializer=_init_worker, mp_context=multiprocessing.get_context("spawn")
+            ) as pool:
                 for result in pool.map(_process, jobs, chunksize=4):
                     yield result
                     if bar is not None:

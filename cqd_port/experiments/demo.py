@@ -48,12 +48,12 @@ class DemoConfig:
     image_size: int = 64
     width: float = 0.25
     classes: int = 12
-    train_per_class: int = 30
-    test_per_class: int = 20
+    train_per_class: int = 40
+    test_per_class: int = 30
     draw_size: int = 128  # height of the generated images before preparation
-    epochs: int = 8
+    epochs: int = 10
     batch_size: int = 32
-    lr_scale: float = 1.0
+    lr_scale: float = 0.5
     pretrain_classes: int = 16  # per style
     pretrain_per_class: int = 30
     pretrain_epochs: int = 15

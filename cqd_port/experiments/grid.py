@@ -248,6 +248,8 @@ def describe_plan(plan: GridPlan, config: GridConfig) -> list[str]:
         root = config.dataset_root(variant.dataset)
         if state != "exists" and root is None:
             state = f"missing; needs --{variant.dataset}-root to prepare it"
+        if state != "exists" and config.concrete(variant).degradation == "edges" and config.sed_model is None:
+            state += " and --sed-model (the paper's Structured Edge Detector)"
         lines.append(f"  {config.concrete(variant).label}: {path} ({state})")
     lines += ["", "pretrained models:"]
     for arch in plan.archs():
@@ -324,8 +326,13 @@ def check_inputs(plan: GridPlan, config: GridConfig) -> None:
 
     for variant in dict.fromkeys(v for r in pending for v in (*r.train, r.test, *( (r.teacher_data,) if r.teacher_data else ()))):
         folder = config.variant_dir(variant)
+        concrete = config.concrete(variant)
+        if not (folder / MANIFEST).is_file() and concrete.degradation == "edges" and config.sed_model is None:
+            raise CqdError(
+                f"prepared data {folder} missing and the paper's edges need the Structured Edge model: pass --sed-model "
+                "model.yml.gz (OpenCV ximgproc's SED forest), or prepare the folder with `cqd-port prepare`"
+            )
         if not (folder / MANIFEST).is_file() and config.dataset_root(variant.dataset) is None:
-            concrete = config.concrete(variant)
             raise CqdError(
                 f"prepared data {folder} missing; pass --{variant.dataset}-root DIR (the raw dataset) so it can be prepared, "
                 f"or run `cqd-port prepare --dataset {variant.dataset} --degradation {concrete.degradation}"
