@@ -71,6 +71,8 @@ def main() -> int:
             "target_seconds": TARGET_SECONDS,
             "within_target": wall < TARGET_SECONDS,
             "cpu_count": os.cpu_count(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "torch_threads": __import__("torch").get_num_threads(),
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(config).items()},
             "per_method": summary,
             "results": results,

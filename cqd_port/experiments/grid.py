@@ -157,7 +157,8 @@ class GridConfig:
     absent the file is looked up in `models`. `lr_scale` multiplies the
     released schedule (the demo's short runs); the input size and average
     colour come from the model's meta; `preload` decodes every image once into a
-    tensor (the demo); `prepare` lets a missing data variant be prepared.
+    tensor (the demo); a missing data variant is prepared from `cub_root` /
+    `cars_root` (with `prepare_config` as extra `DegradationConfig` fields).
     """
 
     out: Path
@@ -177,7 +178,7 @@ class GridConfig:
     preload: bool = False
     progress: bool = True
     synthetic: bool = False
-    edges_method: str | None = None  # None: SED when --sed-model is given (the paper), else the prepare default
+    edges_method: str | None = None  # what `edges` variants are made with; None: `edges`, the paper's SED (needs sed_model)
     prepare_config: dict | None = None  # extra DegradationConfig fields
     batch_size: int | None = None  # overrides the paper's batch size (the demo's small data)
 
