@@ -60,7 +60,7 @@ def _report(
     for task_name, path in result.curve_paths.items():
         typer.echo(f"wrote {path} (training curves, {task_name})")
     if result.missing_histories:
-        typer.echo(f"no history.json for: {', '.join(result.missing_histories)}")
+        typer.echo(f"no training curves (evaluation-only runs, or runs not finished): {', '.join(result.missing_histories)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -163,6 +163,11 @@ def make_report(config: ReportConfig) -> ReportResult:
     if config.task is not None and config.task not in present:
         raise CqdError(f"--task {config.task}: not in {results_dir / RESULTS_JSON} (tasks there: {', '.join(tasks)})")
 
+    # Cells share runs (one A model serves upper bound, no adaptation, staged and the teacher of
+    # several tasks): read each cell's history from the run that trained it.
+    from cqd_port.experiments.grid import plan_grid
+
+    run_of = {(c.task, c.method): c.run for c in plan_grid(table).cells}
     out = Path(config.out) if config.out is not None else results_dir / "figures"
     result = ReportResult(bars_path=results_bars(cells, out / f"table{table}_bars.png", table=table, synthetic=synthetic))
     for task in [config.task] if config.task is not None else tasks:
@@ -170,7 +175,7 @@ def make_report(config: ReportConfig) -> ReportResult:
         for cell in cells:
             if cell["task"] != task:
                 continue
-            path = results_dir / task / cell["method"] / HISTORY_NAME
+            path = results_dir / run_of.get((task, cell["method"]), f"{task}/{cell['method']}") / HISTORY_NAME
             if path.is_file():
                 histories[cell["method"]] = read_history(path)
             else:
