@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -279,7 +279,7 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
         "test": config.concrete(run.test).label,
         "init": run.init,
         "teacher": run.teacher,
-        "description": run.describe(),
+        "description": replace(run, batch_size=batch_size).describe(),
         "synthetic": bool(config.synthetic),
     }
     folder.mkdir(parents=True, exist_ok=True)
