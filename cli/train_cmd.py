@@ -83,7 +83,6 @@ def register(app: typer.Typer) -> None:
         """Table 1's whole grid end to end on SYNTHETIC data, small images and a narrow VGG-M, on a CPU."""
         from cqd_port.experiments.demo import DemoConfig, run_demo
 
-        defaults = DemoConfig()
-        config = DemoConfig(out=out, epochs=epochs or defaults.epochs, sed_model=sed_model, device=device)
+        config = DemoConfig(out=out, epochs=epochs or DemoConfig.epochs, sed_model=sed_model, device=device)
         outcome = run_demo(config)
         typer.echo(outcome.report)

@@ -43,7 +43,7 @@ import numpy as np
 
 from cqd_port.errors import CqdError
 
-__all__ = ["imresize", "imresize_torch", "resize_weights", "output_shape", "METHODS"]
+__all__ = ["imresize", "imresize_torch", "resize_weights", "output_shape", "matlab_uint8", "METHODS"]
 
 
 def _cubic(x: np.ndarray) -> np.ndarray:
@@ -178,6 +178,14 @@ _INT_RANGES = {np.dtype(np.uint8): (0.0, 255.0), np.dtype(np.uint16): (0.0, 6553
 def _round_clip(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     # MATLAB's double -> uint conversion: round half away from zero, saturate.
     return np.clip(np.floor(x + 0.5), lo, hi)
+
+
+def matlab_uint8(x: np.ndarray) -> np.ndarray:
+    """MATLAB's `uint8(x)` of a real array: round half away from zero, saturate to [0, 255].
+
+    numpy's `astype(np.uint8)` truncates and wraps around instead.
+    """
+    return _round_clip(np.asarray(x), 0.0, 255.0).astype(np.uint8)
 
 
 def imresize(

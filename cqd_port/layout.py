@@ -66,4 +66,4 @@ def image_to_nchw(image: np.ndarray) -> torch.Tensor:
 
 def bias_vector(array: ArrayLike) -> torch.Tensor:
     """A MatConvNet bias (Cout x 1, 1 x Cout or Cout) -> a 1-D tensor of length Cout."""
-    return _to_tensor(np.asarray(array).reshape(-1) if isinstance(array, np.ndarray) else array.reshape(-1))
+    return _to_tensor(array.reshape(-1))

@@ -24,8 +24,11 @@ import numpy as np
 import torch
 
 from cqd_port.errors import CqdError
-from cqd_port.fileio import atomic_path
+from cqd_port.fileio import atomic_torch_save
 from cqd_port.models.layers import LayerSpec
+from cqd_port.models.network import SimpleNetwork
+from cqd_port.models.vgg import check_topology
+from cqd_port.nn.functional import as_pair, as_quad
 from matconvnet_weights.simplenn import ImportedNetwork, read_network
 
 CHECKPOINT_FORMAT = "cqd-port-checkpoint/1"
@@ -52,8 +55,7 @@ def save_checkpoint(
         "meta": meta_out,
     }
     try:
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
+        atomic_torch_save(path, payload)
     except OSError as exc:
         raise CqdError(f"{path}: cannot write the checkpoint ({exc.strerror or exc}); choose another output path") from None
     return path
@@ -139,10 +141,8 @@ def read_any(path: str | os.PathLike[str]) -> ImportedNetwork:
     return read_network(path)
 
 
-def load_model(path: str | os.PathLike[str], lrn_mode: str = "exact"):
+def load_model(path: str | os.PathLike[str], lrn_mode: str = "exact") -> SimpleNetwork:
     """A `SimpleNetwork` from a MatConvNet `.mat` (any layout) or a converted `.pt` checkpoint."""
-    from cqd_port.models.network import SimpleNetwork
-
     imported = read_any(path)
     try:
         return SimpleNetwork(imported.specs, imported.state, imported.meta, lrn_mode=lrn_mode)
@@ -211,8 +211,6 @@ def convert_weights(
 
 def check_model(network: ImportedNetwork, model: str, source: Path | str) -> None:
     """`cqd_port.models.vgg.check_topology`, with the file named in the message."""
-    from cqd_port.models.vgg import check_topology
-
     size = network.meta.get("normalization", {}).get("imageSize") or list(DEFAULT_IMAGE_SIZE)
     try:
         check_topology(network.specs, model, network.state, int(size[0]))
@@ -271,24 +269,18 @@ def layer_table(network: Any, image_size: tuple[int, int] | None = None) -> Laye
         a = spec.attrs
         if spec.type == "conv":
             kh, kw = params.get("weight", (c, c, 1, 1))[2:4]
-            dy, dx = _pair(a.get("dilate", 1))
+            dy, dx = as_pair(a.get("dilate", 1), f"layer '{spec.name}' dilate")
             h, w = _out(spec, h, w, (dy * (kh - 1) + 1, dx * (kw - 1) + 1), a)
             c = params.get("weight", (c,))[0]
         elif spec.type == "pool":
-            h, w = _out(spec, h, w, _pair(a.get("pool", 1)), a)
+            h, w = _out(spec, h, w, as_pair(a.get("pool", 1), f"layer '{spec.name}' pool"), a)
         rows.append(LayerRow(spec.name, spec.type, (c, h, w), params, count))
     return LayerTable(input_shape, rows, total)
 
 
-def _pair(value: Any) -> tuple[int, int]:
-    values = [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
-    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
-
-
 def _out(spec: LayerSpec, h: int, w: int, window: tuple[int, int], a: dict[str, Any]) -> tuple[int, int]:
-    pad = a.get("pad", 0)
-    pad = [int(p) for p in (pad if isinstance(pad, (list, tuple)) else [pad] * 4)]
-    sy, sx = _pair(a.get("stride", 1))
+    pad = as_quad(a.get("pad", 0), f"layer '{spec.name}' pad")
+    sy, sx = as_pair(a.get("stride", 1), f"layer '{spec.name}' stride")
     ho = (h + pad[0] + pad[1] - window[0]) // sy + 1
     wo = (w + pad[2] + pad[3] - window[1]) // sx + 1
     if ho < 1 or wo < 1:

@@ -33,6 +33,7 @@ from matconvnet_weights.simplenn import (
     ImportedNetwork,
     NetworkBuilder,
     input_channels,
+    note_dropped_layers,
     read_meta,
 )
 
@@ -68,13 +69,7 @@ def read_dagnn(top: dict[str, Any], path: Path) -> ImportedNetwork:
         name = str(layer["name"])
         _dagnn_layer(builder, layer, params, path, multipliers)
         variables[name] = layer["outputs"][0]
-    if dropped:
-        meta["dropped_layers"] = [{"name": str(d["name"]), "type": str(d["type"])} for d in dropped]
-        meta.setdefault("notes", []).append(
-            "dropped the trailing loss layer(s) "
-            + ", ".join(f"'{d['name']}' ({d['type']})" for d in dropped)
-            + ": the converted network is for inference"
-        )
+    note_dropped_layers(meta, [{"name": str(d["name"]), "type": str(d["type"])} for d in dropped])
     meta["input_variable"] = input_var
     meta["variables"] = variables
     meta["param_multipliers"] = multipliers

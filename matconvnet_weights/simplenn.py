@@ -151,14 +151,20 @@ def read_simplenn(top: dict[str, Any], path: Path) -> ImportedNetwork:
         layer = layers[index]
         _simplenn_layer(builder, index, layer, types[index])
         layers[index] = None  # let the file's arrays go as soon as they are converted
-    if dropped:
-        meta["dropped_layers"] = dropped
-        meta.setdefault("notes", []).append(
-            "dropped the trailing loss layer(s) "
-            + ", ".join(f"'{d['name']}' ({d['type']})" for d in dropped)
-            + ": the converted network is for inference"
-        )
+    note_dropped_layers(meta, dropped)
     return builder.finish(meta, LAYOUT_SIMPLENN_OLD if legacy else LAYOUT_SIMPLENN)
+
+
+def note_dropped_layers(meta: dict[str, Any], dropped: list[dict[str, str]]) -> None:
+    """Record the dropped trailing loss layers (`{"name", "type"}` each) in `meta`, with a note."""
+    if not dropped:
+        return
+    meta["dropped_layers"] = dropped
+    meta.setdefault("notes", []).append(
+        "dropped the trailing loss layer(s) "
+        + ", ".join(f"'{d['name']}' ({d['type']})" for d in dropped)
+        + ": the converted network is for inference"
+    )
 
 
 def _is_legacy(top: dict[str, Any], layers: list[dict[str, Any]]) -> bool:
@@ -189,11 +195,11 @@ def _simplenn_layer(builder: "NetworkBuilder", index: int, layer: dict[str, Any]
         )
     kind = SIMPLENN_TYPES[mtype]
     if kind == "conv":
-        weights = _weights(layer, ("filters", "biases"))
+        filters, biases, _ = _weights(layer)
         builder.conv(
             name,
-            weights[0] if weights else None,
-            weights[1] if len(weights) > 1 else None,
+            filters,
+            biases,
             pad=layer.get("pad", 0),
             stride=layer.get("stride", 1),
             dilate=layer.get("dilate", 1),
@@ -215,24 +221,35 @@ def _simplenn_layer(builder: "NetworkBuilder", index: int, layer: dict[str, Any]
     elif kind == "softmax":
         builder.softmax(name)
     elif kind == "bnorm":
-        weights = _weights(layer, ("filters", "biases"))
+        gain, bias, moments = _weights(layer)
         builder.bnorm(
             name,
-            weights[0] if weights else None,
-            weights[1] if len(weights) > 1 else None,
-            weights[2] if len(weights) > 2 else None,
+            gain,
+            bias,
+            moments,
             layer.get("epsilon", DEFAULT_BNORM_EPSILON),
         )
 
 
-def _weights(layer: dict[str, Any], legacy_fields: tuple[str, ...]) -> list[Any]:
-    """`layer.weights` (current layout) or the pre-beta17 `filters`/`biases` fields, popped."""
+def _weights(layer: dict[str, Any]) -> list[Any]:
+    """`layer.weights` (current layout) or the pre-beta17 `filters`/`biases` fields, popped.
+
+    The first three entries, `None` for those the layer lacks (conv: filters,
+    biases; bnorm: gain, bias, moments).
+    """
     if "weights" in layer:
         weights = layer.pop("weights")
         if isinstance(weights, np.ndarray):  # a single array instead of a cell
             weights = [weights]
-        return list(weights) if isinstance(weights, list) else []
-    return [layer.pop(f) for f in legacy_fields if f in layer]
+        weights = list(weights) if isinstance(weights, list) else []
+    else:
+        weights = [layer.pop(f) for f in ("filters", "biases") if f in layer]
+    return (weights + [None, None, None])[:3]
+
+
+def _absent(value: Any) -> bool:
+    """No value, or an empty MATLAB array or cell (`[]`, `{}`)."""
+    return value is None or (isinstance(value, np.ndarray) and value.size == 0) or (isinstance(value, list) and not value)
 
 
 # ----------------------------------------------------------------------------- meta
@@ -438,9 +455,7 @@ class NetworkBuilder:
             groups = self.channels // depth
             if cout % groups != 0:
                 raise self.fail(name, f"{cout} filters cannot be split into {groups} groups")
-        has_bias = biases is not None and not (isinstance(biases, np.ndarray) and biases.size == 0) and not (
-            isinstance(biases, list) and not biases
-        )
+        has_bias = not _absent(biases)
         bias = None
         if has_bias:
             bias = bias_vector(self._tensor(name, "the biases", biases)).contiguous()
@@ -493,7 +508,7 @@ class NetworkBuilder:
         g = bias_vector(self._tensor(name, "the bnorm gain", gain)).contiguous()
         b = bias_vector(self._tensor(name, "the bnorm bias", bias)).contiguous()
         c = g.numel()
-        if moments is None or (isinstance(moments, np.ndarray) and moments.size == 0):
+        if _absent(moments):
             raise self.fail(name, "batch normalization has no moments; only test-mode bnorm can be converted")
         m = self._tensor(name, "the bnorm moments", moments)
         if tuple(m.shape) != (c, 2):

@@ -95,9 +95,9 @@ def compare(
     try:
         max_abs, rel = relative_error(got, ref)
     except ValueError as exc:
-        return ComparisonRow(group, case, quantity, math.nan, math.nan, tol, _join(note, str(exc)))
+        return ComparisonRow(group, case, quantity, math.nan, math.nan, tol, join_notes(note, str(exc)))
     if math.isnan(rel):
-        note = _join(note, "NaN in the result")
+        note = join_notes(note, "NaN in the result")
     return ComparisonRow(group, case, quantity, max_abs, rel, tol, note)
 
 
@@ -106,5 +106,6 @@ def failed_row(group: str, case: str, quantity: str, tol: float, note: str) -> C
     return ComparisonRow(group, case, quantity, math.nan, math.nan, tol, note)
 
 
-def _join(a: str, b: str) -> str:
+def join_notes(a: str, b: str) -> str:
+    """Two notes of a row, `a; b` (just `b` when `a` is empty)."""
     return f"{a}; {b}" if a else b

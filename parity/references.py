@@ -25,10 +25,10 @@ import scipy.io
 import torch
 
 from cqd_port.errors import CqdError
-from cqd_port.layout import bias_vector, filters_to_oihw, mcn_to_nchw, pad_trailing_dims
+from cqd_port.layout import bias_vector, filters_to_oihw, mcn_to_nchw
+from cqd_port.nn.lrn import LRN_MODES
 
 OPS_PREFIX, NETWORK_PREFIX, TRAIN_PREFIX = "ops_", "ref_", "train_"
-LRN_MODES = ("exact", "matconvnet-cpu")
 
 
 # --------------------------------------------------------------------------- MAT-file plumbing
@@ -72,7 +72,13 @@ def mat_string(value: Any) -> str:
     return str(value)
 
 
+def mat_floats(value: Any) -> list[float]:
+    """A MATLAB numeric array -> its values as Python floats (linear order of the stored data)."""
+    return [float(v) for v in np.asarray(value, dtype=np.float64).reshape(-1)]
+
+
 def mat_float(value: Any) -> float:
+    """The first value of a MATLAB numeric array (a scalar is a 1x1 array)."""
     return float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
 
 
@@ -91,7 +97,7 @@ def _is_empty(value: Any) -> bool:
 
 def activation(value: Any) -> torch.Tensor:
     """An H x W x C x N MatConvNet array (trailing singletons dropped) -> NCHW float tensor."""
-    return mcn_to_nchw(pad_trailing_dims(np.asarray(value), 4))
+    return mcn_to_nchw(np.asarray(value))
 
 
 # --------------------------------------------------------------------------- provenance
@@ -171,7 +177,7 @@ def _read_op_case(struct: Any, path: Path, index: int) -> OpCase:
         elif key in _INT_LIST_PARAMS:
             params[key] = mat_ints(value)
         elif key == "param":
-            params[key] = [float(v) for v in np.asarray(value, dtype=np.float64).reshape(-1)]
+            params[key] = mat_floats(value)
         elif key in _FLOAT_PARAMS:
             params[key] = mat_float(value)
         elif key == "c":
@@ -184,7 +190,7 @@ def _read_op_case(struct: Any, path: Path, index: int) -> OpCase:
         elif key in _ACTIVATION_FIELDS:
             tensors[key] = activation(value)
         elif key in ("w", "dzdw"):
-            tensors[key] = filters_to_oihw(pad_trailing_dims(np.asarray(value), 4))
+            tensors[key] = filters_to_oihw(np.asarray(value))
         elif key in _VECTOR_FIELDS:
             tensors[key] = bias_vector(np.asarray(value).copy())
         elif key == "moments":
@@ -245,7 +251,7 @@ class NetworkReference:
 def _param_derivative(layer_type: str, index: int, value: Any) -> torch.Tensor:
     array = np.asarray(value)
     if layer_type == "conv" and index == 0:
-        return filters_to_oihw(pad_trailing_dims(array, 4))
+        return filters_to_oihw(array)
     if layer_type == "bnorm" and index == 2:
         return torch.from_numpy(array.reshape(-1, 2, order="F").copy())
     return bias_vector(array.copy())

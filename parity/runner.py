@@ -42,7 +42,10 @@ import torch
 
 from cqd_port.errors import CqdError
 from cqd_port.layout import image_to_nchw
-from parity.compare import TOL_DEFAULT, TOL_NETWORK_GRADIENT, ComparisonRow, compare, failed_row
+from cqd_port.nn import bnorm, conv, distill_loss, dropout, lrn, pool, relu, softmax, softmaxlog_loss
+from matconvnet_weights.convert import load_model
+from matconvnet_weights.simplenn import SIMPLENN_TYPES
+from parity.compare import TOL_DEFAULT, TOL_NETWORK_GRADIENT, ComparisonRow, compare, failed_row, join_notes
 from parity.references import (
     LRN_MODES,
     NetworkReference,
@@ -59,8 +62,6 @@ PACKAGED_REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 # The file layouts of one network that a faithful reader must read identically (FORMAT.md).
 NETWORK_LAYOUT_SUFFIXES = ("", "_oldformat", "_dag")
-# MatConvNet's layer type names (`types` of ref_*.mat) that differ from LayerSpec's.
-_MCN_TO_SPEC_TYPE = {"normalize": "lrn", "lrn": "lrn"}
 
 Progress = Callable[[str], None]
 
@@ -161,40 +162,22 @@ def _op_forward(case: OpCase, x: torch.Tensor, lrn_mode: str, extra: dict[str, t
     t, p = case.tensors, case.params
     op = case.op
     if op == "conv":
-        from cqd_port.nn.functional import conv
-
         return conv(x, extra["w"], extra.get("b"), pad=p["pad"], stride=p["stride"], dilate=p.get("dilate", [1, 1]))
     if op == "pool":
-        from cqd_port.nn.functional import pool
-
         return pool(x, p["method"], p["pool"], stride=p["stride"], pad=p["pad"])
     if op == "normalize":
-        from cqd_port.nn.lrn import lrn
-
         return lrn(x, p["param"], mode=lrn_mode)
     if op == "relu":
-        from cqd_port.nn.functional import relu
-
         return relu(x, p.get("leak", 0.0))
     if op == "softmax":
-        from cqd_port.nn.functional import softmax
-
         return softmax(x)
     if op in ("loss_softmaxlog", "softmaxloss"):
-        from cqd_port.nn.losses import softmaxlog_loss
-
         return softmaxlog_loss(x, p["labels"])
     if op == "dropout":
-        from cqd_port.nn.functional import dropout
-
         return dropout(x, p["rate"], training=True, mask=t["mask"])
     if op == "bnorm":
-        from cqd_port.nn.functional import bnorm
-
         return bnorm(x, t["g"], t["b"], t["moments"], p.get("epsilon", 1e-4))
     if op == "distill":
-        from cqd_port.nn.losses import distill_loss
-
         # vl_nndistillloss: x/T2 is the student, v/T1 the teacher; y is per image.
         return distill_loss(x, t["v"], p["T2"], p["T1"], reduction="none")
     raise CqdError(f"unknown operator '{op}' in case '{case.name}' (supported: conv, pool, normalize, relu, "
@@ -215,7 +198,7 @@ def run_op_case(case: OpCase, group: str, lrn_mode: str) -> list[ComparisonRow]:
         y = _op_forward(case, x, lrn_mode, extra)
     except CqdError:
         raise
-    except Exception as exc:  # a library defect or missing module: a failed row, not a crash
+    except Exception as exc:  # a library defect: a failed row, not a crash
         return [failed_row(group, case.name, "y", TOL_DEFAULT, f"{case.op} raised {type(exc).__name__}: {exc}")]
 
     ref_y = t["y"]
@@ -259,15 +242,6 @@ def run_ops_file(path: Path, lrn: str = "auto") -> tuple[list[ComparisonRow], st
 # --------------------------------------------------------------------------- ref_*.mat
 
 
-def _load_network(path: Path, lrn_mode: str) -> torch.nn.Module:
-    """The network through the project's own loader (`.mat` in any layout, or a converted `.pt`)."""
-    from matconvnet_weights.convert import load_model
-
-    model = load_model(path, lrn_mode=lrn_mode)
-    model.eval()
-    return model
-
-
 def _average_image(model: torch.nn.Module) -> torch.Tensor | None:
     """meta.normalization.averageImage (H x W x 3 or 1x1x3, MatConvNet layout) as 1 x 3 x H x W, if any."""
     meta = getattr(model, "meta", None) or {}
@@ -291,7 +265,7 @@ def compare_network(model: torch.nn.Module, ref: NetworkReference, group: str) -
     the first layer). Layers are matched by position, as `vl_simplenn` runs
     them; a name or type that differs from the reference is noted on the row.
     """
-    params = {name: value for name, value in model.state_dict(keep_vars=True).items()}
+    params = dict(model.state_dict(keep_vars=True))
     dtype = next((p.dtype for p in params.values() if p.is_floating_point()), torch.float32)
     x = ref.input.to(dtype).clone().requires_grad_(True)
     with torch.enable_grad():
@@ -332,13 +306,13 @@ def compare_network(model: torch.nn.Module, ref: NetworkReference, group: str) -
             continue
         note = "" if names[i] == ref_name else f"model layer '{names[i]}'"
         if specs is not None and i < len(specs):
-            want = _MCN_TO_SPEC_TYPE.get(ref.types[i], ref.types[i])
+            want = SIMPLENN_TYPES.get(ref.types[i], ref.types[i])
             if specs[i].type != want:
-                note = _join(note, f"model type '{specs[i].type}' vs '{ref.types[i]}'")
+                note = join_notes(note, f"model type '{specs[i].type}' vs '{ref.types[i]}'")
         rows.append(compare(case, "y", tensors[i], ref.x[i + 1], TOL_DEFAULT, group, note))
         input_tensor = x if i == 0 else tensors[i - 1]
         if input_tensor.grad is None:
-            rows.append(failed_row(group, case, "dzdx", TOL_NETWORK_GRADIENT, _join(note, "no gradient reached this layer's input")))
+            rows.append(failed_row(group, case, "dzdx", TOL_NETWORK_GRADIENT, join_notes(note, "no gradient reached this layer's input")))
         else:
             rows.append(compare(case, "dzdx", input_tensor.grad, ref.dzdx[i], TOL_NETWORK_GRADIENT, group, note))
         for suffix, ref_grad in ref.dzdw[i].items():
@@ -346,7 +320,7 @@ def compare_network(model: torch.nn.Module, ref: NetworkReference, group: str) -
             param = params.get(f"{names[i]}.{suffix}")
             if param is None or param.grad is None:
                 why = f"no parameter '{names[i]}.{suffix}'" if param is None else "no gradient for this parameter"
-                rows.append(failed_row(group, case, quantity, TOL_NETWORK_GRADIENT, _join(note, why)))
+                rows.append(failed_row(group, case, quantity, TOL_NETWORK_GRADIENT, join_notes(note, why)))
             else:
                 rows.append(compare(case, quantity, param.grad, ref_grad, TOL_NETWORK_GRADIENT, group, note))
     return rows
@@ -370,7 +344,7 @@ def run_network_reference(
         group = f"{reference.name} / {network.name}"
         if progress is not None:
             progress(group)
-        model = _load_network(network, lrn_mode)
+        model = load_model(network, lrn_mode=lrn_mode)  # the project's own loader, in test mode
         rows.extend(compare_network(model, ref, group))
         modes[group] = lrn_mode
     return rows, modes
@@ -463,10 +437,6 @@ def _run_file(report: ParityReport, path: Path, kind: str, lrn: str, model: Path
         report.rows.extend(rows)
         if not_run is not None:
             report.not_run.append(not_run)
-
-
-def _join(a: str, b: str) -> str:
-    return f"{a}; {b}" if a else b
 
 
 __all__ = [

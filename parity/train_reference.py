@@ -27,16 +27,9 @@ import torch
 from cqd_port.errors import CqdError
 from cqd_port.layout import bias_vector, filters_to_oihw, mcn_to_nchw
 from parity.compare import TOL_DEFAULT, TOL_MOMENTUM, ComparisonRow, compare, failed_row
+from parity.references import mat_float, mat_floats
 
 _PARAM_KINDS = ("weight", "bias")
-
-
-def _scalar(value: Any) -> float:
-    return float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
-
-
-def _floats(value: Any) -> list[float]:
-    return [float(v) for v in np.asarray(value, dtype=np.float64).reshape(-1)]
 
 
 def _param_tensor(kind: str, value: Any) -> torch.Tensor:
@@ -104,14 +97,14 @@ def run_train_reference(path: str | Path) -> list[ComparisonRow]:
     model = SimpleNetwork(initial.specs, initial.state, initial.meta, lrn_mode=lrn_mode)
     optimizer = MatConvNetSGD(
         model.named_parameters(),
-        momentum=_scalar(_require(top, "momentum", path)),
-        weight_decay=_scalar(_require(top, "weightDecay", path)),
+        momentum=mat_float(_require(top, "momentum", path)),
+        weight_decay=mat_float(_require(top, "weightDecay", path)),
         multipliers=multipliers,
     )
-    temperature = _scalar(_require(top, "T", path))
-    objective = Objective(kind="cqd", lambda_=_scalar(_require(top, "lambda", path)), temperature=temperature)
+    temperature = mat_float(_require(top, "T", path))
+    objective = Objective(kind="cqd", lambda_=mat_float(_require(top, "lambda", path)), temperature=temperature)
 
-    learning_rates = _floats(_require(top, "learningRate", path))
+    learning_rates = mat_floats(_require(top, "learningRate", path))
     steps = [list(_require(top, key, path)) for key in ("inputs", "labels", "teacher", "loss", "after", "momentumAfter")]
     if len({len(s) for s in steps} | {len(learning_rates)}) != 1:
         raise CqdError(f"training reference {path}: per-step fields have different numbers of steps")
@@ -120,10 +113,10 @@ def run_train_reference(path: str | Path) -> list[ComparisonRow]:
     for step, (inputs, labels, teacher, loss, after, momentum_after) in enumerate(zip(*steps), start=1):
         case = f"step{step}"
         x = mcn_to_nchw(np.asarray(inputs, dtype=np.float32))
-        y = torch.tensor([int(round(v)) - 1 for v in _floats(labels)], dtype=torch.long)
+        y = torch.tensor([int(round(v)) - 1 for v in mat_floats(labels)], dtype=torch.long)
         v = mcn_to_nchw(np.asarray(teacher, dtype=np.float32))
         stats = sgd_step(model, optimizer, objective, x, y, v, learning_rates[step - 1])
-        ref_loss = _floats(loss)
+        ref_loss = mat_floats(loss)
         rows.append(compare(case, "loss objective (softmaxlog)", torch.tensor(stats.softmaxlog), np.float64(ref_loss[0]), TOL_DEFAULT, group, f"LRN {lrn_mode}"))
         rows.append(compare(case, "loss distill", torch.tensor(stats.distill), np.float64(ref_loss[1]), TOL_DEFAULT, group))
 

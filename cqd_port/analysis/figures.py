@@ -152,7 +152,7 @@ def gradient_panel(rows: Sequence[PanelRow], path: str | os.PathLike[str], *, sy
     for r, row in enumerate(rows):
         ax_img = fig.add_subplot(n, 3, 3 * r + 1)
         image = np.asarray(row.image)
-        ax_img.imshow(image if image.ndim == 3 else image, cmap=None if image.ndim == 3 else "gray")
+        ax_img.imshow(image, cmap=None if image.ndim == 3 else "gray")
         x1, y1, x2, y2 = (float(v) - 1 for v in row.box)  # 1-based -> 0-based pixel centres
         _draw_box(ax_img, x1, y1, x2, y2, "#ffd700")
         ax_img.set_title(row.caption or "image", fontsize=9)

@@ -28,13 +28,15 @@ import torch
 from torch import nn
 
 from cqd_port.errors import CqdError
+from cqd_port.train.objective import class_scores as flatten_scores
 
 
 def class_scores(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The network's class scores (logits) for a batch, as an N x K tensor.
 
     MatConvNet networks end in a 1 x 1 "fully connected" convolution, so they
-    return N x K x 1 x 1; that is flattened here. A deployed MatConvNet model
+    return N x K x 1 x 1; that is flattened here (as the trainer does,
+    `cqd_port.train.objective.class_scores`). A deployed MatConvNet model
     may end in a softmax layer (`vl_nnsoftmax`); its input, the logits, is
     taken instead, so that log softmax is computed stably from the logits
     rather than as the log of a probability that may have underflowed.
@@ -48,16 +50,7 @@ def class_scores(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         scores = values[-2]
     else:
         scores = model(images)
-    if scores.dim() == 4:
-        if scores.shape[2] != 1 or scores.shape[3] != 1:
-            raise CqdError(
-                f"the network's output is {tuple(scores.shape)} for a {tuple(images.shape)} input, not N x K x 1 x 1: "
-                "check that the model's imageSize matches its fully connected layers"
-            )
-        scores = scores.flatten(1)
-    if scores.dim() != 2:
-        raise CqdError(f"the network's output has shape {tuple(scores.shape)}; expected N x K class scores")
-    return scores
+    return flatten_scores(scores)
 
 
 def input_gradients(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

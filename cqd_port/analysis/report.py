@@ -21,7 +21,6 @@ from typing import Any
 
 from cqd_port.errors import CqdError
 
-HISTORY_NAME = "history.json"
 SPLITS = ("train", "test")
 METRICS = ("objective", "top1err")
 # history.json spellings accepted for each split and metric (MatConvNet's `stats` uses train/val, objective/top1err).
@@ -145,6 +144,7 @@ def make_report(config: ReportConfig) -> ReportResult:
     from cqd_port.analysis.figures import results_bars, training_curves
     from cqd_port.experiments.paper import paper_table
     from cqd_port.experiments.results import RESULTS_JSON, load_results
+    from cqd_port.train.trainer import HISTORY_NAME
 
     results_dir = Path(config.results_dir)
     if not results_dir.is_dir():

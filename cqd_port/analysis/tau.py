@@ -32,7 +32,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,7 +40,11 @@ from torch import nn
 
 from cqd_port.analysis.gradients import PreprocessingSpec, maps_for_dataset, preprocessing_from_meta
 from cqd_port.errors import CqdError
+from cqd_port.experiments.methods import FINAL_MODEL
 from cqd_port.fileio import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    from cqd_port.data.records import DatasetIndex, ImageRecord
 
 
 def _axis_range(lo: float, hi: float, in_size: int, out_size: int) -> tuple[int, int]:
@@ -165,7 +169,7 @@ def resolve_checkpoint(path: str | os.PathLike[str], option: str) -> Path:
     """A run folder -> its `final.pt`; a file stays itself. Missing either -> CqdError naming `option`."""
     path = Path(path)
     if path.is_dir():
-        final = path / "final.pt"
+        final = path / FINAL_MODEL
         if not final.is_file():
             raise CqdError(
                 f"{option} {path}: the run folder has no final.pt (the run has not finished; "
@@ -190,7 +194,7 @@ def load_analysis_model(
     return model.to(device), spec
 
 
-def read_localization_dataset(root: str | os.PathLike[str]):
+def read_localization_dataset(root: str | os.PathLike[str]) -> DatasetIndex:
     """A CUB root (images.txt) or a prepared variant folder -> `DatasetIndex`."""
     root = Path(root)
     if not root.is_dir():
@@ -204,7 +208,7 @@ def read_localization_dataset(root: str | os.PathLike[str]):
     return read_prepared(root)
 
 
-def select_records(index, n: int, seed: int) -> list:
+def select_records(index: DatasetIndex, n: int, seed: int) -> list[ImageRecord]:
     """n test images with a box, drawn without replacement with `seed`, in dataset order."""
     if n <= 0:
         raise CqdError(f"--n {n}: the number of images must be positive")
@@ -229,12 +233,6 @@ def _image_size(path: Path) -> tuple[int, int]:
     except (OSError, ValueError) as exc:
         raise CqdError(f"cannot read image {path} ({exc}); restore the dataset") from exc
     return height, width
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    from cqd_port.data.batches import read_image_rgb  # the same decoding as the network's input
-
-    return read_image_rgb(path)
 
 
 def _original_box(index, record) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
@@ -392,7 +390,7 @@ def run_tau_study(config: TauStudyConfig, progress: Any = None) -> TauStudyResul
     # Figure 4 left: recompute the few panel images' maps (cheap) rather than keeping 1000 maps.
     chosen = _panel_choice(rows, config.panel_images)
     maps: dict[str, dict[int, np.ndarray]] = {"b": {}, "cqd": {}}
-    from cqd_port.data.batches import ImageFolderDataset
+    from cqd_port.data.batches import ImageFolderDataset, read_image_rgb  # the network's own decoding
 
     for tag in ("b", "cqd"):
         model, spec = models[tag]
@@ -406,7 +404,7 @@ def run_tau_study(config: TauStudyConfig, progress: Any = None) -> TauStudyResul
         row = rows[position]
         panel_rows.append(
             PanelRow(
-                image=_read_rgb(index.resolve(records[position])),
+                image=read_image_rgb(index.resolve(records[position])),
                 box=box,
                 map_b=maps["b"][position],
                 box_b=box_in_input(box, original_size, maps["b"][position].shape),

@@ -1,7 +1,8 @@
 """Datasets: readers (CUB, Stanford Cars, synthetic), degradations, prepared copies, batches.
 
 Modules: `records` (the index every stage shares), `cub`, `cars`, `splits`,
-`synth`, `degrade`/`tps`/`edges` (the per-image degradations), `prepare`
-(degraded copies on disk), `batches` (network inputs), `gallery` (Figure 3).
+`synth`, `images` (reading files as MATLAB `imread`), `degrade`/`tps`/`edges`
+(the per-image degradations), `prepare` (degraded copies on disk), `batches`
+(network inputs), `gallery` (Figure 3).
 Import the modules themselves; this package keeps its import light.
 """

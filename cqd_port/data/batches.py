@@ -22,20 +22,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cqd_port.data.images import read_image_rgb
 from cqd_port.data.records import DatasetIndex, ImageRecord
 from cqd_port.errors import CqdError
+from cqd_port.layout import image_to_nchw
 
-
-def read_image_rgb(path) -> np.ndarray:
-    """MATLAB `imread` + gray-to-RGB: HxWx3 uint8, RGB order.
-
-    cv2 decodes BGR and by default applies the EXIF orientation; MATLAB's
-    `imread` ignores EXIF orientation, so we do too.
-    """
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None:
-        raise CqdError(f"cannot read image {path}; the file is missing or not a valid image, restore it (or re-run prepare)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+__all__ = ["ImageFolderDataset", "PreloadedDataset", "make_loader", "paired_records", "preload", "prepare_image", "read_image_rgb"]
 
 
 def _check_average(average_image: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
@@ -75,8 +67,7 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, int, int]:
         image = prepare_image(read_image_rgb(self.paths[position]), self.image_size, self.average_image)
-        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))  # HxWx3 -> 3xHxW (one image)
-        return tensor, int(self.records[position].label), int(position)
+        return image_to_nchw(image)[0], int(self.records[position].label), int(position)
 
     @property
     def labels(self) -> list[int]:

@@ -130,8 +130,7 @@ def read_cars_annos(root: Path, name: str = "cars") -> DatasetIndex:
         test = _scalar(path, i, ann, "test")
         records.append(ImageRecord(path=rel, label=label, box=_box(path, i, ann), train=test == 0, image_id=i + 1))
     index = DatasetIndex(root=root, name=name, class_names=class_names, records=records)
-    for record in records:
-        index.resolve(record)
+    index.check_paths()
     return index
 
 
@@ -165,8 +164,7 @@ def read_cars_devkit(root: Path, name: str = "cars", allow_unlabelled_test: bool
                 ImageRecord(path=f"{folder}/{fname}", label=label, box=_box(path, i, ann), train=train, image_id=len(records) + 1)
             )
     index = DatasetIndex(root=root, name=name, class_names=class_names, records=records)
-    for record in records:
-        index.resolve(record)
+    index.check_paths()
     return index
 
 

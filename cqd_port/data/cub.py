@@ -86,6 +86,5 @@ def read_cub(root: str | Path, name: str = "cub") -> DatasetIndex:
             )
         )
     index = DatasetIndex(root=root, name=name, class_names=class_names, records=records)
-    for record in records:
-        index.resolve(record)  # refuses paths that escape the root
+    index.check_paths()
     return index

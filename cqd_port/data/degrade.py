@@ -41,17 +41,18 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from cqd_port.data.edges import RGB2GRAY_WEIGHTS, sed_edges, sobel_edges, to_rgb_uint8
-from cqd_port.data.records import clip_box
+from cqd_port.data.edges import luminance, sed_edges, sobel_edges, to_rgb_uint8
+from cqd_port.data.records import clip_box, matlab_round
 from cqd_port.data.tps import TpsConfig, distort
 from cqd_port.errors import CqdError
-from cqd_port.imresize import METHODS, imresize
+from cqd_port.imresize import METHODS, imresize, matlab_uint8
 
 __all__ = [
     "DegradationConfig",
     "Degradation",
     "DEGRADATIONS",
     "degrade",
+    "degrade_from_source",
     "crop_to_box",
     "rgb2gray",
 ]
@@ -112,16 +113,12 @@ class Degradation:
     description: str
 
 
-def _matlab_round(v: float) -> int:
-    return int(math.floor(abs(v) + 0.5)) * (1 if v >= 0 else -1)
-
-
 def crop_to_box(image: np.ndarray, box: Box) -> np.ndarray:
     """MATLAB `im(y1:y2, x1:x2, :)` for a 1-based inclusive box, rounded (half away from zero) and clipped to the image."""
     if box is None or len(box) != 4 or not all(math.isfinite(float(v)) for v in box):
         raise CqdError(f"a bounding box must be 4 finite numbers x1 y1 x2 y2 (1-based, inclusive), got {box!r}")
     h, w = image.shape[:2]
-    x1, y1, x2, y2 = (_matlab_round(float(v)) for v in box)
+    x1, y1, x2, y2 = (matlab_round(float(v)) for v in box)
     if x2 < 1 or y2 < 1 or x1 > w or y1 > h or x2 < x1 or y2 < y1:
         raise CqdError(f"bounding box {tuple(box)} does not overlap the {w}x{h} image")
     x1, y1, x2, y2 = clip_box((x1, y1, x2, y2), w, h)
@@ -165,13 +162,11 @@ def _distorted(image: np.ndarray, box: Optional[Box], config: DegradationConfig,
 
 def rgb2gray(image: np.ndarray) -> np.ndarray:
     """MATLAB `rgb2gray` on uint8 RGB: weighted sum in double, rounded half away from zero, HxW uint8."""
-    lum = to_rgb_uint8(image).astype(np.float64) @ RGB2GRAY_WEIGHTS
-    return np.clip(np.floor(lum + 0.5), 0, 255).astype(np.uint8)
+    return matlab_uint8(luminance(image))
 
 
 def _gray(image: np.ndarray, box: Optional[Box], config: DegradationConfig, image_seed: int) -> np.ndarray:
-    gray = _resize_square(rgb2gray(image), config.out_size, config.resize_method)
-    return np.repeat(gray[:, :, None], 3, axis=2)
+    return to_rgb_uint8(_resize_square(rgb2gray(image), config.out_size, config.resize_method))
 
 
 DEGRADATIONS: dict[str, Degradation] = {
@@ -206,3 +201,19 @@ def degrade(
     n = config.out_size
     assert result.shape == (n, n, 3) and result.dtype == np.uint8, (name, result.shape, result.dtype)
     return result
+
+
+def degrade_from_source(
+    name: str, image: np.ndarray, box: Optional[Box], crop: bool, config: DegradationConfig, image_seed: int
+) -> np.ndarray:
+    """`degrade` from the image the source rule picks (`prepare`, `gallery`).
+
+    `crop`: start from `image` cropped to `box` (`crop_to_box`), whose box is
+    then the whole crop; otherwise from the full image, with `box` clipped to it.
+    """
+    if crop:
+        image = crop_to_box(image, box)
+        box = (1, 1, image.shape[1], image.shape[0])
+    elif box is not None:
+        box = clip_box(box, image.shape[1], image.shape[0])
+    return degrade(name, image, box, config, image_seed)

@@ -22,8 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from cqd_port.errors import CqdError
+from cqd_port.imresize import matlab_uint8
 
-__all__ = ["RGB2GRAY_WEIGHTS", "SED_MODEL_HELP", "load_sed_model", "sed_edge_strength", "sed_edges", "sobel_edges", "to_rgb_uint8"]
+__all__ = [
+    "RGB2GRAY_WEIGHTS", "SED_MODEL_HELP", "load_sed_model", "luminance", "sed_edge_strength", "sed_edges", "sobel_edges",
+    "to_rgb_uint8",
+]  # fmt: skip
 
 SED_MODEL_HELP = (
     "pass --sed-model model.yml.gz (the Structured Edge Detection forest from OpenCV's extra data, "
@@ -60,8 +64,6 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
 def _check_model_file(path: Path) -> None:
     import cv2
 
-    if not path.is_file():
-        raise CqdError(f"SED model file not found: {path}; {SED_MODEL_HELP}")
     try:
         fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
     except (cv2.error, SystemError):  # the bindings raise SystemError on a parse failure
@@ -118,12 +120,19 @@ def sed_edge_strength(image: np.ndarray, model_path: str | os.PathLike[str] | No
 def sed_edges(image: np.ndarray, model_path: str | os.PathLike[str] | None) -> np.ndarray:
     """The paper's edge image: SED strength x 255, rounded, as HxWx3 uint8."""
     strength = sed_edge_strength(image, model_path).astype(np.float64)
-    edges = np.clip(np.floor(strength * 255.0 + 0.5), 0, 255).astype(np.uint8)
-    return np.repeat(edges[:, :, None], 3, axis=2)
+    return to_rgb_uint8(matlab_uint8(strength * 255.0))
 
 
 # MATLAB rgb2gray's luminance weights (the first row of the inverse of the NTSC YIQ matrix).
 RGB2GRAY_WEIGHTS = np.array([0.298936021293775, 0.587043074451121, 0.114020904255103])
+
+
+def luminance(image: np.ndarray) -> np.ndarray:
+    """MATLAB `rgb2gray`'s weighted sum in double, before its rounding: HxW float64 (gray is made RGB first).
+
+    OpenCV's `COLOR_RGB2GRAY` uses the rounded weights 0.299/0.587/0.114 and rounds to uint8.
+    """
+    return to_rgb_uint8(image).astype(np.float64) @ RGB2GRAY_WEIGHTS
 
 
 def sobel_edges(image: np.ndarray) -> np.ndarray:
@@ -134,11 +143,10 @@ def sobel_edges(image: np.ndarray) -> np.ndarray:
     """
     import cv2
 
-    gray = to_rgb_uint8(image).astype(np.float64) @ RGB2GRAY_WEIGHTS
+    gray = luminance(image)
     gx = cv2.Sobel(gray, cv2.CV_64F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT)
     gy = cv2.Sobel(gray, cv2.CV_64F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT)
     mag = np.hypot(gx, gy)
     peak = mag.max()
     scaled = mag / peak * 255.0 if peak > 0 else mag
-    edges = np.clip(np.floor(scaled + 0.5), 0, 255).astype(np.uint8)
-    return np.repeat(edges[:, :, None], 3, axis=2)
+    return to_rgb_uint8(matlab_uint8(scaled))

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cqd_port.data.records import DatasetIndex, ImageRecord, clip_box
+from cqd_port.data.records import DatasetIndex, ImageRecord
 from cqd_port.errors import CqdError
 from cqd_port.fileio import atomic_path
+
+if TYPE_CHECKING:
+    from cqd_port.data.degrade import DegradationConfig
 
 
 @dataclass(frozen=True)
@@ -53,24 +57,12 @@ def pick_examples(index: DatasetIndex, n: int) -> list[ImageRecord]:
     return chosen
 
 
-def _render(image: np.ndarray, record: ImageRecord, degradation: str, source: str, config, seed: int) -> np.ndarray:
-    from cqd_port.data.degrade import crop_to_box, degrade
-
-    box = record.box
-    if source == "box" and box is not None:
-        image = crop_to_box(image, box)
-        box = (1, 1, image.shape[1], image.shape[0])
-    elif box is not None:
-        box = clip_box(box, image.shape[1], image.shape[0])
-    return degrade(degradation, image, box, config, seed)
-
-
 def make_gallery(
     data_root: str | Path,
     out_png: str | Path,
     dataset: str = "cub",
     n: int = 4,
-    config=None,
+    config: DegradationConfig | None = None,
     sed_model: str | Path | None = None,
 ) -> Path:
     """Render the Figure-3-like gallery of `dataset` at `data_root` into `out_png` (atomic); return its path."""
@@ -79,8 +71,8 @@ def make_gallery(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cqd_port.data.batches import read_image_rgb
-    from cqd_port.data.degrade import DegradationConfig
+    from cqd_port.data.degrade import DegradationConfig, degrade_from_source
+    from cqd_port.data.images import read_image_rgb
     from cqd_port.data.prepare import image_seed, read_dataset
     from cqd_port.data.synth import is_synthetic
 
@@ -98,7 +90,7 @@ def make_gallery(
         raise CqdError(f"gallery images missing under {index.root}: {', '.join(missing)}; point --data-root at the complete dataset")
     panels = CUB_PANELS if dataset == "cub" else CARS_PANELS
     notes = []
-    if getattr(config, "sed_model", None) is None:
+    if config.sed_model is None:
         panels = tuple(
             replace(p, title=p.title.replace("edges", "Sobel edges (no SED model)"), b=("edges_sobel", p.b[1])) if p.b[0] == "edges" else p
             for p in panels
@@ -106,7 +98,6 @@ def make_gallery(
         notes.append("edges: no SED model given (--sed-model), showing the model-free Sobel map instead")
     synthetic = is_synthetic(index.root)
     images = {r.path: read_image_rgb(index.resolve(r)) for r in examples}
-    seed = int(getattr(config, "seed", 0))
 
     cols = len(examples)
     grid_cols = min(2, len(panels))
@@ -120,7 +111,9 @@ def make_gallery(
         subfig.suptitle(panel.title, fontsize=10)
         for col, record in enumerate(examples):
             for row, (degradation, source) in enumerate((panel.a, panel.b)):
-                picture = _render(images[record.path], record, degradation, source, config, image_seed(seed, record.path))
+                crop = source == "box" and record.box is not None
+                seed = image_seed(config.seed, record.path)
+                picture = degrade_from_source(degradation, images[record.path], record.box, crop, config, seed)
                 ax = axes[row, col]
                 ax.imshow(picture)
                 ax.set_xticks([])

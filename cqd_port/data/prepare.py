@@ -28,19 +28,21 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import math
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import cv2
-import numpy as np
 
+from cqd_port.data.images import read_image_rgb
 from cqd_port.data.records import Box, DatasetIndex, ImageRecord, clip_box, map_box_to_resized, safe_join
 from cqd_port.errors import CqdError
 from cqd_port.fileio import atomic_path, atomic_write_json
+
+if TYPE_CHECKING:
+    from cqd_port.data.degrade import DegradationConfig
 
 JPEG_QUALITY = 75  # MATLAB imwrite's default JPEG quality
 MANIFEST = "manifest.json"
@@ -88,26 +90,9 @@ def image_seed(seed: int, relative_path: str) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def _config_dict(config: Any) -> dict[str, Any]:
-    data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(vars(config))
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, Path):
-            return str(value)
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    return {k: plain(v) for k, v in data.items()}
-
-
-def _out_size(config: Any) -> int:
-    return int(getattr(config, "out_size", 224))
-
-
-def _output_box(record_box: Box | None, image_size: tuple[int, int], cropped: bool, out_size: int, degradation: str = "", config: Any = None) -> Box | None:
+def _output_box(
+    record_box: Box | None, image_size: tuple[int, int], cropped: bool, out_size: int, degradation: str, config: DegradationConfig
+) -> Box | None:
     """The record's box in the out_size x out_size output: the whole image when the output is the crop.
 
     Most degradations resize the whole image to out_size x out_size (aspect not
@@ -118,15 +103,14 @@ def _output_box(record_box: Box | None, image_size: tuple[int, int], cropped: bo
         return (1, 1, out_size, out_size)
     if record_box is None:
         return None
+    from cqd_port.data.tps import distortion_window
+
     h, w = image_size
     box = clip_box(record_box, w, h)
     if degradation != "distorted":
         return map_box_to_resized(box, (h, w), (out_size, out_size))
-    scale = out_size / min(h, w)
-    rh, rw = (out_size, math.ceil(w * scale)) if h <= w else (math.ceil(h * scale), out_size)
+    (rh, rw), (top, left) = distortion_window((h, w), config.tps_config())
     x1, y1, x2, y2 = map_box_to_resized(box, (h, w), (rh, rw))
-    centre = getattr(config, "distortion_region", "center") == "center"
-    top, left = ((rh - out_size) // 2, (rw - out_size) // 2) if centre else (0, 0)
     x1, x2 = max(1, x1 - left), min(out_size, x2 - left)
     y1, y2 = max(1, y1 - top), min(out_size, y2 - top)
     if x2 < x1 or y2 < y1:  # the object lies outside the kept window
@@ -143,8 +127,6 @@ def _image_size(path: Path) -> tuple[int, int]:
             w, h = handle.size
             return (h, w)
     except Exception:  # noqa: BLE001 - fall back to a full decode
-        from cqd_port.data.batches import read_image_rgb
-
         return read_image_rgb(path).shape[:2]
 
 
@@ -172,28 +154,19 @@ def _init_worker() -> None:
 def _process(job: tuple) -> tuple[str, tuple[int, int] | None, str | None]:
     """Degrade one image and write it atomically. Returns (path, source size, error or None)."""
     rel, src, dst, degradation, record_box, crop, config, seed = job
-    from cqd_port.data.degrade import crop_to_box, degrade
+    from cqd_port.data.degrade import degrade_from_source
 
-    image = cv2.imread(str(src), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # MATLAB imread ignores EXIF
-    if image is None:
+    try:
+        image = read_image_rgb(src)
+    except CqdError:
         return rel, None, "cannot be decoded"
-    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     size = image.shape[:2]
-    box = record_box
     if crop and record_box is None:
         return rel, size, "has no bounding box to crop to"
     try:
-        if crop:
-            image = crop_to_box(image, record_box)
-            box = (1, 1, image.shape[1], image.shape[0])
-        elif box is not None:
-            box = clip_box(box, size[1], size[0])
-        result = degrade(degradation, np.ascontiguousarray(image), box, config, seed)
+        result = degrade_from_source(degradation, image, record_box, crop, config, seed)
     except Exception as exc:  # noqa: BLE001 - collect per-image failures and report them together
         return rel, size, f"{degradation} failed: {exc}"
-    result = np.asarray(result)
-    if result.dtype != np.uint8 or result.ndim != 3 or result.shape[2] != 3:
-        return rel, size, f"degradation {degradation} returned {result.dtype} {result.shape}, expected HxWx3 uint8"
     params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if dst.suffix.lower() in (".jpg", ".jpeg") else []
     with atomic_path(dst) as tmp:
         if not cv2.imwrite(str(tmp), cv2.cvtColor(result, cv2.COLOR_RGB2BGR), params):
@@ -237,7 +210,7 @@ def prepare_dataset(
     out: str | Path,
     source: str | None = None,
     workers: int = 0,
-    config: Any = None,
+    config: DegradationConfig | None = None,
     progress: bool = True,
 ) -> Path:
     """Write `<out>/<dataset>/<degradation>[-source]` (224x224 JPEG q75, same relative paths + manifest.json).
@@ -254,14 +227,14 @@ def prepare_dataset(
         raise CqdError(f"unknown --degradation '{degradation}'; choose one of {', '.join(DEGRADATIONS)}")
     if source not in (None, "box", "full"):
         raise CqdError(f"unknown --source '{source}'; use box or full")
-    needs_box = bool(getattr(DEGRADATIONS[degradation], "needs_box", False))
+    needs_box = DEGRADATIONS[degradation].needs_box
     effective = source if source is not None else default_source(dataset, degradation)
     if needs_box and effective == "box":
         raise CqdError(f"--source box does not apply to '{degradation}', which crops to the box itself; drop --source")
     if degradation == "edges":
         from cqd_port.data.edges import load_sed_model
 
-        load_sed_model(getattr(config, "sed_model", None))  # a missing or broken model fails once, up front
+        load_sed_model(config.sed_model)  # a missing or broken model fails once, up front
     index = read_dataset(dataset, data_root)
     index.check_images_exist()
     if (effective == "box" or needs_box) and any(r.box is None for r in index.records):
@@ -269,13 +242,13 @@ def prepare_dataset(
 
     target = output_dir(out, dataset, degradation, source)
     target.mkdir(parents=True, exist_ok=True)
-    out_size = _out_size(config)
+    out_size = config.out_size
     params = {
         "dataset": dataset,
         "degradation": degradation,
         "source": effective,
         "data_root": str(Path(data_root).resolve()),
-        "parameters": _config_dict(config),
+        "parameters": config.as_dict(),
         "jpeg_quality": JPEG_QUALITY,
     }
     params_path = target / PARAMS_FILE
@@ -298,7 +271,7 @@ def prepare_dataset(
         dst = safe_join(target, record.path)
         if dst.is_file():
             continue
-        jobs.append((record.path, index.resolve(record), dst, degradation, record.box, crop, config, image_seed(getattr(config, "seed", 0), record.path)))
+        jobs.append((record.path, index.resolve(record), dst, degradation, record.box, crop, config, image_seed(config.seed, record.path)))
     failures: list[str] = []
     label = f"{dataset}/{target.name}"
     for rel, size, error in _run(jobs, workers, progress, label):

@@ -78,6 +78,11 @@ class DatasetIndex:
         rel = record.path if isinstance(record, ImageRecord) else record
         return safe_join(self.root, rel)
 
+    def check_paths(self) -> None:
+        """Raise a CqdError on the first record whose path escapes the root (see `safe_join`)."""
+        for record in self.records:
+            self.resolve(record)
+
     def check_images_exist(self) -> None:
         """Raise one CqdError listing every missing image (count + first few)."""
         missing = [r.path for r in self.records if not self.resolve(r).is_file()]

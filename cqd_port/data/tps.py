@@ -46,7 +46,7 @@ import numpy as np
 from scipy import ndimage
 
 from cqd_port.errors import CqdError
-from cqd_port.imresize import imresize
+from cqd_port.imresize import imresize, matlab_uint8, output_shape
 
 __all__ = [
     "TpsConfig",
@@ -54,6 +54,7 @@ __all__ = [
     "draw_offsets",
     "displacement_field",
     "resize_for_distortion",
+    "distortion_window",
     "warp_with_offsets",
     "distort",
 ]
@@ -153,11 +154,27 @@ def displacement_field(offsets: np.ndarray, config: TpsConfig = TpsConfig()) -> 
     return field.astype(np.float64).reshape(config.out_size, config.out_size, 2)
 
 
+def _resize_size(h: int, w: int, config: TpsConfig) -> list[float]:
+    # MATLAB imresize(image, [out NaN]) or [NaN out]: the shorter side becomes out_size, the aspect is kept.
+    return [config.out_size, float("nan")] if h <= w else [float("nan"), config.out_size]
+
+
+def _window_origin(h: int, w: int, config: TpsConfig) -> tuple[int, int]:
+    # 0-based (top, left) of the out x out window of an h x w resized image.
+    n = config.out_size
+    return ((h - n) // 2, (w - n) // 2) if config.region == "center" else (0, 0)
+
+
 def resize_for_distortion(image: np.ndarray, config: TpsConfig = TpsConfig()) -> np.ndarray:
     """Step 1: MATLAB bilinear imresize by max(out/h, out/w), so the shorter side is exactly `out_size`."""
     h, w = image.shape[:2]
-    size = [config.out_size, float("nan")] if h <= w else [float("nan"), config.out_size]
-    return imresize(image, size=size, method=config.resize_method)
+    return imresize(image, size=_resize_size(h, w, config), method=config.resize_method)
+
+
+def distortion_window(image_hw: tuple[int, int], config: TpsConfig = TpsConfig()) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Where `distort` takes its frame from an `image_hw` = (h, w) image: the resized (h, w) and the window's 0-based (top, left)."""
+    (rh, rw), _ = output_shape(image_hw, size=_resize_size(image_hw[0], image_hw[1], config))
+    return (rh, rw), _window_origin(rh, rw, config)
 
 
 def warp_with_offsets(resized: np.ndarray, offsets: np.ndarray, config: TpsConfig = TpsConfig()) -> np.ndarray:
@@ -171,7 +188,7 @@ def warp_with_offsets(resized: np.ndarray, offsets: np.ndarray, config: TpsConfi
     n = config.out_size
     if h < n or w < n:
         raise CqdError(f"TPS warp needs an image of at least {n}x{n}, got {h}x{w}: resize it first")
-    top, left = ((h - n) // 2, (w - n) // 2) if config.region == "center" else (0, 0)
+    top, left = _window_origin(h, w, config)
     field = displacement_field(offsets, config)
     rows0, cols0 = np.meshgrid(np.arange(n, dtype=np.float64), np.arange(n, dtype=np.float64), indexing="ij")
     rows = rows0 + top + field[..., 1]
@@ -180,7 +197,7 @@ def warp_with_offsets(resized: np.ndarray, offsets: np.ndarray, config: TpsConfi
     out = np.empty((n, n, img.shape[2]), dtype=np.uint8)
     for c in range(img.shape[2]):
         sampled = ndimage.map_coordinates(img[:, :, c].astype(np.float64), [rows, cols], order=1, mode="nearest")
-        out[:, :, c] = np.clip(np.floor(sampled + 0.5), 0, 255).astype(np.uint8)
+        out[:, :, c] = matlab_uint8(sampled)
     return out if resized.ndim == 3 else out[:, :, 0]
 
 

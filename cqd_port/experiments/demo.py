@@ -29,13 +29,16 @@ column whether CQD beat fine-tuning on this synthetic data.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cqd_port.errors import CqdError
+
+if TYPE_CHECKING:
+    from cqd_port.experiments.grid import GridConfig
 
 PAPER_INPUT = 224
 
@@ -116,13 +119,14 @@ def pretrain_standin(config: DemoConfig, progress: bool) -> Path:
 
     from cqd_port.data.batches import ImageFolderDataset, preload
     from cqd_port.data.prepare import read_dataset
+    from cqd_port.experiments.methods import FINAL_MODEL
     from cqd_port.models.network import SimpleNetwork
     from cqd_port.models.vgg import init_state, vgg_m_specs
     from cqd_port.train.objective import class_scores
     from matconvnet_weights.convert import save_checkpoint
 
     folder = Path(config.out) / "pretrain"
-    final = folder / "final.pt"
+    final = folder / FINAL_MODEL
     if final.is_file():
         return final
     size = (config.image_size, config.image_size)
@@ -178,7 +182,7 @@ def pretrain_standin(config: DemoConfig, progress: bool) -> Path:
     return final
 
 
-def grid_config(config: DemoConfig, standin: Path) -> "Any":
+def grid_config(config: DemoConfig, standin: Path) -> GridConfig:
     """The `GridConfig` the demo runs Table 1 with."""
     from cqd_port.experiments.grid import GridConfig
 
@@ -244,15 +248,12 @@ def run_demo(config: DemoConfig) -> DemoOutcome:
 
 
 def cqd_vs_fine_tuning(results: dict[str, Any]) -> list[tuple[str, float | None, float | None, float | None]]:
-    """Per task: (task, fine-tuning, best of cqd / a_cqd, which is None if either is missing) from results.json."""
+    """Per task, from results.json: (task, fine-tuning, cqd, a_cqd) accuracies, None where a cell is missing or not run."""
     by_key = {(c["task"], c["method"]): c["accuracy"] for c in results["cells"]}
-    rows = []
-    for task in dict.fromkeys(c["task"] for c in results["cells"]):
-        ft = by_key.get((task, "fine_tuning"))
-        cqd = by_key.get((task, "cqd"))
-        a_cqd = by_key.get((task, "a_cqd"))
-        rows.append((task, ft, cqd, a_cqd))
-    return rows
+    return [
+        (task, by_key.get((task, "fine_tuning")), by_key.get((task, "cqd")), by_key.get((task, "a_cqd")))
+        for task in dict.fromkeys(c["task"] for c in results["cells"])
+    ]
 
 
 def demo_report(results_json: Path, markdown: str, config: DemoConfig, seconds: float) -> str:

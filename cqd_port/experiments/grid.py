@@ -11,13 +11,18 @@ parallel with one process per listed GPU, otherwise one after the other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cqd_port.errors import CqdError
-from cqd_port.experiments.methods import AUGMENTATION_CLASSES, IMAGENET, METHODS, RunSpec
+from cqd_port.experiments.methods import AUGMENTATION_CLASSES, IMAGENET, METHODS, RunSpec, read_run_json
 from cqd_port.experiments.paper import paper_table
 from cqd_port.experiments.tasks import DataVariant, Task, select_tasks, table_tasks, with_epochs
+
+if TYPE_CHECKING:
+    from cqd_port.experiments.results import Cell
 
 
 @dataclass(frozen=True)
@@ -216,15 +221,7 @@ def run_dir(config: GridConfig, key: str) -> Path:
 
 def run_status(config: GridConfig, key: str) -> str:
     """'finished', 'running' (started, not finished: resumes from its checkpoint) or 'pending'."""
-    import json
-
-    path = run_dir(config, key) / "run.json"
-    if not path.is_file():
-        return "pending"
-    try:
-        return str(json.loads(path.read_text(encoding="utf-8")).get("status", "pending"))
-    except (OSError, ValueError):
-        return "pending"
+    return str(read_run_json(run_dir(config, key)).get("status", "pending"))
 
 
 def describe_plan(plan: GridPlan, config: GridConfig) -> list[str]:
@@ -232,7 +229,7 @@ def describe_plan(plan: GridPlan, config: GridConfig) -> list[str]:
 
     Reads only; nothing is created.
     """
-    from cqd_port.experiments.networks import IMAGENET_FILES
+    from cqd_port.experiments.networks import imagenet_model_candidates
 
     lines = [f"Table {plan.table}: {len(plan.cells)} cells, {len(plan.runs)} runs, output {config.out}", "", "cells (task / method -> run):"]
     for cell in plan.cells:
@@ -258,8 +255,7 @@ def describe_plan(plan: GridPlan, config: GridConfig) -> list[str]:
             path = Path(config.pretrained[arch])
             lines.append(f"  {arch}: {path} ({'exists' if path.is_file() else 'missing'})")
             continue
-        stem = IMAGENET_FILES[arch]
-        candidates = [Path(config.models) / f"{stem}{s}" for s in (".pt", ".mat")]
+        candidates = imagenet_model_candidates(config.models, arch)
         found = next((p for p in candidates if p.is_file()), None)
         if found is not None:
             lines.append(f"  {arch}: {found} (exists)")
@@ -269,6 +265,15 @@ def describe_plan(plan: GridPlan, config: GridConfig) -> list[str]:
 
 
 # --------------------------------------------------------------------------- execution
+
+
+def _no_raw_data(folder: Path, concrete: DataVariant, config: GridConfig) -> CqdError:
+    """The error for a prepared variant that is missing and cannot be prepared (no raw dataset given)."""
+    return CqdError(
+        f"prepared data {folder} missing; pass --{concrete.dataset}-root DIR (the raw dataset) so it can be prepared, "
+        f"or run `cqd-port prepare --dataset {concrete.dataset} --degradation {concrete.degradation}"
+        f"{' --source ' + concrete.source if concrete.source else ''} --out {config.prepared}`"
+    )
 
 
 def ensure_variant(variant: DataVariant, config: GridConfig, progress: bool = True) -> Path:
@@ -285,11 +290,7 @@ def ensure_variant(variant: DataVariant, config: GridConfig, progress: bool = Tr
     concrete = config.concrete(variant)
     root = config.dataset_root(variant.dataset)
     if root is None:
-        raise CqdError(
-            f"prepared data {folder} missing; pass --{variant.dataset}-root DIR (the raw dataset) so it can be prepared, "
-            f"or run `cqd-port prepare --dataset {variant.dataset} --degradation {concrete.degradation}"
-            f"{' --source ' + concrete.source if concrete.source else ''} --out {config.prepared}`"
-        )
+        raise _no_raw_data(folder, concrete, config)
     from cqd_port.data.degrade import DegradationConfig
 
     extra = dict(config.prepare_config or {})
@@ -334,16 +335,11 @@ def check_inputs(plan: GridPlan, config: GridConfig) -> None:
                 "model.yml.gz (OpenCV ximgproc's SED forest), or prepare the folder with `cqd-port prepare`"
             )
         if not (folder / MANIFEST).is_file() and config.dataset_root(variant.dataset) is None:
-            raise CqdError(
-                f"prepared data {folder} missing; pass --{variant.dataset}-root DIR (the raw dataset) so it can be prepared, "
-                f"or run `cqd-port prepare --dataset {variant.dataset} --degradation {concrete.degradation}"
-                f"{' --source ' + concrete.source if concrete.source else ''} --out {config.prepared}`"
-            )
+            raise _no_raw_data(folder, concrete, config)
 
 
-def collect_cells(plan: GridPlan, config: GridConfig):
+def collect_cells(plan: GridPlan, config: GridConfig) -> list[Cell]:
     """The table's cells from the run folders' run.json (accuracy None where a run has not finished)."""
-    from cqd_port.experiments.methods import read_run_json
     from cqd_port.experiments.results import Cell
 
     paper = paper_table(plan.table)
@@ -355,7 +351,7 @@ def collect_cells(plan: GridPlan, config: GridConfig):
     return cells
 
 
-def run_grid(plan: GridPlan, config: GridConfig, on_run=None) -> GridOutcome:
+def run_grid(plan: GridPlan, config: GridConfig, on_run: Callable[[str, dict], None] | None = None) -> GridOutcome:
     """Execute every run of `plan` (skipping finished ones), then write results.json and results.md.
 
     Sequential on one device, or with `config.gpus` one worker process per GPU,
@@ -390,10 +386,8 @@ def run_grid(plan: GridPlan, config: GridConfig, on_run=None) -> GridOutcome:
     return GridOutcome(json_path, md_path, md_path.read_text(encoding="utf-8"), records)
 
 
-def _worker(run, config: GridConfig, device: str) -> dict:
+def _worker(run: RunSpec, config: GridConfig, device: str) -> dict:
     """One run in a worker process (its own data cache; no progress bars)."""
-    from dataclasses import replace
-
     from cqd_port.experiments.methods import DomainData, execute_run
 
     config = replace(config, progress=False)

@@ -40,6 +40,8 @@ from cqd_port.experiments.tasks import DataVariant, Hyper
 from cqd_port.fileio import atomic_write_json
 
 if TYPE_CHECKING:
+    from cqd_port.data.records import DatasetIndex, ImageRecord
+    from cqd_port.models.network import SimpleNetwork
     from cqd_port.experiments.grid import GridConfig
 
 IMAGENET = "imagenet"
@@ -54,10 +56,6 @@ class MethodSpec:
     test: str  # "A" or "B"
     start: str  # "imagenet" or "a_model"
     distill: bool = False
-
-    @property
-    def trains(self) -> bool:
-        return bool(self.train)
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -108,10 +106,9 @@ class RunSpec:
     def signature(self) -> tuple:
         """What makes two runs the same computation (the folder name aside)."""
         return (
-            self.method if self.method in ("no_adaptation",) else ("train", self.distill),
+            self.method if self.method == "no_adaptation" else ("train", self.distill),
             self.arch,
             self.train,
-            self.test if not self.trains else None,
             self.test,
             self.init,
             self.hyper.schedule,
@@ -177,21 +174,25 @@ class DomainData:
     tensor and reused by every later run.
     """
 
-    def __init__(self, ensure: Callable[[Any], Path], preload: bool = False, workers: int = 0):
+    def __init__(self, ensure: Callable[[DataVariant], Path], preload: bool = False, workers: int = 0) -> None:
         self._ensure = ensure
         self._preload = preload
         self._workers = workers
-        self._indices: dict[Any, Any] = {}
-        self._datasets: dict[tuple, Any] = {}
+        self._indices: dict[DataVariant, DatasetIndex] = {}
+        self._datasets: dict[tuple, torch.utils.data.Dataset] = {}
 
-    def index(self, variant):
+    def index(self, variant: DataVariant) -> DatasetIndex:
+        """The variant's prepared index (read once)."""
         if variant not in self._indices:
             from cqd_port.data.prepare import read_prepared
 
             self._indices[variant] = read_prepared(self._ensure(variant))
         return self._indices[variant]
 
-    def dataset(self, variant, records, image_size: tuple[int, int], average: np.ndarray):
+    def dataset(
+        self, variant: DataVariant, records: list[ImageRecord], image_size: tuple[int, int], average: np.ndarray
+    ) -> torch.utils.data.Dataset:
+        """`records` of the variant as network inputs (decoded once and kept when preloading)."""
         from cqd_port.data.batches import ImageFolderDataset, preload
 
         key = (variant, tuple(r.path for r in records), image_size, average.tobytes())
@@ -207,20 +208,20 @@ class DomainData:
 class ConcatDomains(torch.utils.data.Dataset):
     """Items of several datasets one after the other, positions renumbered (A+B training set)."""
 
-    def __init__(self, parts: list):
+    def __init__(self, parts: list[torch.utils.data.Dataset]) -> None:
         self.parts = parts
         self.offsets = np.cumsum([0, *[len(p) for p in parts]])
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def __getitem__(self, position: int):
+    def __getitem__(self, position: int) -> tuple[Any, Any, int]:
         part = int(np.searchsorted(self.offsets, position, side="right") - 1)
         image, label, _ = self.parts[part][position - int(self.offsets[part])]
         return image, label, position
 
 
-def _concat(datasets: list):
+def _concat(datasets: list[torch.utils.data.Dataset]) -> torch.utils.data.Dataset:
     """A+B training set: one dataset of both domains (positions renumbered)."""
     from cqd_port.data.batches import PreloadedDataset
 
@@ -230,6 +231,7 @@ def _concat(datasets: list):
 
 
 def read_run_json(folder: Path) -> dict[str, Any]:
+    """A run folder's run.json, or {} when it is missing or unreadable (the run counts as not started)."""
     path = Path(folder) / RUN_JSON
     if not path.is_file():
         return {}
@@ -239,7 +241,7 @@ def read_run_json(folder: Path) -> dict[str, Any]:
         return {}
 
 
-def _load_trained(folder: Path, lrn_mode: str):
+def _load_trained(folder: Path, lrn_mode: str) -> SimpleNetwork:
     from matconvnet_weights.convert import load_model
 
     path = Path(folder) / FINAL_MODEL
@@ -253,12 +255,14 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
 
     A finished run (run.json status 'finished') is returned as it is.
     """
+    from cqd_port.data.batches import paired_records
     from cqd_port.experiments.networks import finetune_network, load_pretrained, trained_network
+    from cqd_port.train.device import select_device
     from cqd_port.train.evaluate import evaluate
     from cqd_port.train.objective import Objective
     from cqd_port.train.schedules import get_schedule, shorten_schedule
     from cqd_port.train.teacher import teacher_logits
-    from cqd_port.train.trainer import TrainConfig, train
+    from cqd_port.train.trainer import EVALUATION_NAME, TrainConfig, train
 
     out = Path(config.out)
     folder = out / run.key
@@ -290,21 +294,21 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
         size, average = input_normalization(model.meta, None)
         index = data.index(run.test)
         test_set = data.dataset(run.test, index.test_records(), size, average)
-        from cqd_port.train.device import select_device
-
         dev = select_device(device)
         evaluation = evaluate(model.to(dev), test_set, batch_size=batch_size, device=dev)
-        evaluation.save(folder / "evaluation.json")
+        evaluation.save(folder / EVALUATION_NAME)
         record.update(status="finished", accuracy=evaluation.accuracy, seconds=time.perf_counter() - started)
         atomic_write_json(folder / RUN_JSON, record)
         return record
 
     # network
+    test_index = data.index(run.test)
+    k = test_index.num_classes
     if run.init == IMAGENET:
         source = config.model_file(run.arch)
         specs, state, meta = load_pretrained(source, config.lrn_mode)
-        num_classes = data.index(run.test).num_classes
-        network = finetune_network(specs, state, meta, num_classes * run.class_factor, seed=config.seed, source=str(source))
+        num_classes = k
+        network = finetune_network(specs, state, meta, k * run.class_factor, seed=config.seed, source=str(source))
     else:
         network = trained_network(out / run.init / FINAL_MODEL)
         num_classes = int(network.state["fc8.weight"].shape[0])
@@ -312,18 +316,15 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
     size, average = input_normalization(network.meta, None)
 
     # data: B (or A, or A+B) training images, paired with A's for the teacher
-    test_index = data.index(run.test)
     test_set = data.dataset(run.test, test_index.test_records(), size, average)
     logits = None
     if run.distill:
         a_variant = run.teacher_data
-        a_records, b_records = _paired_train(data, a_variant, run.train[0])
+        a_records, b_records = paired_records(data.index(a_variant), data.index(run.train[0]), train=True)
         train_set = data.dataset(run.train[0], b_records, size, average)
         teacher = _load_trained(out / run.teacher, config.lrn_mode)
         t_size, t_average = input_normalization(teacher.meta, None)
         teacher_set = data.dataset(a_variant, a_records, t_size, t_average)
-        from cqd_port.train.device import select_device
-
         dev = select_device(device)
         logits = teacher_logits(teacher.to(dev), teacher_set, out / run.teacher / TEACHER_CACHE, batch_size=max(batch_size, 32), device=dev)
         del teacher
@@ -334,7 +335,6 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
             parts.append(data.dataset(variant, index.train_records(), size, average))
         train_set = parts[0] if len(parts) == 1 else _concat(parts)
 
-    k = data.index(run.test).num_classes
     schedule = shorten_schedule(get_schedule(run.hyper.schedule), run.hyper.epochs, config.lr_scale)
     train_config = TrainConfig(
         epochs=run.hyper.epochs,
@@ -373,9 +373,3 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
     )
     atomic_write_json(folder / RUN_JSON, record)
     return record
-
-
-def _paired_train(data: DomainData, a_variant, b_variant):
-    from cqd_port.data.batches import paired_records
-
-    return paired_records(data.index(a_variant), data.index(b_variant), train=True)

@@ -22,17 +22,19 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from cqd_port.errors import CqdError
 from cqd_port.models.layers import LayerSpec
 
+if TYPE_CHECKING:
+    from cqd_port.models.network import SimpleNetwork
+
 FC8 = "fc8"
 DROPOUT_RATE = 0.5
 FC8_STD = 0.01
-FC8_MULTIPLIERS = {"weight": (10.0, 1.0), "bias": (20.0, 0.0)}  # (lr, wd), initializeNetwork.m
 
 IMAGENET_FILES = {"vgg-m": "imagenet-vgg-m", "vgg-vd-16": "imagenet-vgg-verydeep-16"}
 
@@ -48,11 +50,19 @@ class FinetuneNetwork:
     meta: dict[str, Any]
     multipliers: Multipliers
 
-    def build(self, lrn_mode: str = "exact"):
+    def build(self, lrn_mode: str = "exact") -> SimpleNetwork:
         """The `SimpleNetwork` running these layers with these parameters."""
         from cqd_port.models.network import SimpleNetwork
 
         return SimpleNetwork(self.specs, self.state, self.meta, lrn_mode=lrn_mode)
+
+
+def imagenet_model_candidates(models_dir: str | Path, arch: str) -> list[Path]:
+    """Where `arch`'s ImageNet model may be in `models_dir`, in order of preference: the `.pt`, then the `.mat`."""
+    if arch not in IMAGENET_FILES:
+        raise CqdError(f"unknown network '{arch}' (known: {', '.join(IMAGENET_FILES)})")
+    stem = IMAGENET_FILES[arch]
+    return [Path(models_dir) / f"{stem}{suffix}" for suffix in (".pt", ".mat")]
 
 
 def imagenet_model_path(models_dir: str | Path, arch: str) -> Path:
@@ -60,17 +70,13 @@ def imagenet_model_path(models_dir: str | Path, arch: str) -> Path:
 
     Raises CqdError naming the missing file and the command that makes it.
     """
-    if arch not in IMAGENET_FILES:
-        raise CqdError(f"unknown network '{arch}' (known: {', '.join(IMAGENET_FILES)})")
-    models_dir = Path(models_dir)
-    stem = IMAGENET_FILES[arch]
-    for suffix in (".pt", ".mat"):
-        candidate = models_dir / f"{stem}{suffix}"
+    pt, mat = imagenet_model_candidates(models_dir, arch)
+    for candidate in (pt, mat):
         if candidate.is_file():
             return candidate
     raise CqdError(
-        f"ImageNet weights for {arch} missing: {models_dir / (stem + '.pt')} (or {stem}.mat); put MatConvNet's "
-        f"{stem}.mat in {models_dir} and run `cqd-port convert-weights {models_dir / (stem + '.mat')}`, "
+        f"ImageNet weights for {arch} missing: {pt} (or {mat.name}); put MatConvNet's "
+        f"{mat.name} in {mat.parent} and run `cqd-port convert-weights {mat}`, "
         f"or point --models at the folder that has them"
     )
 
@@ -152,13 +158,10 @@ def finetune_multipliers(state: dict[str, torch.Tensor]) -> Multipliers:
     training, A-CQD start from the whole A model, fc8 multipliers included).
     Moments (bnorm statistics) are not trained by SGD and get none.
     """
-    multipliers: Multipliers = {}
-    for name in state:
-        layer, _, kind = name.rpartition(".")
-        if kind == "moments":
-            continue
-        multipliers[name] = FC8_MULTIPLIERS[kind] if layer == FC8 and kind in FC8_MULTIPLIERS else (1.0, 1.0)
-    return multipliers
+    from cqd_port.train.sgd import cqd_multipliers
+
+    trained = [name for name in state if name.rpartition(".")[2] != "moments"]
+    return {name: (m.lr, m.wd) for name, m in cqd_multipliers(trained, new_layers=(FC8,)).items()}
 
 
 def imagenet_finetune_network(path: str | Path, num_classes: int, seed: int = 0) -> FinetuneNetwork:

@@ -28,6 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from cqd_port.errors import CqdError
+
 LAYER_TYPES = ("conv", "pool", "lrn", "relu", "dropout", "softmax", "bnorm")
 
 
@@ -39,8 +41,6 @@ class LayerSpec:
 
     def __post_init__(self) -> None:
         if self.type not in LAYER_TYPES:
-            from cqd_port.errors import CqdError
-
             raise CqdError(
                 f"layer '{self.name}': unknown layer type '{self.type}' "
                 f"(supported: {', '.join(LAYER_TYPES)})"
@@ -63,3 +63,17 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return _plain(value.tolist())
     return value
+
+
+def scalar_attr(value: Any) -> float:
+    """A scalar attribute (`leak`, `rate`, `epsilon`); readers may keep MATLAB's 1x1 arrays as one-element lists."""
+    return float(value[0]) if isinstance(value, (list, tuple)) else float(value)
+
+
+def conv_filter_shape(spec: LayerSpec) -> tuple[int, int, int, int] | None:
+    """A conv layer's `size` attribute [h w depth count] (MatConvNet's order) as the OIHW shape, or None without one."""
+    size = spec.attrs.get("size")
+    if size is None:
+        return None
+    h, w, depth, count = (int(v) for v in size)
+    return (count, depth, h, w)

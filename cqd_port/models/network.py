@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 from cqd_port.errors import CqdError
-from cqd_port.models.layers import LayerSpec
+from cqd_port.models.layers import LayerSpec, conv_filter_shape, scalar_attr
 from cqd_port.nn import modules as M
-from cqd_port.nn.lrn import LRN_MODES
+from cqd_port.nn.lrn import check_lrn_mode
 
 # Layers whose output autograd does not keep, so a ReLU right after them may work in place.
 _INPLACE_SAFE_BEFORE_RELU = ("conv", "bnorm")
@@ -42,20 +42,6 @@ def _tensor(value: Any) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
     return torch.from_numpy(np.array(value, copy=True))
-
-
-def _scalar(value: Any) -> float:
-    # readers may keep MATLAB's 1x1 arrays as one-element lists
-    return float(value[0]) if isinstance(value, (list, tuple)) else float(value)
-
-
-def _filter_shape_from_size(spec: LayerSpec) -> tuple[int, int, int, int] | None:
-    """`size` [h w depth count] (MatConvNet's field, optional in attrs) -> OIHW shape."""
-    size = spec.attrs.get("size")
-    if size is None:
-        return None
-    h, w, depth, count = (int(v) for v in size)
-    return (count, depth, h, w)
 
 
 class SimpleNetwork(nn.Module):
@@ -76,8 +62,7 @@ class SimpleNetwork(nn.Module):
         lrn_mode: str = "exact",
     ) -> None:
         super().__init__()
-        if lrn_mode not in LRN_MODES:
-            raise CqdError(f"unknown LRN mode '{lrn_mode}' (use one of: {', '.join(LRN_MODES)})")
+        check_lrn_mode(lrn_mode)
         self._specs: list[LayerSpec] = [copy.deepcopy(s) for s in specs]
         self._meta: dict[str, Any] = copy.deepcopy(dict(meta)) if meta is not None else {}
         self._lrn_mode = lrn_mode
@@ -133,7 +118,7 @@ class SimpleNetwork(nn.Module):
     def _build(self, spec: LayerSpec, state: dict[str, Any] | None, used: set[str]) -> nn.Module:
         a = spec.attrs
         if spec.type == "conv":
-            shape = _filter_shape_from_size(spec)
+            shape = conv_filter_shape(spec)
             weight = self._param(state, used, spec, "weight", shape)
             if weight.dim() != 4:
                 raise CqdError(f"layer '{spec.name}' (conv): parameter '{spec.name}.weight' must be 4-D (O x I x H x W), got shape {list(weight.shape)}")
@@ -147,9 +132,9 @@ class SimpleNetwork(nn.Module):
                 raise CqdError(f"layer '{spec.name}' (lrn): attribute 'param' [N kappa alpha beta] is missing")
             return M.LRN(a["param"], self._lrn_mode)
         if spec.type == "relu":
-            return M.ReLU(_scalar(a.get("leak", 0.0)))
+            return M.ReLU(scalar_attr(a.get("leak", 0.0)))
         if spec.type == "dropout":
-            return M.Dropout(_scalar(a.get("rate", 0.5)))
+            return M.Dropout(scalar_attr(a.get("rate", 0.5)))
         if spec.type == "softmax":
             return M.Softmax()
         if spec.type == "bnorm":
@@ -158,7 +143,7 @@ class SimpleNetwork(nn.Module):
             gain = weight.reshape(-1)
             bias = self._param(state, used, spec, "bias", (channels,))
             moments = self._param(state, used, spec, "moments", (channels, 2))
-            return M.BatchNormTest(gain, bias, moments, _scalar(a.get("epsilon", 1e-4)))
+            return M.BatchNormTest(gain, bias, moments, scalar_attr(a.get("epsilon", 1e-4)))
         raise CqdError(f"layer '{spec.name}': unknown layer type '{spec.type}'")
 
     # -- properties -----------------------------------------------------------------
@@ -182,9 +167,7 @@ class SimpleNetwork(nn.Module):
 
     @lrn_mode.setter
     def lrn_mode(self, mode: str) -> None:
-        if mode not in LRN_MODES:
-            raise CqdError(f"unknown LRN mode '{mode}' (use one of: {', '.join(LRN_MODES)})")
-        self._lrn_mode = mode
+        self._lrn_mode = check_lrn_mode(mode)
         for module in self.children():
             if isinstance(module, M.LRN):
                 module.mode = mode

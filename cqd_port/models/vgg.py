@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from cqd_port.errors import CqdError
-from cqd_port.models.layers import LayerSpec
+from cqd_port.models.layers import LayerSpec, conv_filter_shape, scalar_attr
+from cqd_port.nn.functional import as_pair, as_quad
 
 TOPOLOGIES = ("vgg-m", "vgg-vd-16")
 VGGM_LRN = [5.0, 2.0, 1e-4, 0.75]  # imagenet-vgg-m.mat's norm1/norm2
@@ -202,10 +203,10 @@ def init_state(specs: Sequence[LayerSpec], seed: int = 0, method: str = "gaussia
             raise CqdError(f"layer '{spec.name}': init_state does not initialise bnorm layers (give their parameters in the state)")
         if spec.type != "conv":
             continue
-        if "size" not in spec.attrs:
+        shape = conv_filter_shape(spec)
+        if shape is None:
             raise CqdError(f"layer '{spec.name}': init_state needs the conv attribute 'size' [h w depth count]")
-        h, w, depth, count = (int(v) for v in spec.attrs["size"])
-        shape = (count, depth, h, w)
+        count, depth, h, w = shape
         if method == "gaussian":
             weight = torch.randn(shape, generator=generator) * 0.01
         elif method == "xavier":
@@ -221,9 +222,9 @@ def init_state(specs: Sequence[LayerSpec], seed: int = 0, method: str = "gaussia
 
 
 def _kernel_of(spec: LayerSpec, state: Mapping[str, Any] | None) -> tuple[int, int] | None:
-    if "size" in spec.attrs:
-        size = [int(v) for v in spec.attrs["size"]]
-        return size[0], size[1]
+    shape = conv_filter_shape(spec)
+    if shape is not None:
+        return shape[2], shape[3]
     if state is not None and f"{spec.name}.weight" in state:
         shape = tuple(state[f"{spec.name}.weight"].shape)
         if len(shape) == 4:
@@ -231,14 +232,28 @@ def _kernel_of(spec: LayerSpec, state: Mapping[str, Any] | None) -> tuple[int, i
     return None
 
 
-def _scalar(value: Any) -> float:
-    # readers may keep MATLAB's 1x1 arrays as one-element lists
-    return float(value[0]) if isinstance(value, (list, tuple)) else float(value)
-
-
-def _ints(value: Any, count: int) -> tuple[int, ...]:
-    values = [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
-    return tuple(values * count) if len(values) == 1 else tuple(values)
+def _attribute_checks(spec: LayerSpec, ref: _Layer) -> list[tuple[str, Any, Any]]:
+    """(attribute, the layer's value, the reference's value) for every attribute `check_topology` compares."""
+    a = spec.attrs
+    if ref.type == "conv":
+        return [
+            ("stride", as_pair(a.get("stride", 1), "conv stride"), ref.stride),
+            ("pad", as_quad(a.get("pad", 0), "conv pad"), ref.pad),
+            ("dilate", as_pair(a.get("dilate", 1), "conv dilate"), (1, 1)),
+        ]
+    if ref.type == "pool":
+        return [
+            ("method", a.get("method", "max"), "max"),
+            ("pool", as_pair(a.get("pool", 1), "pool size"), ref.pool),
+            ("stride", as_pair(a.get("stride", 1), "pool stride"), ref.stride),
+            ("pad", as_quad(a.get("pad", 0), "pool pad"), ref.pad),
+        ]
+    if ref.type == "relu":
+        return [("leak", scalar_attr(a.get("leak", 0.0)), 0.0)]
+    # lrn
+    param = [float(v) for v in a.get("param", [])]
+    same = len(param) == 4 and all(math.isclose(p, q, rel_tol=1e-6) for p, q in zip(param, ref.param or ()))
+    return [("param", param if not same else list(ref.param or ()), list(ref.param or ()))]
 
 
 def check_topology(
@@ -264,7 +279,7 @@ def check_topology(
     for i, ref in enumerate(reference):
         if i >= len(layers):
             raise CqdError(f"not a {topology} network: it ends after {len(layers)} layers, expected '{ref.name}' ({ref.type}) next")
-        spec, a = layers[i], layers[i].attrs
+        spec = layers[i]
         where = f"not a {topology} network: layer '{spec.name}' (position {i + 1}, expected '{ref.name}')"
         if spec.type != ref.type:
             raise CqdError(f"{where} is of type {spec.type}, expected {ref.type}")
@@ -273,20 +288,10 @@ def check_topology(
             kernel = _kernel_of(spec, state)
             if kernel is not None and kernel != expected_kernel:
                 raise CqdError(f"{where} has a {kernel[0]}x{kernel[1]} filter, expected {expected_kernel[0]}x{expected_kernel[1]}")
-            checks = [("stride", _ints(a.get("stride", 1), 2), ref.stride), ("pad", _ints(a.get("pad", 0), 4), ref.pad), ("dilate", _ints(a.get("dilate", 1), 2), (1, 1))]
-        elif ref.type == "pool":
-            checks = [
-                ("method", a.get("method", "max"), "max"),
-                ("pool", _ints(a.get("pool", 1), 2), ref.pool),
-                ("stride", _ints(a.get("stride", 1), 2), ref.stride),
-                ("pad", _ints(a.get("pad", 0), 4), ref.pad),
-            ]
-        elif ref.type == "relu":
-            checks = [("leak", _scalar(a.get("leak", 0.0)), 0.0)]
-        else:  # lrn
-            param = [float(v) for v in a.get("param", [])]
-            same = len(param) == 4 and all(math.isclose(p, q, rel_tol=1e-6) for p, q in zip(param, ref.param or ()))
-            checks = [("param", param if not same else list(ref.param or ()), list(ref.param or ()))]
+        try:
+            checks = _attribute_checks(spec, ref)
+        except CqdError as exc:  # an attribute with the wrong number of values
+            raise CqdError(f"{where}: {exc}") from None
         for what, got, expected in checks:
             if got != expected:
                 raise CqdError(f"{where} has {what} {list(got) if isinstance(got, tuple) else got}, expected {list(expected) if isinstance(expected, tuple) else expected}")

@@ -25,24 +25,24 @@ Pair = tuple[int, int]
 Quad = tuple[int, int, int, int]
 
 
-def as_pair(value: int | Sequence[int], what: str) -> Pair:
-    """MatConvNet accepts a scalar or `[y x]` for stride, dilate and pool sizes."""
+def _expand(value: int | Sequence[int], count: int, what: str, order: str) -> tuple[int, ...]:
+    # MatConvNet repeats a single value over every position
     values = [int(v) for v in ([value] if isinstance(value, (int, float)) else list(value))]
     if len(values) == 1:
-        values = values * 2
-    if len(values) != 2:
-        raise CqdError(f"{what} must have 1 or 2 values [y x], got {values}")
-    return values[0], values[1]
+        values = values * count
+    if len(values) != count:
+        raise CqdError(f"{what} must have 1 or {count} values [{order}], got {values}")
+    return tuple(values)
+
+
+def as_pair(value: int | Sequence[int], what: str) -> Pair:
+    """MatConvNet accepts a scalar or `[y x]` for stride, dilate and pool sizes."""
+    return _expand(value, 2, what, "y x")  # type: ignore[return-value]
 
 
 def as_quad(value: int | Sequence[int], what: str) -> Quad:
     """MatConvNet accepts a scalar or `[top bottom left right]` for padding."""
-    values = [int(v) for v in ([value] if isinstance(value, (int, float)) else list(value))]
-    if len(values) == 1:
-        values = values * 4
-    if len(values) != 4:
-        raise CqdError(f"{what} must have 1 or 4 values [top bottom left right], got {values}")
-    return values[0], values[1], values[2], values[3]
+    return _expand(value, 4, what, "top bottom left right")  # type: ignore[return-value]
 
 
 def _check_nchw(x: torch.Tensor, block: str) -> None:

@@ -43,6 +43,13 @@ from cqd_port.errors import CqdError
 LRN_MODES = ("exact", "matconvnet-cpu")
 
 
+def check_lrn_mode(mode: str) -> str:
+    """`mode` if it is one of `LRN_MODES`, else `CqdError` naming it and the choices."""
+    if mode not in LRN_MODES:
+        raise CqdError(f"unknown LRN mode '{mode}' (use one of: {', '.join(LRN_MODES)})")
+    return mode
+
+
 def _window_offsets(depth: int) -> tuple[int, int]:
     """Channels before and after k in the window: floor((N-1)/2) and ceil((N-1)/2)."""
     before = (depth - 1) // 2
@@ -238,8 +245,6 @@ def lrn(x: torch.Tensor, param: Sequence[float], mode: str = "exact") -> torch.T
     if x.dim() != 4:
         raise CqdError(f"LRN: expected an N x C x H x W input, got shape {tuple(x.shape)}")
     kappa, alpha, beta = values[1:]
-    if mode == "exact":
+    if check_lrn_mode(mode) == "exact":
         return _ExactLRN.apply(x, depth, kappa, alpha, beta, x.requires_grad)
-    if mode == "matconvnet-cpu":
-        return _MatConvNetCpuLRN.apply(x, depth, kappa, alpha, beta)
-    raise CqdError(f"unknown LRN mode '{mode}' (use one of: {', '.join(LRN_MODES)})")
+    return _MatConvNetCpuLRN.apply(x, depth, kappa, alpha, beta)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from cqd_port.nn import functional as MF
-from cqd_port.nn.lrn import LRN_MODES, lrn
+from cqd_port.nn.lrn import check_lrn_mode, lrn
 
 
 class Conv(nn.Module):
@@ -64,12 +64,8 @@ class LRN(nn.Module):
 
     def __init__(self, param: Sequence[float], mode: str = "exact") -> None:
         super().__init__()
-        if mode not in LRN_MODES:
-            from cqd_port.errors import CqdError
-
-            raise CqdError(f"unknown LRN mode '{mode}' (use one of: {', '.join(LRN_MODES)})")
         self.param = tuple(float(v) for v in param)
-        self.mode = mode
+        self.mode = check_lrn_mode(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return lrn(x, self.param, self.mode)

@@ -8,6 +8,7 @@ are extras for inspection.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -89,8 +90,7 @@ class Evaluation:
 
     @classmethod
     def load(cls, path: str | Path) -> "Evaluation":
-        import json
-
+        """Read back an `Evaluation` written by `save`."""
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:

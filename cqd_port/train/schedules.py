@@ -13,6 +13,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from cqd_port.data.records import matlab_round
+from cqd_port.errors import CqdError
+
 Schedule = tuple[float, ...]
 
 
@@ -24,14 +27,15 @@ def matlab_colon(start: float, step: float, stop: float) -> list[float]:
     `stop` when it lies within that tolerance, fills the first half as
     `start + k*step` and the second half as `stop - k*step`, and puts the
     exact midpoint `(start+stop)/2` in the middle when `n` is even (the
-    algorithm of MathWorks' `colonop.m`). `numpy.arange` instead returns
-    `start + k*step` throughout and excludes `stop`.
+    algorithm of MathWorks' `colonop.m`, with MATLAB's half-away-from-zero
+    `round`). `numpy.arange` instead returns `start + k*step` throughout and
+    excludes `stop`.
     """
     if step == 0 or (start < stop and step < 0) or (stop < start and step > 0):
         return []
     tol = 2.0 * 2.220446049250313e-16 * max(abs(start), abs(stop))
     sig = 1.0 if step > 0 else -1.0
-    n = round((stop - start) / step)
+    n = matlab_round((stop - start) / step)
     if sig * (start + n * step - stop) > tol:
         n -= 1
     last = start + n * step
@@ -57,8 +61,6 @@ def get_schedule(name: str) -> Schedule:
     try:
         return SCHEDULES[name.lower()]
     except KeyError:
-        from cqd_port.errors import CqdError
-
         raise CqdError(f"unknown learning-rate schedule '{name}' (known: {', '.join(SCHEDULES)})") from None
 
 
@@ -89,15 +91,9 @@ def shorten_schedule(schedule: Sequence[float], epochs: int, scale: float = 1.0)
     return tuple(float(v) * scale for v in picked)
 
 
-def _finite(schedule: Sequence[float]) -> bool:
-    return all(math.isfinite(v) and v >= 0 for v in schedule)
-
-
 def validate_schedule(schedule: Sequence[float]) -> Schedule:
     """A schedule as a tuple of floats; a `CqdError` for an empty or negative one."""
     values = tuple(float(v) for v in schedule)
-    if not values or not _finite(values):
-        from cqd_port.errors import CqdError
-
+    if not values or not all(math.isfinite(v) and v >= 0 for v in values):
         raise CqdError(f"learning-rate schedule {list(values)} must be a non-empty list of non-negative numbers")
     return values

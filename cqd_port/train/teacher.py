@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +70,6 @@ def dataset_fingerprint(dataset: Dataset) -> str:
     labels (`PreloadedDataset`); otherwise every item's bytes (correct for
     any dataset, but it reads all images once).
     """
-    import os
-
     digest = hashlib.sha256()
     own = getattr(dataset, "fingerprint", None)
     if callable(own):

@@ -388,14 +388,18 @@ def _epoch_info(record: Mapping[str, Any]) -> str:
 
 
 def plot_history(history: Sequence[Mapping[str, Any]], path: str | Path) -> None:
-    """`net-train.pdf` as `cnn_train_dag` draws it: objective and top-1 error per epoch, train and test."""
-    import matplotlib
+    """`net-train.pdf` as `cnn_train_dag` draws it: objective and top-1 error per epoch, train and test.
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    Drawn on a bare `Figure` with the Agg canvas: no pyplot, so the caller's
+    matplotlib backend and figure registry are left alone.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
     for ax, key, title in ((axes[0], "objective", "objective"), (axes[1], "top1err", "top1err")):
         for split, style in (("train", ".-"), ("test", "o--")):
             pts = [(e, h[split][key]) for e, h in zip(epochs, history) if split in h and math.isfinite(h[split][key])]
@@ -408,4 +412,3 @@ def plot_history(history: Sequence[Mapping[str, Any]], path: str | Path) -> None
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="pdf")
-    plt.close(fig)
