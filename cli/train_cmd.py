@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         sed_model: Optional[Path] = typer.Option(None, "--sed-model", help="Structured-edge model (opencv ximgproc .yml.gz) for the edge variants."),
         out: Optional[Path] = typer.Option(None, "--out", help="Run folders and results (default runs/table1 or runs/table2)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-        gpus: Optional[str] = typer.Option(None, "--gpus", help="Run independent runs in parallel, one process per GPU, e.g. 0,1."),
+        gpus: Optional[str] = typer.Option(None, "--gpus", help="Run independent runs in parallel, one process per GPU, e.g. 0,1 (with --device cpu: that many CPU processes)."),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per run (paper: 30); the schedule is squeezed to fit."),
         tasks: Optional[list[str]] = typer.Option(None, "--tasks", help="Only these tasks (comma-separated or repeated)."),
         methods: Optional[list[str]] = typer.Option(None, "--methods", help="Only these methods (comma-separated or repeated)."),

@@ -156,7 +156,10 @@ def pretrain_standin(config: DemoConfig, progress: bool) -> Path:
                 std = float(model(probe, return_all=True)[spec.name].std())
                 model.layer(spec.name).weight.div_(max(std, 1e-6))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.pretrain_lr)
-    with Progress(disable=not progress, transient=True) as bar:
+    # Dropout draws from the global RNG: seed it (without disturbing the caller's) so the stand-in,
+    # and so the whole demo, is the same on every run.
+    with torch.random.fork_rng(), Progress(disable=not progress, transient=True) as bar:
+        torch.manual_seed(config.seed + 2000)
         task = bar.add_task("pretraining the stand-in", total=config.pretrain_epochs)
         for _epoch in range(config.pretrain_epochs):
             model.train()

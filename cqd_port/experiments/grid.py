@@ -367,7 +367,7 @@ def run_grid(plan: GridPlan, config: GridConfig, on_run: Callable[[str, dict], N
     if len(config.gpus) > 1:
         records = _run_parallel(plan, config, on_run)
     else:
-        device = f"cuda:{config.gpus[0]}" if config.gpus else config.device
+        device = slot_device(config, config.gpus[0]) if config.gpus else config.device
         data = DomainData(lambda v: ensure_variant(v, config, config.progress), preload=config.preload, workers=0 if config.preload else config.workers)
         total = len(plan.runs)
         for number, (key, run) in enumerate(plan.runs.items(), start=1):
@@ -384,6 +384,15 @@ def run_grid(plan: GridPlan, config: GridConfig, on_run: Callable[[str, dict], N
     synthetic = config.synthetic or any(is_synthetic(config.variant_dir(v)) for v in plan.variants())
     json_path, md_path = write_results(config.out, plan.table, synthetic, collect_cells(plan, config))
     return GridOutcome(json_path, md_path, md_path.read_text(encoding="utf-8"), records)
+
+
+def slot_device(config: GridConfig, slot: int) -> str:
+    """The device of one parallel worker: `cuda:<slot>`, or the CPU when `--device cpu`.
+
+    With `--device cpu`, `--gpus 0,1` runs two CPU worker processes side by side
+    (a many-core machine; also how the scheduler is tested without a GPU).
+    """
+    return "cpu" if str(config.device) == "cpu" else f"cuda:{slot}"
 
 
 def _worker(run: RunSpec, config: GridConfig, device: str) -> dict:
@@ -422,9 +431,10 @@ def _run_parallel(plan: GridPlan, config: GridConfig, on_run=None) -> dict[str, 
                     break
                 if all(dep in done for dep in plan.runs[key].depends):
                     gpu = free.pop(0)
-                    running[pool.submit(_worker, plan.runs[key], config, f"cuda:{gpu}")] = (key, gpu)
+                    device = slot_device(config, gpu)
+                    running[pool.submit(_worker, plan.runs[key], config, device)] = (key, gpu)
                     pending.remove(key)
-                    bar.console.print(f"{key}: started on cuda:{gpu}")
+                    bar.console.print(f"{key}: started on {device}")
             if not running:
                 raise CqdError(f"runs {', '.join(pending)} wait for runs that cannot finish; check their run.json")
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
