@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from cqd_port.analysis.gradients import PreprocessingSpec, maps_for_dataset, preprocessing_from_meta
+from cqd_port.data.images import image_size
 from cqd_port.errors import CqdError
 from cqd_port.experiments.methods import FINAL_MODEL
 from cqd_port.fileio import atomic_write_json, atomic_write_text
@@ -224,21 +225,10 @@ def select_records(index: DatasetIndex, n: int, seed: int) -> list[ImageRecord]:
     return [candidates[i] for i in sorted(chosen.tolist())]
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except (OSError, ValueError) as exc:
-        raise CqdError(f"cannot read image {path} ({exc}); restore the dataset") from exc
-    return height, width
-
-
 def _original_box(index, record) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
     from cqd_port.data.records import clip_box
 
-    height, width = _image_size(index.resolve(record))
+    height, width = image_size(index.resolve(record))
     return clip_box(tuple(record.box), width, height), (height, width)
 
 

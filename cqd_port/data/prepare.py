@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import cv2
 
-from cqd_port.data.images import read_image_rgb
+from cqd_port.data.images import image_size, read_image_rgb
 from cqd_port.data.records import Box, DatasetIndex, ImageRecord, clip_box, map_box_to_resized, safe_join
 from cqd_port.errors import CqdError
 from cqd_port.fileio import atomic_path, atomic_write_json
@@ -116,18 +116,6 @@ def _output_box(
     if x2 < x1 or y2 < y1:  # the object lies outside the kept window
         return None
     return (x1, y1, x2, y2)
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image file, from its header when possible."""
-    try:
-        from PIL import Image
-
-        with Image.open(path) as handle:
-            w, h = handle.size
-            return (h, w)
-    except Exception:  # noqa: BLE001 - fall back to a full decode
-        return read_image_rgb(path).shape[:2]
 
 
 @contextlib.contextmanager
@@ -289,7 +277,7 @@ def prepare_dataset(
     records = []
     for record in index.records:
         if record.path not in sizes and not (crop or needs_box) and record.box is not None:
-            sizes[record.path] = _image_size(index.resolve(record))
+            sizes[record.path] = image_size(index.resolve(record))
         out_box = _output_box(record.box, sizes.get(record.path, (out_size, out_size)), crop or needs_box, out_size, degradation, config)
         records.append(dataclasses.replace(record, box=out_box).to_dict())
     from cqd_port.data.synth import is_synthetic

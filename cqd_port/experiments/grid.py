@@ -294,7 +294,7 @@ def ensure_variant(variant: DataVariant, config: GridConfig, progress: bool = Tr
     from cqd_port.data.degrade import DegradationConfig
 
     extra = dict(config.prepare_config or {})
-    if config.sed_model is not None and "sed_model" in DegradationConfig.__dataclass_fields__:
+    if config.sed_model is not None:
         extra.setdefault("sed_model", str(config.sed_model))
     degradation_config = DegradationConfig(**extra)
     return prepare_dataset(
