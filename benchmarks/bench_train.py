@@ -38,7 +38,7 @@ TRAIN_IMAGES = {"cub": 5994, "cars": 8144}
 
 
 def tiny_vggm() -> tuple[list, dict]:
-    from matconvnet_weights.simplenn import read_network
+    from matconvnet_weights.read import read_network
 
     net = read_network(SHARED / "parity" / "net_vggm_tiny.mat")
     specs = [s for s in net.specs if s.type != "softmax"]

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from matconvnet_weights.convert import MODEL_NAMES, convert_weights, layer_table, read_any, summary
+from matconvnet_weights.export import export_mat
 
 
 def _console(stderr: bool = False) -> Console:
@@ -23,24 +24,42 @@ def _console(stderr: bool = False) -> Console:
     return console
 
 
-def _shape(shape: tuple[int, ...]) -> str:
-    return "x".join(str(d) for d in shape)
+def _shape(shape: tuple[int, ...] | None) -> str:
+    return "?" if shape is None else "x".join(str(d) for d in shape)
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _printable(text: str) -> str:
+    # control characters in a layer name would garble the terminal: show them escaped
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def table_view(network: Any) -> Table:
-    """The layer table as a rich Table (output shapes for one image of the model's imageSize)."""
+    """The layer table as a rich Table (output shapes for one image of the model's input size)."""
     layers = layer_table(network)
     c, h, w = layers.input_shape
-    table = Table(title=f"{len(layers.rows)} layers, input {c}x{h}x{w} (C x H x W)")
-    for column, justify in (("#", "right"), ("layer", "left"), ("type", "left"), ("output C x H x W", "right"),
-                            ("parameters", "left"), ("count", "right")):
+    source = f"; H x W {layers.input_source}" if layers.input_source else ""
+    outputs = f", {_plural(len(layers.outputs), 'output')}" if len(layers.outputs) != 1 or any(r.inputs for r in layers.rows) else ""
+    table = Table(title=f"{_plural(len(layers.rows), 'layer')}, input {c}x{h}x{w} (C x H x W{source}){outputs}")
+    graph = any(r.inputs for r in layers.rows)
+    columns = [("#", "right"), ("layer", "left"), ("type", "left")]
+    if graph:
+        columns.append(("inputs", "left"))
+    columns += [("output C x H x W", "right"), ("parameters", "left"), ("count", "right")]
+    for column, justify in columns:
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for index, row in enumerate(layers.rows, start=1):
         params = ", ".join(f"{key} {_shape(shape)}" for key, shape in row.param_shapes.items())
-        table.add_row(str(index), row.name, row.type, _shape(row.output_shape), params,
-                      f"{row.param_count:,}" if row.param_count else "")
+        cells = [str(index), _printable(row.name), _printable(row.type)]
+        if graph:
+            cells.append(_printable(", ".join(row.inputs)))
+        cells += [_shape(row.output_shape), params, f"{row.param_count:,}" if row.param_count else ""]
+        table.add_row(*cells)
     table.add_section()
-    table.add_row("", "total", "", "", "", f"{layers.total_params:,}")
+    table.add_row("", "total", *([""] * (len(columns) - 3)), f"{layers.total_params:,}")
     return table
 
 
@@ -54,14 +73,21 @@ def summary_lines(network: Any) -> list[str]:
     ]
     if info["interpolation"]:
         lines.append(f"interpolation: {info['interpolation']}")
-    lines.extend(f"note: {note}" for note in info["notes"])
+    if info["unknown_layers"]:
+        listed = ", ".join(f"'{_printable(n)}' ({_printable(t)})" for n, t in info["unknown_layers"])
+        lines.append(f"unknown layer types (convert-weights refuses them; --cut-at keeps the layers before): {listed}")
+    lines.extend(f"note: {_printable(note)}" for note in info["notes"])
     return lines
 
 
 def convert_weights_cmd(
     mat_file: Path = typer.Argument(..., metavar="FILE.mat", help="A MatConvNet model (SimpleNN or DagNN; MAT v5/v7/v7.3)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Checkpoint to write (default: FILE.pt)."),
-    model: Optional[str] = typer.Option(None, "--model", help=f"Check the topology: {' | '.join(MODEL_NAMES)}."),
+    model: Optional[str] = typer.Option(
+        None, "--model", help=f"Check the topology (layer types, kernels, strides, padding; not widths): {' | '.join(MODEL_NAMES)}."
+    ),
+    cut_at: Optional[str] = typer.Option(None, "--cut-at", metavar="LAYER", help="Keep the network up to this layer (inclusive)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ) -> None:
     """Convert a MatConvNet model file to a cqd-port checkpoint (.pt) and print its layers."""
     console = _console()
@@ -71,8 +97,11 @@ def convert_weights_cmd(
         for line in summary_lines(network):
             console.print(line, highlight=False)
 
+    notes: list[str] = []
     with _console(stderr=True).status(f"reading {mat_file}..."):
-        written = convert_weights(mat_file, output, expect=model, on_read=show)
+        written = convert_weights(mat_file, output, expect=model, on_read=show, force=force, cut_at_layer=cut_at, notes=notes)
+    for note in notes:
+        console.print(f"note: {note}", highlight=False)
     console.print(f"wrote {written}", highlight=False)
 
 
@@ -88,6 +117,19 @@ def inspect_cmd(
         console.print(line, highlight=False)
 
 
+def export_mat_cmd(
+    file: Path = typer.Argument(..., metavar="FILE", help="A checkpoint (RUN/final.pt, model.pt) or a MatConvNet .mat model."),
+    output: Path = typer.Option(..., "-o", "--output", help="MatConvNet model file to write (net.mat)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+) -> None:
+    """Write a network as a MatConvNet model file: SimpleNN (beta18 layout) for chains, DagNN saveobj for graphs."""
+    console = _console()
+    with _console(stderr=True).status(f"writing {output}..."):
+        written, layout = export_mat(file, output, force=force)
+    console.print(f"wrote {written} ({layout})", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     app.command("convert-weights")(convert_weights_cmd)
     app.command("inspect")(inspect_cmd)
+    app.command("export-mat")(export_mat_cmd)

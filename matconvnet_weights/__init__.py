@@ -1,5 +1,11 @@
-"""Reading MatConvNet model files (SimpleNN, pre-beta17 SimpleNN, DagNN; MAT v5/v7/v7.3)
-into the project's layer list, and the converted checkpoint format."""
+"""MatConvNet model files in and out.
+
+`matfile` reads the `.mat` container (v5/v7/v7.3); `simplenn` and `dagnn`
+read the two network formats into the shared `network.ImportedNetwork`
+(`read.read_network` picks the format); `convert` writes and reads the
+converted checkpoint (`.pt`) and builds runnable models; `export` writes a
+network back to a MatConvNet `.mat` file.
+"""
 
 from matconvnet_weights.convert import (
     convert_weights,
@@ -9,7 +15,8 @@ from matconvnet_weights.convert import (
     save_checkpoint,
 )
 from matconvnet_weights.matfile import load_mat
-from matconvnet_weights.simplenn import ImportedNetwork, read_network
+from matconvnet_weights.network import ImportedNetwork
+from matconvnet_weights.read import read_network
 
 __all__ = [
     "ImportedNetwork",

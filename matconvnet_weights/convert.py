@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -25,15 +26,16 @@ import torch
 
 from cqd_port.errors import CqdError
 from cqd_port.fileio import atomic_torch_save
-from cqd_port.models.layers import LayerSpec
+from cqd_port.models.graph import GraphNetwork, execution_order
+from cqd_port.models.layers import LayerSpec, display_name, display_type, is_graph
 from cqd_port.models.network import SimpleNetwork
-from cqd_port.models.vgg import check_topology
+from cqd_port.models.vgg import check_topology, vgg_m_specs, vgg_vd16_specs
 from cqd_port.nn.functional import as_pair, as_quad
-from matconvnet_weights.simplenn import ImportedNetwork, read_network
+from matconvnet_weights.network import ImportedNetwork, input_shape
+from matconvnet_weights.read import read_network
 
 CHECKPOINT_FORMAT = "cqd-port-checkpoint/1"
 MODEL_NAMES = ("vgg-m", "vgg-vd-16")
-DEFAULT_IMAGE_SIZE = (224, 224, 3)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -54,10 +56,7 @@ def save_checkpoint(
         "state_dict": {key: _checkpoint_tensor(key, value) for key, value in state.items()},
         "meta": meta_out,
     }
-    try:
-        atomic_torch_save(path, payload)
-    except OSError as exc:
-        raise CqdError(f"{path}: cannot write the checkpoint ({exc.strerror or exc}); choose another output path") from None
+    atomic_torch_save(path, payload)  # OSError (disk full, permissions) -> one-line CqdError
     return path
 
 
@@ -104,10 +103,17 @@ def load_checkpoint(path: str | os.PathLike[str]) -> ImportedNetwork:
         raise CqdError(f"{path}: no such file; check the path")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+    except pickle.UnpicklingError:
+        # torch's message suggests weights_only=False, which would run code from the file: never pass it on.
         raise CqdError(
-            f"{path}: not a readable cqd-port checkpoint ({reason}); convert the model again with convert-weights"
+            f"{path}: not a cqd-port checkpoint: it holds Python objects other than tensors and plain values "
+            "(a pickled model or training state?), which are not loaded; convert the MatConvNet model with "
+            "convert-weights, or save a checkpoint with save_checkpoint"
+        ) from None
+    except Exception:  # noqa: BLE001 - torch raises many types for a bad file
+        raise CqdError(
+            f"{path}: not a readable checkpoint (not a complete PyTorch zip archive: truncated or corrupt); "
+            "convert the model again with convert-weights"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
@@ -142,12 +148,65 @@ def read_any(path: str | os.PathLike[str]) -> ImportedNetwork:
 
 
 def load_model(path: str | os.PathLike[str], lrn_mode: str = "exact") -> SimpleNetwork:
-    """A `SimpleNetwork` from a MatConvNet `.mat` (any layout) or a converted `.pt` checkpoint."""
+    """A runnable network from a MatConvNet `.mat` (any layout) or a converted `.pt` checkpoint.
+
+    A chain gives a `SimpleNetwork`, a DagNN graph a `GraphNetwork` (a
+    subclass). A network with layers the port cannot run is refused, naming them.
+    """
     imported = read_any(path)
+    check_convertible(imported, path)
+    return build_model(imported, lrn_mode, path)
+
+
+def build_model(imported: ImportedNetwork, lrn_mode: str = "exact", source: Any = "") -> SimpleNetwork:
+    """The `SimpleNetwork` or `GraphNetwork` of an imported network."""
+    cls = GraphNetwork if imported.is_graph else SimpleNetwork
     try:
-        return SimpleNetwork(imported.specs, imported.state, imported.meta, lrn_mode=lrn_mode)
+        return cls(imported.specs, imported.state, imported.meta, lrn_mode=lrn_mode)
     except CqdError as exc:
-        raise CqdError(f"{path}: {exc}") from None
+        raise CqdError(f"{source}: {exc}" if source else str(exc)) from None
+
+
+def check_convertible(network: ImportedNetwork, source: Any) -> None:
+    """Refuse a network holding layers the port cannot run, naming each layer and its type."""
+    unknown = network.unknown_layers()
+    if unknown:
+        listed = ", ".join(f"'{display_name(s)}' ({s.attrs.get('matconvnet_type', '?')})" for s in unknown[:8])
+        more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
+        first = display_name(unknown[0])
+        raise CqdError(
+            f"{source}: cannot convert layer(s) of types the port does not know: {listed}{more}; "
+            f"`inspect` shows the whole network, and --cut-at keeps the layers before '{first}'"
+        )
+
+
+def cut_at(network: ImportedNetwork, layer: str) -> ImportedNetwork:
+    """The network up to and including `layer` (its MatConvNet name or its key); a graph keeps what `layer` needs."""
+    specs = network.specs
+    index = next((i for i, s in enumerate(specs) if layer in (s.name, display_name(s))), None)
+    if index is None:
+        names = ", ".join(display_name(s) for s in specs)
+        raise CqdError(f"--cut-at {layer}: no such layer (layers: {names})")
+    if network.is_graph:
+        writer = {s.attrs["outputs"][0]: i for i, s in enumerate(specs)}
+        keep: set[int] = set()
+        todo = [index]
+        while todo:
+            i = todo.pop()
+            if i not in keep:
+                keep.add(i)
+                todo.extend(writer[v] for v in specs[i].attrs["inputs"] if v in writer)
+        kept = [s for i, s in enumerate(specs) if i in keep]
+    else:
+        kept = specs[: index + 1]
+    names = {s.name for s in kept}
+    owners = {k for s in kept for k in dict(s.attrs.get("shared") or {}).values()}
+    state = {k: v for k, v in network.state.items() if k.rsplit(".", 1)[0] in names or k in owners}
+    meta = dict(network.meta)
+    meta["notes"] = list(meta.get("notes", [])) + [
+        f"cut at layer '{layer}': kept {len(kept)} of {len(specs)} layers"
+    ]
+    return ImportedNetwork(kept, state, meta, network.layout, network.source)
 
 
 # ----------------------------------------------------------------------------- conversion
@@ -165,10 +224,12 @@ def default_output_path(mat_path: str | os.PathLike[str]) -> Path:
     return Path(mat_path).with_suffix(".pt")
 
 
-def check_output_path(out_path: Path, source: Path) -> None:
+def check_output_path(out_path: Path, source: Path, force: bool = False) -> None:
     """Refuse an output path that cannot be written, before the (slow) read of the model."""
     if out_path.is_dir():
         raise CqdError(f"{out_path}: is a directory; give a file name for the checkpoint (-o model.pt)")
+    if out_path.exists() and not force and not (source.exists() and out_path.resolve() == source.resolve()):
+        raise CqdError(f"{out_path}: already exists; pass --force to overwrite it, or choose another output path")
     if out_path.exists() and source.exists() and out_path.resolve() == source.resolve():
         raise CqdError(f"{out_path}: is the input file; choose a different output path (-o model.pt)")
     ancestor = out_path.parent
@@ -187,47 +248,85 @@ def convert_weights(
     out_path: str | os.PathLike[str] | None = None,
     expect: str | None = None,
     on_read: Callable[[ImportedNetwork], None] | None = None,
+    force: bool = False,
+    cut_at_layer: str | None = None,
+    notes: list[str] | None = None,
 ) -> Path:
     """Convert a MatConvNet model file to a checkpoint; returns where it was written.
 
     `out_path` defaults to the input's name with `.pt`. `expect` ("vgg-m" or
     "vgg-vd-16") checks the topology against MatConvNet's pretrained network
     before anything is written. `on_read` sees the network once read (the CLI
-    prints the layer table from it).
+    prints the layer table from it). An existing output is refused unless
+    `force`; `cut_at_layer` keeps the network up to that layer; layers of
+    unknown types are refused, naming each.
     """
     mat_path = Path(mat_path)
     expect = check_model_name(expect)
     out = Path(out_path) if out_path is not None else default_output_path(mat_path)
-    check_output_path(out, mat_path)
+    check_output_path(out, mat_path, force)
     network = read_network(mat_path)
-    if expect is not None:
-        check_model(network, expect, mat_path)
+    if cut_at_layer is not None:
+        network = cut_at(network, cut_at_layer)
     if on_read is not None:
         on_read(network)
+    check_convertible(network, mat_path)
+    if expect is not None:
+        note = check_model(network, expect, mat_path)
+        if notes is not None:
+            notes.append(note)
     specs, state, meta = network.specs, network.state, network.meta
     del network
     return save_checkpoint(out, specs, state, meta)
 
 
-def check_model(network: ImportedNetwork, model: str, source: Path | str) -> None:
-    """`cqd_port.models.vgg.check_topology`, with the file named in the message."""
-    size = network.meta.get("normalization", {}).get("imageSize") or list(DEFAULT_IMAGE_SIZE)
+def check_model(network: ImportedNetwork, model: str, source: Path | str) -> str:
+    """`cqd_port.models.vgg.check_topology`, with the file named in the message; returns a note.
+
+    The check is of the topology (layer types, kernels, strides, padding, LRN
+    parameters), not of the widths: the note says when widths differ from
+    MatConvNet's released network (a reduced-width test network passes).
+    """
+    (_, h, _), _ = input_shape(network.specs, network.state, network.meta)
     try:
-        check_topology(network.specs, model, network.state, int(size[0]))
+        check_topology(network.specs, model, network.state, int(h))
     except CqdError as exc:
-        raise CqdError(f"{source}: {exc}; drop --model or pass the matching model name") from None
+        raise CqdError(f"{source}: topology check failed: {exc}; drop --model or pass the matching model name") from None
+    differ = _width_differences(network, model)
+    note = f"--model {model}: the topology (layer types, kernels, strides, padding, LRN) matches"
+    if differ:
+        note += "; the widths differ from MatConvNet's " + model + " (" + ", ".join(differ[:3]) + "): a reduced-width " + model
+    return note
+
+
+def _width_differences(network: ImportedNetwork, model: str) -> list[str]:
+    """'conv1 has 12 filters, vgg-m 96' for every conv layer whose width differs from the released network."""
+    reference = vgg_m_specs() if model == "vgg-m" else vgg_vd16_specs()
+    ref_convs = [s for s in reference if s.type == "conv"]
+    convs = [s for s in network.specs if s.type == "conv"]
+    out = []
+    for spec, ref in zip(convs, ref_convs):
+        weight = network.state.get(f"{spec.name}.weight")
+        expected = int(ref.attrs["size"][3])
+        if weight is not None and int(weight.shape[0]) != expected and ref.name != "fc8":
+            out.append(f"{display_name(spec)} has {int(weight.shape[0])} filters, {model} {expected}")
+    return out
 
 
 # ----------------------------------------------------------------------------- layer table
 
 
+Shape = tuple[int, int, int] | None  # C, H, W for one image; None where unknown
+
+
 @dataclass
 class LayerRow:
-    name: str
+    name: str  # the MatConvNet name (the state-dict key may be a safe version of it)
     type: str
-    output_shape: tuple[int, int, int]  # C, H, W for one image
+    output_shape: Shape
     param_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     param_count: int = 0
+    inputs: list[str] = field(default_factory=list)  # graphs: the variables the layer reads
 
 
 @dataclass
@@ -235,47 +334,104 @@ class LayerTable:
     input_shape: tuple[int, int, int]  # C, H, W
     rows: list[LayerRow]
     total_params: int
+    input_source: str = ""  # where H x W came from (meta.inputs, meta.inputSize, ...)
+    outputs: list[str] = field(default_factory=list)
 
 
 def layer_table(network: Any, image_size: tuple[int, int] | None = None) -> LayerTable:
-    """Per layer: output shape for one image of the model's `imageSize`, parameter shapes and counts.
+    """Per layer: output shape for one image, parameter shapes and counts, in execution order.
 
-    `network` is an `ImportedNetwork` or a `SimpleNetwork`. Output sizes use
-    MatConvNet's arithmetic (`vl_nnconv`/`vl_nnpool`: floor((H + pad_t +
-    pad_b - window) / stride) + 1 with the dilated window; pooling has no
-    ceil mode, unlike the option PyTorch offers). Raises `CqdError` if the
-    image is smaller than some layer's window.
+    `network` is an `ImportedNetwork` or a `SimpleNetwork`/`GraphNetwork`. The
+    input is `image_size` or the size the file declares (`input_shape`), with
+    the channels of the first convolution. Output sizes use MatConvNet's
+    arithmetic (`vl_nnconv`/`vl_nnpool`: floor((H + pad_t + pad_b - window) /
+    stride) + 1 with the dilated window, no ceil mode; `vl_nnconvt`:
+    upsample * (H - 1) + FH - crop). After a layer of unknown type, shapes are
+    unknown (None). Raises `CqdError` if the image is smaller than some
+    layer's window.
     """
     specs: list[LayerSpec] = list(network.specs)
     state = network.state if isinstance(network, ImportedNetwork) else network.state_dict()
     meta = network.meta or {}
-    size = meta.get("normalization", {}).get("imageSize") or list(DEFAULT_IMAGE_SIZE)
-    h, w = (int(image_size[0]), int(image_size[1])) if image_size else (int(size[0]), int(size[1]))
-    c = int(size[2]) if len(size) > 2 else 3
-    first_conv = next((s for s in specs if s.type == "conv"), None)
-    if first_conv is not None and f"{first_conv.name}.weight" in state and len(size) <= 2:
-        c = int(state[f"{first_conv.name}.weight"].shape[1])
-    input_shape = (c, h, w)
+    (c, h, w), source = input_shape(specs, state, meta)
+    if image_size:
+        h, w, source = int(image_size[0]), int(image_size[1]), "given"
+    graph = is_graph(specs)
+    order = execution_order(specs) if graph else list(range(len(specs)))
+    shapes: dict[str, Shape] = {}
+    if graph:
+        from cqd_port.models.graph import graph_inputs
+
+        for var in graph_inputs(specs):
+            shapes[var] = (c, h, w)
+    previous: Shape = (c, h, w)
     rows: list[LayerRow] = []
     total = 0
-    for spec in specs:
-        params = {
-            key.split(".", 1)[1]: tuple(int(d) for d in value.shape)
-            for key, value in state.items()
-            if key.split(".", 1)[0] == spec.name
-        }
-        count = int(sum(int(np.prod(shape)) for shape in params.values()))
+    for index in order:
+        spec = specs[index]
+        params = _param_shapes(spec, state)
+        count = int(sum(int(np.prod(shape)) for key, shape in params.items() if not key.endswith("(shared)")))
         total += count
-        a = spec.attrs
-        if spec.type == "conv":
-            kh, kw = params.get("weight", (c, c, 1, 1))[2:4]
-            dy, dx = as_pair(a.get("dilate", 1), f"layer '{spec.name}' dilate")
-            h, w = _out(spec, h, w, (dy * (kh - 1) + 1, dx * (kw - 1) + 1), a)
-            c = params.get("weight", (c,))[0]
-        elif spec.type == "pool":
-            h, w = _out(spec, h, w, as_pair(a.get("pool", 1), f"layer '{spec.name}' pool"), a)
-        rows.append(LayerRow(spec.name, spec.type, (c, h, w), params, count))
-    return LayerTable(input_shape, rows, total)
+        inputs = [shapes.get(v) for v in spec.attrs.get("inputs", [])] if graph else [previous]
+        out = _output_shape(spec, inputs, params)
+        if graph:
+            shapes[spec.attrs["outputs"][0]] = out
+        previous = out
+        rows.append(LayerRow(display_name(spec), display_type(spec), out, params, count, list(spec.attrs.get("inputs", []))))
+    from cqd_port.models.graph import graph_outputs
+
+    outputs = graph_outputs(specs) if graph else ([specs[-1].name] if specs else [])
+    return LayerTable((c, h, w), rows, total, source, outputs)
+
+
+def _param_shapes(spec: LayerSpec, state: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    params = {
+        key.rsplit(".", 1)[1]: tuple(int(d) for d in value.shape)
+        for key, value in state.items()
+        if key.rsplit(".", 1)[0] == spec.name
+    }
+    for role, owner in dict(spec.attrs.get("shared") or {}).items():
+        if owner in state:
+            params[f"{role} (shared)"] = tuple(int(d) for d in state[owner].shape)
+    return params
+
+
+def _output_shape(spec: LayerSpec, inputs: list[Shape], params: dict[str, tuple[int, ...]]) -> Shape:
+    if not inputs or any(shape is None for shape in inputs):
+        return None
+    c, h, w = inputs[0]  # type: ignore[misc]
+    a = spec.attrs
+    weight = params.get("weight") or params.get("weight (shared)")
+    if spec.type == "conv":
+        if weight is None:
+            return None
+        kh, kw = weight[2:4]
+        dy, dx = as_pair(a.get("dilate", 1), f"layer '{spec.name}' dilate")
+        h, w = _out(spec, h, w, (dy * (kh - 1) + 1, dx * (kw - 1) + 1), a)
+        return (weight[0], h, w)
+    if spec.type == "pool":
+        h, w = _out(spec, h, w, as_pair(a.get("pool", 1), f"layer '{spec.name}' pool"), a)
+        return (c, h, w)
+    if spec.type == "convt":
+        if weight is None:
+            return None
+        uy, ux = as_pair(a.get("upsample", 1), f"layer '{spec.name}' upsample")
+        ct, cb, cl, cr = as_quad(a.get("crop", 0), f"layer '{spec.name}' crop")
+        return (weight[1] * int(a.get("groups", 1)), uy * (h - 1) + weight[2] - ct - cb, ux * (w - 1) + weight[3] - cl - cr)
+    if spec.type == "concat":
+        dim = int(a.get("dim", 3))
+        if dim == 3:
+            return (sum(s[0] for s in inputs), h, w)  # type: ignore[index]
+        if dim == 1:
+            return (c, sum(s[1] for s in inputs), w)  # type: ignore[index]
+        if dim == 2:
+            return (c, h, sum(s[2] for s in inputs))  # type: ignore[index]
+        return (c, h, w)
+    if spec.type == "crop":
+        return (c, inputs[1][1], inputs[1][2]) if len(inputs) > 1 else None  # type: ignore[index]
+    if spec.type == "unknown":
+        return None
+    return (c, h, w)  # element-wise layers keep the shape
 
 
 def _out(spec: LayerSpec, h: int, w: int, window: tuple[int, int], a: dict[str, Any]) -> tuple[int, int]:
@@ -285,18 +441,19 @@ def _out(spec: LayerSpec, h: int, w: int, window: tuple[int, int], a: dict[str, 
     wo = (w + pad[2] + pad[3] - window[1]) // sx + 1
     if ho < 1 or wo < 1:
         raise CqdError(
-            f"layer '{spec.name}' ({spec.type}): its {h}x{w} input is smaller than its "
+            f"layer '{display_name(spec)}' ({spec.type}): its {h}x{w} input is smaller than its "
             f"{window[0]}x{window[1]} window; the network does not accept this image size"
         )
     return ho, wo
 
 
 def summary(network: Any) -> dict[str, Any]:
-    """The meta summary `inspect` prints: image size, average image shape, classes, layout."""
+    """The meta summary `inspect` prints: image size, average image shape, classes, layout, unknown layers."""
     meta = network.meta or {}
     normalization = meta.get("normalization", {})
     average = normalization.get("averageImage")
     classes = meta.get("classes", {}).get("name", [])
+    unknown = [s for s in network.specs if s.type == "unknown"]
     return {
         "layout": meta.get("layout", getattr(network, "layout", "?")),
         "image_size": normalization.get("imageSize"),
@@ -304,4 +461,6 @@ def summary(network: Any) -> dict[str, Any]:
         "classes": len(classes),
         "interpolation": normalization.get("interpolation"),
         "notes": list(meta.get("notes", [])),
+        "unknown_layers": [(display_name(s), str(s.attrs.get("matconvnet_type", "?"))) for s in unknown],
+        "graph": is_graph(list(network.specs)),
     }

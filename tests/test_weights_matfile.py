@@ -14,7 +14,7 @@ from scipy.io.matlab import mat_struct
 
 from cqd_port.errors import CqdError
 from matconvnet_weights.matfile import load_mat
-from matconvnet_weights.simplenn import read_network
+from matconvnet_weights.read import read_network
 
 # ----------------------------------------------------------------------------- a MATLAB v7.3 writer
 # Written here from MATLAB's documented v7.3 conventions so the reader is checked

@@ -15,7 +15,8 @@ from cqd_port.errors import CqdError
 from matconvnet_weights.convert import convert_weights, layer_table, load_checkpoint, save_checkpoint
 from matconvnet_weights.dagnn import read_dagnn
 from matconvnet_weights.matfile import load_mat
-from matconvnet_weights.simplenn import read_network, read_simplenn
+from matconvnet_weights.read import read_network
+from matconvnet_weights.simplenn import read_simplenn
 
 VGGM_LAYOUTS = ("net_vggm_tiny.mat", "net_vggm_tiny_oldformat.mat", "net_vggm_tiny_dag.mat")
 
@@ -147,11 +148,11 @@ def test_grouped_convolution_is_checked(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "layers, message",
     [
-        ([_conv("c1", 3, 3, 3, 4), {"name": "weird", "type": "custom"}], "layer 'weird' has unknown type 'custom' (supported: conv"),
+        ([_conv("c1", 3, 3, 3, 4), {"name": "weird", "type": "SubP"}, {"name": "r", "type": "relu"}], "the port does not know: 'weird' (SubP)"),
         ([_conv("c1", 3, 3, 3, 4), _conv("c2", 3, 3, 3, 4)], "layer 'c2': filter depth 3 does not divide the 4 input channels"),
         ([{"name": "c1", "type": "conv", "weights": _cell(_rand(3, 3, 3, 4), _rand(5, 1))}], "layer 'c1': has 5 biases for 4 filters"),
         ([{"name": "p", "type": "pool", "pool": 2.0, "method": "median"}], "layer 'p': pooling method 'median'"),
-        ([{"name": "l", "type": "loss"}, {"name": "r", "type": "relu"}], "layer 'l' is a 'loss' loss layer in the middle"),
+        ([{"name": "l", "type": "loss"}, {"name": "r", "type": "relu"}], "the port does not know: 'l' (loss)"),
         ([_conv("c1", 3, 3, 3, 4), _conv("c1", 1, 1, 4, 4)], "layer 'c1': the name is used by two layers"),
     ],
     ids=["unknown-type", "filter-depth", "bias-length", "pool-method", "loss-in-middle", "duplicate-name"],
@@ -159,7 +160,8 @@ def test_grouped_convolution_is_checked(tmp_path: Path) -> None:
 def test_bad_networks_raise_cqd_error_naming_file_and_layer(tmp_path: Path, layers: list, message: str) -> None:
     path = _save_simplenn(tmp_path / "bad.mat", layers)
     with pytest.raises(CqdError) as info:
-        read_network(path)
+        convert_weights(path, tmp_path / "out.pt")  # reading keeps unknown layers (inspect shows them)
+    assert not (tmp_path / "out.pt").exists()
     assert message in str(info.value) and str(path) in str(info.value)
 
 
@@ -194,35 +196,46 @@ def test_dagnn_trailing_loss_is_dropped(parity_dir: Path) -> None:
     assert network.meta["dropped_layers"] == [{"name": "objective", "type": "dagnn.Loss"}]
 
 
-def test_dagnn_branch_is_refused(parity_dir: Path) -> None:
+def test_dagnn_branch_makes_a_graph(parity_dir: Path) -> None:
     top = _dag(parity_dir)
     branch = copy.deepcopy(top["layers"][1])
     branch.update(name="relu1b", outputs=["x1b"])
     top["layers"].append(branch)  # x1 is now read by relu1 and relu1b
-    with pytest.raises(CqdError, match=r"not a chain \(variable 'x1' is read by layers 'relu1', 'relu1b'\)"):
-        read_dagnn(top, parity_dir / "branch.mat")
+    network = read_dagnn(top, parity_dir / "branch.mat")
+    assert network.is_graph
+    relu1b = next(s for s in network.specs if s.name == "relu1b")
+    assert relu1b.attrs["inputs"] == ["x1"] and relu1b.attrs["outputs"] == ["x1b"]
 
 
-def test_dagnn_two_input_layer_is_refused(parity_dir: Path) -> None:
+def test_dagnn_two_input_layer_makes_a_graph(parity_dir: Path) -> None:
     top = _dag(parity_dir)
     top["layers"][4]["inputs"] = ["x4", "x2"]
     top["layers"][4]["type"] = "dagnn.Concat"
-    with pytest.raises(CqdError, match="not a chain .*layer 'conv2' has 2 inputs"):
-        read_dagnn(top, parity_dir / "concat.mat")
+    network = read_dagnn(top, parity_dir / "concat.mat")
+    concat = next(s for s in network.specs if s.type == "concat")
+    assert concat.attrs["inputs"] == ["x4", "x2"] and concat.attrs["dim"] == 3
 
 
-def test_dagnn_unknown_type(parity_dir: Path) -> None:
+def test_dagnn_unknown_type_is_kept_then_refused_by_conversion(parity_dir: Path) -> None:
+    from matconvnet_weights.convert import check_convertible
+
     top = _dag(parity_dir)
     top["layers"][1]["type"] = "dagnn.Sigmoid"
-    with pytest.raises(CqdError, match="layer 'relu1' has unknown type 'dagnn.Sigmoid' \\(supported: dagnn.Conv"):
-        read_dagnn(top, parity_dir / "sigmoid.mat")
+    network = read_dagnn(top, parity_dir / "sigmoid.mat")
+    assert [(s.name, s.attrs["matconvnet_type"]) for s in network.unknown_layers()] == [("relu1", "dagnn.Sigmoid")]
+    with pytest.raises(CqdError, match="sigmoid.mat: cannot convert .*'relu1' \\(dagnn.Sigmoid\\)"):
+        check_convertible(network, parity_dir / "sigmoid.mat")
 
 
 def test_simplenn_plain_tree_unknown_type_in_real_file(parity_dir: Path) -> None:
+    from matconvnet_weights.convert import check_convertible
+
     top = load_mat(parity_dir / "net_vggm_tiny.mat")
     top["layers"][2]["type"] = "spnorm"
-    with pytest.raises(CqdError, match="layer 'norm1' has unknown type 'spnorm'"):
-        read_simplenn(top, parity_dir / "net_vggm_tiny.mat")
+    network = read_simplenn(top, parity_dir / "net_vggm_tiny.mat")
+    assert network.specs[2].type == "unknown" and len(network.specs) == 21  # prob included
+    with pytest.raises(CqdError, match="'norm1' \\(spnorm\\)"):
+        check_convertible(network, "x")
 
 
 # ----------------------------------------------------------------------------- checkpoints and table
@@ -275,7 +288,7 @@ def test_layer_table_rejects_too_small_images(vggm: dict[str, Any]) -> None:
 def test_topology_check(tmp_path: Path, parity_dir: Path) -> None:
     out = convert_weights(parity_dir / "net_vggvd16_tiny.mat", tmp_path / "vd16.pt", expect="vgg-vd-16")
     assert out.exists()
-    with pytest.raises(CqdError, match="net_vggm_tiny.mat: not a vgg-vd-16 network"):
+    with pytest.raises(CqdError, match="net_vggm_tiny.mat: topology check failed: not a vgg-vd-16 network"):
         convert_weights(parity_dir / "net_vggm_tiny.mat", tmp_path / "m.pt", expect="vgg-vd-16")
     with pytest.raises(CqdError, match="unknown model 'alexnet' for --model"):
         convert_weights(parity_dir / "net_vggm_tiny.mat", tmp_path / "m.pt", expect="alexnet")

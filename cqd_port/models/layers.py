@@ -18,6 +18,20 @@ Layer types and their attributes (`attrs`), in MatConvNet's conventions:
 | dropout | rate | vl_nndropout |
 | softmax | (none) | vl_nnsoftmax |
 | bnorm | epsilon | vl_nnbnorm (test mode, moments [mean sigma]) |
+| convt | upsample [y x], crop [t b l r], groups, has_bias | vl_nnconvt (dagnn.ConvTranspose); weight FD x K x FH x FW |
+| scale | has_bias | dagnn.Scale; weight/bias NCHW with MATLAB's singleton dims |
+| sum | (none; several inputs) | dagnn.Sum |
+| concat | dim (MATLAB's, 3 = channels; several inputs) | dagnn.Concat |
+| crop | crop [y x] (two inputs) | dagnn.Crop |
+| unknown | matconvnet_type | a layer the port cannot run: `inspect` shows it, conversion refuses it |
+
+Graph networks (DagNN files that are not chains) add to every layer's attrs
+`inputs` and `outputs` (DagNN variable names); `cqd_port.models.graph.GraphNetwork`
+runs them. A layer reusing another layer's parameter (recursive networks)
+has `shared` {"weight": "<owner layer>.weight", ...}: the parameter lives once,
+under its owner's key. A layer whose MatConvNet name cannot be a state-dict
+key (dots, control characters...) gets a safe name and keeps the original
+in `matconvnet_name`.
 
 Parameters live in the network's state dict under `<layer name>.weight`
 (filters OIHW / bnorm gain), `<layer name>.bias` and `<layer name>.moments`.
@@ -30,7 +44,9 @@ from typing import Any
 
 from cqd_port.errors import CqdError
 
-LAYER_TYPES = ("conv", "pool", "lrn", "relu", "dropout", "softmax", "bnorm")
+LAYER_TYPES = ("conv", "pool", "lrn", "relu", "dropout", "softmax", "bnorm", "convt", "scale", "sum", "concat", "crop", "unknown")
+# Types that read several variables: they exist only in graph networks.
+MULTI_INPUT_TYPES = ("sum", "concat", "crop")
 
 
 @dataclass
@@ -68,6 +84,23 @@ def _plain(value: Any) -> Any:
 def scalar_attr(value: Any) -> float:
     """A scalar attribute (`leak`, `rate`, `epsilon`); readers may keep MATLAB's 1x1 arrays as one-element lists."""
     return float(value[0]) if isinstance(value, (list, tuple)) else float(value)
+
+
+def display_name(spec: LayerSpec) -> str:
+    """The layer's name as MatConvNet had it (`matconvnet_name` when the key had to be made safe)."""
+    return str(spec.attrs.get("matconvnet_name", spec.name))
+
+
+def display_type(spec: LayerSpec) -> str:
+    """The layer type, or for an unknown layer its MatConvNet type marked as unknown."""
+    if spec.type == "unknown":
+        return f"{spec.attrs.get('matconvnet_type', '?')} (unknown)"
+    return spec.type
+
+
+def is_graph(specs: list[LayerSpec]) -> bool:
+    """True for the layer list of a graph network (layers name their input variables)."""
+    return any("inputs" in spec.attrs for spec in specs)
 
 
 def conv_filter_shape(spec: LayerSpec) -> tuple[int, int, int, int] | None:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from cqd_port.errors import CqdError
-from cqd_port.models.layers import LayerSpec, conv_filter_shape, scalar_attr
+from cqd_port.models.layers import MULTI_INPUT_TYPES, LayerSpec, conv_filter_shape, scalar_attr
 from cqd_port.nn import modules as M
 from cqd_port.nn.lrn import check_lrn_mode
 
@@ -53,6 +53,9 @@ class SimpleNetwork(nn.Module):
     weights). Missing, unknown or mis-shaped parameters raise `CqdError`
     naming the layer, the parameter and both shapes.
     """
+
+    # GraphNetwork sets this: layers then read their inputs by variable name.
+    is_graph = False
 
     def __init__(
         self,
@@ -79,6 +82,11 @@ class SimpleNetwork(nn.Module):
             if spec.name in names:
                 raise CqdError(f"layer '{spec.name}' appears twice; layer names must be unique")
             names.add(spec.name)
+            if spec.type in MULTI_INPUT_TYPES and not self.is_graph:
+                raise CqdError(
+                    f"layer '{spec.name}' ({spec.type}) reads several inputs; a chain network cannot hold it "
+                    "(load the model with matconvnet_weights.load_model, which builds a GraphNetwork)"
+                )
             module = self._build(spec, state, used)
             if not spec.name or "." in spec.name or (hasattr(self, spec.name) and spec.name not in self._modules):
                 raise CqdError(f"layer name '{spec.name}' cannot be used (empty, contains '.', or clashes with an attribute); rename the layer")
@@ -91,7 +99,7 @@ class SimpleNetwork(nn.Module):
 
     # -- construction ---------------------------------------------------------------
     def _param(self, state: dict[str, Any] | None, used: set[str], spec: LayerSpec, key: str, shape: tuple[int, ...] | None) -> torch.Tensor:
-        full = f"{spec.name}.{key}"
+        full = dict(spec.attrs.get("shared") or {}).get(key, f"{spec.name}.{key}")
         if state is None or full not in state:
             if state is None and shape is not None:
                 return torch.zeros(shape)
@@ -144,6 +152,29 @@ class SimpleNetwork(nn.Module):
             bias = self._param(state, used, spec, "bias", (channels,))
             moments = self._param(state, used, spec, "moments", (channels, 2))
             return M.BatchNormTest(gain, bias, moments, scalar_attr(a.get("epsilon", 1e-4)))
+        if spec.type == "convt":
+            weight = self._param(state, used, spec, "weight", None)
+            if weight.dim() != 4:
+                raise CqdError(f"layer '{spec.name}' (convt): parameter '{spec.name}.weight' must be 4-D (FD x K x FH x FW), got shape {list(weight.shape)}")
+            groups = int(scalar_attr(a.get("groups", 1)))
+            has_bias = bool(a.get("has_bias", True))
+            bias = self._param(state, used, spec, "bias", (weight.shape[1] * groups,)) if has_bias else None
+            return M.ConvTranspose(weight, bias, a.get("upsample", 1), a.get("crop", 0), groups)
+        if spec.type == "scale":
+            weight = self._param(state, used, spec, "weight", None)
+            bias = self._param(state, used, spec, "bias", None) if bool(a.get("has_bias", True)) else None
+            return M.Scale(weight, bias)
+        if spec.type == "sum":
+            return M.Sum()
+        if spec.type == "concat":
+            return M.Concat(int(scalar_attr(a.get("dim", 3))))
+        if spec.type == "crop":
+            return M.Crop(a.get("crop", 0))
+        if spec.type == "unknown":
+            raise CqdError(
+                f"layer '{spec.name}' has type '{a.get('matconvnet_type', '?')}', which the port cannot run; "
+                "keep the network before it (convert-weights --cut-at LAYER)"
+            )
         raise CqdError(f"layer '{spec.name}': unknown layer type '{spec.type}'")
 
     # -- properties -----------------------------------------------------------------

@@ -1,7 +1,9 @@
 """MatConvNet's computational blocks as PyTorch functions (NCHW tensors).
 
 One function per MatConvNet 1.0-beta18 block (`vl_nnconv`, `vl_nnpool`,
-`vl_nnrelu`, `vl_nndropout`, `vl_nnsoftmax`, `vl_nnbnorm`). Every function
+`vl_nnrelu`, `vl_nndropout`, `vl_nnsoftmax`, `vl_nnbnorm`), and the DagNN
+blocks of graph networks (`vl_nnconvt`, `dagnn.Crop`, `dagnn.Sum`,
+`dagnn.Concat`, `dagnn.Scale`). Every function
 works on float32 and float64 tensors and is differentiable by autograd; the
 gradients equal MatConvNet's backward mode (checked against
 `parity/reference/ops_*.mat`). The LRN block (`vl_nnnormalize`) lives in
@@ -243,3 +245,134 @@ def bnorm(
     mean = moments[:, 0].reshape(1, c, 1, 1)
     sigma = moments[:, 1].reshape(1, c, 1, 1)
     return gain.reshape(1, c, 1, 1) * (x - mean) / sigma + bias.reshape(1, c, 1, 1)
+
+
+# ----------------------------------------------------------------------------- DagNN blocks
+
+
+def conv_transpose(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    upsample: int | Sequence[int] = (1, 1),
+    crop: int | Sequence[int] = (0, 0, 0, 0),
+    groups: int = 1,
+) -> torch.Tensor:
+    """`vl_nnconvt` (`dagnn.ConvTranspose`): the adjoint of `vl_nnconv`, then an output crop.
+
+    Reproduces MatConvNet: `weight` is the filter bank `FH x FW x K x FD`
+    brought to `FD x K x FH x FW` by `cqd_port.layout.filters_to_oihw` (FD the
+    input depth, K the outputs per group: PyTorch's `conv_transpose2d`
+    layout); the output is `upsample * (H - 1) + FH - crop_top - crop_bottom`
+    high. MatConvNet crops each side separately (`[top bottom left right]`,
+    LapSRN uses `[0 1 0 1]`); PyTorch's `padding` crops both sides equally and
+    `output_padding` adds at the end only, so an asymmetric crop is applied
+    here by slicing the full output.
+    """
+    _check_nchw(x, "convt")
+    if weight.dim() != 4:
+        raise CqdError(f"convt: filters must be FD x K x FH x FW, got shape {tuple(weight.shape)}")
+    uy, ux = as_pair(upsample, "convt upsample")
+    ct, cb, cl, cr = as_quad(crop, "convt crop")
+    depth, per_group, kh, kw = weight.shape
+    if x.shape[1] != depth or groups < 1 or depth % groups != 0:
+        raise CqdError(
+            f"convt: input has {x.shape[1]} channels but the filter bank depth is {depth} "
+            f"({groups} groups); the filters do not fit the input"
+        )
+    out_ch = per_group * groups
+    if bias is not None:
+        bias = bias.reshape(-1)
+        if bias.numel() != out_ch:
+            raise CqdError(f"convt: bias has {bias.numel()} elements but there are {out_ch} outputs")
+    full_h = uy * (x.shape[2] - 1) + kh
+    full_w = ux * (x.shape[3] - 1) + kw
+    if full_h - ct - cb < 1 or full_w - cl - cr < 1:
+        raise CqdError(f"convt: crop {[ct, cb, cl, cr]} removes the whole {full_h}x{full_w} output")
+    if ct == cb and cl == cr:
+        return F.conv_transpose2d(x, weight, bias, stride=(uy, ux), padding=(ct, cl), groups=groups)
+    y = F.conv_transpose2d(x, weight, bias, stride=(uy, ux), groups=groups)
+    return y[:, :, ct : full_h - cb, cl : full_w - cr]
+
+
+def crop_to(x: torch.Tensor, reference_size: Sequence[int], offset: int | Sequence[int] = (0, 0)) -> torch.Tensor:
+    """`dagnn.Crop` (FCN's crop layer): crop `x` to the height and width of a second input.
+
+    Reproduces MatConvNet's `getAdaptedCrops`: with `d` the size difference
+    and `offset` the layer's `crop` `[y x]`, the top crop is `min(d, offset)`
+    (never more than the difference) and the rest comes off the bottom; the
+    same for left/right. There is no PyTorch equivalent (`torchvision`'s
+    `center_crop` centres instead of using a fixed offset). A negative
+    difference (the reference larger than `x`) is an error, where MatConvNet
+    would index out of range.
+    """
+    _check_nchw(x, "crop")
+    oy, ox = as_pair(offset, "crop offset")
+    th, tw = int(reference_size[0]), int(reference_size[1])
+    dv, du = x.shape[2] - th, x.shape[3] - tw
+    if dv < 0 or du < 0:
+        raise CqdError(f"crop: input {x.shape[2]}x{x.shape[3]} is smaller than the reference {th}x{tw}")
+    top = dv - max(0, dv - oy)
+    left = du - max(0, du - ox)
+    return x[:, :, top : top + th, left : left + tw]
+
+
+def sum_inputs(inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """`dagnn.Sum`: the element-wise sum of all inputs, which must have one shape.
+
+    MatConvNet adds the inputs in order (`y = x1 + x2 + ...`); so does this
+    (float addition is not associative, so the order is kept). Unlike
+    PyTorch's `+`, shapes are not broadcast: a mismatch is an error, as in
+    MATLAB's `+` on arrays of different sizes.
+    """
+    if not inputs:
+        raise CqdError("sum: no inputs")
+    out = inputs[0]
+    for other in inputs[1:]:
+        if other.shape != out.shape:
+            raise CqdError(f"sum: inputs have shapes {tuple(out.shape)} and {tuple(other.shape)}; they must match")
+        out = out + other
+    return out
+
+
+# MATLAB dimension (1-based, H x W x C x N) -> NCHW dimension.
+_MCN_TO_NCHW_DIM = {1: 2, 2: 3, 3: 1, 4: 0}
+
+
+def concat(inputs: Sequence[torch.Tensor], dim: int = 3) -> torch.Tensor:
+    """`dagnn.Concat` / `vl_nnconcat`: concatenate along MATLAB dimension `dim` (3 = channels).
+
+    `dim` is MatConvNet's 1-based dimension of an `H x W x C x N` array
+    (default 3, the channels), mapped here to the NCHW dimension; PyTorch's
+    `torch.cat` takes the 0-based NCHW dimension instead.
+    """
+    if not inputs:
+        raise CqdError("concat: no inputs")
+    if int(dim) not in _MCN_TO_NCHW_DIM:
+        raise CqdError(f"concat: dim must be 1..4 (MATLAB H x W x C x N), got {dim}")
+    axis = _MCN_TO_NCHW_DIM[int(dim)]
+    try:
+        return torch.cat(list(inputs), dim=axis)
+    except RuntimeError:
+        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
+        raise CqdError(f"concat: inputs {shapes} differ outside dimension {dim}") from None
+
+
+def scale(x: torch.Tensor, multiplier: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`dagnn.Scale`: `bsxfun(@times, x, multiplier)` then `bsxfun(@plus, ., bias)`.
+
+    `multiplier` and `bias` are given in NCHW order with MATLAB's singleton
+    dimensions kept (a `1 x 1 x C` MatConvNet parameter is `1 x C x 1 x 1`,
+    brought over by `cqd_port.layout.mcn_to_nchw`), and broadcast exactly as
+    `bsxfun` broadcasts their MatConvNet shapes. PyTorch would broadcast a
+    1-D bias over the last (width) dimension instead.
+    """
+    _check_nchw(x, "scale")
+    try:
+        y = x * multiplier
+        return y + bias if bias is not None else y
+    except RuntimeError:
+        raise CqdError(
+            f"scale: parameters of shapes {tuple(multiplier.shape)}"
+            f"{'' if bias is None else ', ' + str(tuple(bias.shape))} do not broadcast to the input {tuple(x.shape)}"
+        ) from None

@@ -122,3 +122,71 @@ class BatchNormTest(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return MF.bnorm(x, self.weight, self.bias, self.moments, self.epsilon)
+
+
+class ConvTranspose(nn.Module):
+    """`vl_nnconvt` layer (`dagnn.ConvTranspose`): `weight` FD x K x FH x FW, optional `bias`."""
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        upsample: Sequence[int] | int = 1,
+        crop: Sequence[int] | int = 0,
+        groups: int = 1,
+    ) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias.reshape(-1)) if bias is not None else None
+        self.upsample = MF.as_pair(upsample, "convt upsample")
+        self.crop = MF.as_quad(crop, "convt crop")
+        self.groups = int(groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return MF.conv_transpose(x, self.weight, self.bias, self.upsample, self.crop, self.groups)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, upsample={self.upsample}, crop={self.crop}, groups={self.groups}"
+
+
+class Scale(nn.Module):
+    """`dagnn.Scale` layer: `weight` (multiplier) and optional `bias`, NCHW with singleton dims."""
+
+    def __init__(self, multiplier: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(multiplier)
+        self.bias = nn.Parameter(bias) if bias is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return MF.scale(x, self.weight, self.bias)
+
+
+class Sum(nn.Module):
+    """`dagnn.Sum`: takes a list of inputs."""
+
+    def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:  # type: ignore[override]
+        return MF.sum_inputs(inputs)
+
+
+class Concat(nn.Module):
+    """`dagnn.Concat` along MATLAB dimension `dim` (3: channels): takes a list of inputs."""
+
+    def __init__(self, dim: int = 3) -> None:
+        super().__init__()
+        self.dim = int(dim)
+
+    def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:  # type: ignore[override]
+        return MF.concat(inputs, self.dim)
+
+
+class Crop(nn.Module):
+    """`dagnn.Crop`: crops its first input to the size of its second, from offset `crop` [y x]."""
+
+    def __init__(self, offset: Sequence[int] | int = 0) -> None:
+        super().__init__()
+        self.offset = MF.as_pair(offset, "crop offset")
+
+    def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:  # type: ignore[override]
+        if len(inputs) != 2:
+            raise MF.CqdError(f"crop: needs 2 inputs (the tensor and the reference), got {len(inputs)}")
+        return MF.crop_to(inputs[0], inputs[1].shape[2:], self.offset)
