@@ -6,6 +6,8 @@ Thin: parses options, calls `matconvnet_weights`, prints. User errors are
 
 from __future__ import annotations
 
+import contextlib
+
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,6 +24,12 @@ def _console(stderr: bool = False) -> Console:
     if not console.is_terminal:
         console = Console(stderr=stderr, width=160)  # piped: do not squeeze the table
     return console
+
+
+def _status(message: str):
+    """A spinner on a terminal; nothing otherwise (its refresh thread costs ~0.1 s per command)."""
+    console = _console(stderr=True)
+    return console.status(message) if console.is_terminal else contextlib.nullcontext()
 
 
 def _shape(shape: tuple[int, ...] | None) -> str:
@@ -98,7 +106,7 @@ def convert_weights_cmd(
             console.print(line, highlight=False)
 
     notes: list[str] = []
-    with _console(stderr=True).status(f"reading {mat_file}..."):
+    with _status(f"reading {mat_file}..."):
         written = convert_weights(mat_file, output, expect=model, on_read=show, force=force, cut_at_layer=cut_at, notes=notes)
     for note in notes:
         console.print(f"note: {note}", highlight=False)
@@ -110,7 +118,7 @@ def inspect_cmd(
 ) -> None:
     """Print the layer table and meta summary of a .mat model or a converted checkpoint."""
     console = _console()
-    with _console(stderr=True).status(f"reading {file}..."):
+    with _status(f"reading {file}..."):
         network = read_any(file)
     console.print(table_view(network))
     for line in summary_lines(network):
@@ -124,7 +132,7 @@ def export_mat_cmd(
 ) -> None:
     """Write a network as a MatConvNet model file: SimpleNN (beta18 layout) for chains, DagNN saveobj for graphs."""
     console = _console()
-    with _console(stderr=True).status(f"writing {output}..."):
+    with _status(f"writing {output}..."):
         written, layout = export_mat(file, output, force=force)
     console.print(f"wrote {written} ({layout})", highlight=False)
 

@@ -15,6 +15,14 @@ out in the same shape, so the layout readers see one representation:
 | numeric / logical | `numpy.ndarray` with MATLAB's own dimensions (at least 2) |
 | object, function handle | `OpaqueValue(class_name)` |
 
+Corrupt files end in one `CqdError` line, never a MemoryError or a hang:
+sizes a file declares are checked against the file's size before anything
+is allocated (a v5 element longer than the file; a v7.3 dataset declaring
+more bytes than its stored chunks could expand to, or than the machine's
+memory), HDF5 object references are followed with cycle detection and a
+depth limit, and an allocation that still fails is reported as a corrupt
+file.
+
 Unlike `scipy.io.loadmat(squeeze_me=True)` and `mat73` (which squeeze
 singleton dimensions), arrays keep exactly the dimensions MATLAB saved:
 MATLAB only drops *trailing* singleton dimensions, which
@@ -79,7 +87,12 @@ def _guarded(path: Path, kind: str, loader) -> dict[str, Any]:
     except CqdError:
         raise
     except MemoryError:
-        raise
+        raise CqdError(
+            f"{path}: declares more data than fits in memory (a corrupt size field, or a model larger than "
+            "this machine's memory); re-download it or save it again from MATLAB"
+        ) from None
+    except RecursionError:
+        raise CqdError(f"{path}: its values nest too deeply (a corrupt {kind} file); re-download it or save it again") from None
     except Exception as exc:  # noqa: BLE001 - the backends raise a dozen exception types
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise CqdError(
@@ -91,9 +104,38 @@ def _guarded(path: Path, kind: str, loader) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- v5 / v7
 
 
+def _check_v5_elements(path: Path) -> None:
+    """Walk the top-level data elements of a v5 file: each declared length must fit in the file.
+
+    scipy trusts these lengths (and would ask for a buffer of the declared
+    size); a compressed element must also hold a zlib stream.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        header = handle.read(128)
+        if len(header) < 128:
+            return  # scipy's own error says what is wrong
+        endian = "<" if header[126:128] == b"IM" else ">"
+        offset = 128
+        while offset + 8 <= size:
+            handle.seek(offset)
+            tag = handle.read(8)
+            dtype, nbytes = np.frombuffer(tag, dtype=f"{endian}u4", count=2)
+            if dtype >> 16:  # a small data element packed in the tag
+                offset += 8
+                continue
+            if offset + 8 + int(nbytes) > size:
+                raise CqdError(
+                    f"{path}: an element at byte {offset} declares {int(nbytes):,} bytes but only "
+                    f"{size - offset - 8:,} remain; the file is truncated or corrupt: re-download it or save it again"
+                )
+            offset += 8 + int(nbytes) + ((-int(nbytes)) % 8 if dtype != 15 else 0)
+
+
 def _load_scipy(path: Path) -> dict[str, Any]:
     import scipy.io
 
+    _check_v5_elements(path)
     raw = scipy.io.loadmat(str(path), squeeze_me=False, struct_as_record=False, chars_as_strings=True)
     out: dict[str, Any] = {}
     for name in list(raw):
@@ -155,8 +197,20 @@ def _load_hdf5(path: Path) -> dict[str, Any]:
     import h5py
 
     with h5py.File(path, "r") as handle:
-        reader = _Hdf5Reader(handle)
+        reader = _Hdf5Reader(handle, path)
         return {name: reader.value(handle[name]) for name in handle if not name.startswith("#")}
+
+
+# zlib's best case is about 1032:1; a dataset expanding more than this is corrupt.
+_MAX_EXPANSION = 1100
+_MAX_DEPTH = 64
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 class _Hdf5Reader:
@@ -167,10 +221,51 @@ class _Hdf5Reader:
     references into `#refs#`; char arrays are uint16 code units; empty arrays are a
     dataset of their dimensions with the `MATLAB_empty` attribute."""
 
-    def __init__(self, handle) -> None:
+    def __init__(self, handle, path: Path | None = None) -> None:
         self.handle = handle
+        self.path = path or Path(str(handle.filename))
+        self.file_size = self.path.stat().st_size if self.path.exists() else 0
+        self.memory = _memory_bytes()
+        self._open: list[int] = []  # the objects being decoded (cycle detection)
+
+    def _fail(self, message: str) -> CqdError:
+        return CqdError(f"{self.path}: {message}; the file is corrupt: re-download it or save it again from MATLAB")
+
+    def _read(self, dataset) -> np.ndarray:
+        """The dataset's data, after checking its declared size against what the file stores."""
+        declared = int(np.prod(dataset.shape, dtype=np.float64) * dataset.dtype.itemsize) if dataset.shape else dataset.dtype.itemsize
+        stored = int(dataset.id.get_storage_size())
+        limit = stored if dataset.chunks is None else stored * _MAX_EXPANSION
+        if declared > max(limit, 1 << 16) or (dataset.chunks is None and declared > self.file_size):
+            raise self._fail(
+                f"dataset '{dataset.name}' declares {declared:,} bytes ({'x'.join(map(str, dataset.shape))}) "
+                f"but stores {stored:,}"
+            )
+        if self.memory is not None and declared > self.memory:
+            raise self._fail(f"dataset '{dataset.name}' declares {declared:,} bytes, more than this machine's memory")
+        return dataset[()]
+
+    def _deref(self, ref) -> Any:
+        if not ref:
+            raise self._fail("a null object reference")
+        try:
+            return self.handle[ref]
+        except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+            raise self._fail(f"an object reference that cannot be followed ({exc})") from None
 
     def value(self, node) -> Any:
+        key = hash(node.id)
+        if key in self._open:
+            raise self._fail(f"object '{node.name}' refers back to itself (a reference cycle)")
+        if len(self._open) >= _MAX_DEPTH:
+            raise self._fail(f"values nested more than {_MAX_DEPTH} deep")
+        self._open.append(key)
+        try:
+            return self._value(node)
+        finally:
+            self._open.pop()
+
+    def _value(self, node) -> Any:
         import h5py
 
         cls = _attr_str(node.attrs.get("MATLAB_class"))
@@ -181,11 +276,11 @@ class _Hdf5Reader:
         if "MATLAB_empty" in node.attrs and int(np.asarray(node.attrs["MATLAB_empty"]).ravel()[0]):
             return self._empty(node, cls)
         if cls == "cell" or (cls is None and h5py.check_ref_dtype(node.dtype) is not None):
-            return [self.value(self.handle[ref]) for ref in np.asarray(node[()]).ravel(order="C")]
+            return [self.value(self._deref(ref)) for ref in np.asarray(self._read(node)).ravel(order="C")]
         if cls == "char":
             return self._char(node)
         if cls in _NUMERIC_CLASSES:
-            data = node[()]
+            data = self._read(node)
             if data.dtype.names and {"real", "imag"} <= set(data.dtype.names):
                 data = data["real"] + 1j * data["imag"]
             array = np.asarray(data).T  # reversed HDF5 dims -> MATLAB dims, column-major view
@@ -207,9 +302,11 @@ class _Hdf5Reader:
         )
         if not is_array:
             return {name: self.value(field) for name, field in zip(names, fields)}
-        refs = {name: np.asarray(field[()]).ravel(order="C") for name, field in zip(names, fields)}
+        refs = {name: np.asarray(self._read(field)).ravel(order="C") for name, field in zip(names, fields)}
         count = len(next(iter(refs.values())))
-        items = [{name: self.value(self.handle[refs[name][i]]) for name in names} for i in range(count)]
+        if any(len(r) != count for r in refs.values()):
+            raise self._fail(f"struct array '{group.name}' has fields of different lengths")
+        items = [{name: self.value(self._deref(refs[name][i])) for name in names} for i in range(count)]
         return items[0] if count == 1 else items  # a 1x1 struct is a dict, as from scipy
 
     def _empty(self, node, cls: str | None) -> Any:
@@ -217,12 +314,14 @@ class _Hdf5Reader:
             return ""
         if cls in ("cell", "struct"):
             return []
-        dims = tuple(int(d) for d in np.asarray(node[()]).ravel())
+        dims = tuple(int(d) for d in np.asarray(self._read(node)).ravel())
+        if any(d < 0 for d in dims) or (dims and 0 not in dims):
+            raise self._fail(f"empty array '{node.name}' declares dimensions {dims}")
         dtype = np.float64 if cls in (None, "double") else (bool if cls == "logical" else np.dtype(_MATLAB_DTYPES.get(cls, "float64")))
         return np.zeros(dims if len(dims) >= 2 else (0, 0), dtype=dtype)
 
     def _char(self, node) -> str | list[str]:
-        codes = np.asarray(node[()]).T  # MATLAB rows x columns
+        codes = np.asarray(self._read(node)).T  # MATLAB rows x columns
         if codes.ndim == 1:
             codes = codes[None, :]
         rows = [codes[i].astype("<u2").tobytes().decode("utf-16-le", errors="replace") for i in range(codes.shape[0])]
