@@ -2,9 +2,9 @@
 
 A graph is a layer list whose layers name their input and output variables
 (`attrs["inputs"]`, `attrs["outputs"]`, DagNN's variable names). The layers
-run in DagNN's execution order (`execution_order`: the order MatConvNet's
-`getLayerExecutionOrder` computes, a reverse post-order depth-first sort
-that starts from the layers in file order), each on the variables it reads.
+run in DagNN's execution order (`execution_order`: by decreasing height in
+the graph, ties in file order, as MatConvNet's `DagNN.rebuild` orders
+them), each on the variables it reads.
 Any variable can be returned by name; parameters shared between layers
 (recursive networks: `attrs["shared"]`) are one `nn.Parameter`, so training
 updates them once, as MatConvNet accumulates the derivatives of a shared
@@ -32,42 +32,42 @@ from cqd_port.models.network import SimpleNetwork
 def execution_order(specs: Sequence[LayerSpec]) -> list[int]:
     """Indices of `specs` in DagNN's execution order; `CqdError` for a cycle.
 
-    MatConvNet (`DagNN.getLayerExecutionOrder`) numbers layers by a
-    depth-first walk along the variables they write, started from each
-    not-yet-visited layer in file order, and runs them by decreasing finish
-    number: every layer runs after the layers writing its inputs, and
-    independent branches keep MatConvNet's order (which matters for float
-    sums of several branches). Python's `graphlib` would give a different,
-    equally valid, order.
+    MatConvNet (`DagNN.rebuild` -> `getOrder`/`dagSort`) gives every layer a
+    height, 1 + the largest height of the layers reading its outputs (1 for
+    a layer nobody reads), and runs the layers by decreasing height, ties in
+    file order (MATLAB's stable `sort(..., 'descend')`). Every layer so runs
+    after the layers writing its inputs, and independent branches run in
+    MatConvNet's order, which matters for float sums of several branches.
+    Python's `graphlib` would give a different, equally valid, order.
+    MatConvNet only warns about a cycle; here it is an error.
     """
     readers: dict[str, list[int]] = {}
     for index, spec in enumerate(specs):
         for var in spec.attrs.get("inputs", []):
             readers.setdefault(var, []).append(index)
-    state = [0] * len(specs)  # 0 new, 1 on the stack, 2 done
-    finish: list[int] = []
+    height = [0] * len(specs)  # 0 unvisited, -1 open (on the walk), > 0 done
     for start in range(len(specs)):
-        if state[start]:
+        if height[start]:
             continue
+        height[start] = -1
         stack: list[tuple[int, list[int]]] = [(start, _next_layers(specs[start], readers))]
-        state[start] = 1
         while stack:
             node, pending = stack[-1]
             if pending:
-                nxt = pending.pop(0)
-                if state[nxt] == 1:
+                child = pending.pop(0)
+                if height[child] == -1:
                     raise CqdError(
                         f"the network graph has a cycle through layers '{specs[node].name}' and "
-                        f"'{specs[nxt].name}'; a DagNN must be acyclic"
+                        f"'{specs[child].name}'; a DagNN must be acyclic"
                     )
-                if state[nxt] == 0:
-                    state[nxt] = 1
-                    stack.append((nxt, _next_layers(specs[nxt], readers)))
+                if height[child] == 0:
+                    height[child] = -1
+                    stack.append((child, _next_layers(specs[child], readers)))
             else:
-                state[node] = 2
-                finish.append(node)
+                children = _next_layers(specs[node], readers)
+                height[node] = 1 + max((height[c] for c in children), default=0)
                 stack.pop()
-    return finish[::-1]
+    return sorted(range(len(specs)), key=lambda i: (-height[i], i))
 
 
 def _next_layers(spec: LayerSpec, readers: dict[str, list[int]]) -> list[int]:
