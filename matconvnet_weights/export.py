@@ -111,7 +111,7 @@ def _simplenn_layer(spec: LayerSpec, state: dict[str, torch.Tensor]) -> dict[str
     elif spec.type == "pool":
         out.update(method=str(a["method"]), pool=_row(a["pool"]), stride=_row(a["stride"]), pad=_row(a["pad"]), opts=_cell([]))
     elif spec.type == "lrn":
-        out.update(param=_row(a["param"]))
+        out.update(type="normalize", param=_row(a["param"]))  # beta18's name (vl_simplenn also takes 'lrn')
     elif spec.type == "relu":
         out.update(leak=float(a.get("leak", 0.0)))
     elif spec.type == "dropout":

@@ -33,6 +33,11 @@ def parity_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def real_models_dir() -> Path:
+    return _require(SHARED / "real-models")
+
+
+@pytest.fixture(scope="session")
 def imresize_cases_path() -> Path:
     return _require(SHARED / "matlab-imresize" / "imresize_cases.mat")
 
