@@ -103,13 +103,13 @@ def convert_weights_cmd(
     def show(network: Any) -> None:
         console.print(table_view(network))
         for line in summary_lines(network):
-            console.print(line, highlight=False)
+            console.print(line, highlight=False, soft_wrap=True)
 
     notes: list[str] = []
     with _status(f"reading {mat_file}..."):
         written = convert_weights(mat_file, output, expect=model, on_read=show, force=force, cut_at_layer=cut_at, notes=notes)
     for note in notes:
-        console.print(f"note: {note}", highlight=False)
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
     console.print(f"wrote {written}", highlight=False)
 
 
@@ -122,7 +122,7 @@ def inspect_cmd(
         network = read_any(file)
     console.print(table_view(network))
     for line in summary_lines(network):
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def export_mat_cmd(

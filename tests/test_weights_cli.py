@@ -151,3 +151,47 @@ def test_convert_weights_refuses_a_checkpoint_as_input(cli, tmp_path: Path, pari
     out = tmp_path / "again.pt"
     _assert_clean_error(cli("convert-weights", converted, "-o", out), f"{converted}: is a zip archive")
     assert not out.exists()
+
+
+def test_existing_output_needs_force(cli, tmp_path: Path, parity_dir: Path) -> None:
+    out = tmp_path / "model.pt"
+    out.write_bytes(b"keep me")
+    _assert_clean_error(cli("convert-weights", parity_dir / "net_vggm_tiny.mat", "-o", out), "already exists; pass --force")
+    assert out.read_bytes() == b"keep me"
+    assert cli("convert-weights", parity_dir / "net_vggm_tiny.mat", "-o", out, "--force").exit_code == 0
+    assert torch.load(out, weights_only=True)["format"] == "cqd-port-checkpoint/1"
+
+
+def test_a_refused_checkpoint_never_suggests_the_unsafe_option(cli, tmp_path: Path) -> None:
+    path = tmp_path / "module.pt"
+    torch.save(torch.nn.Linear(2, 2), path)  # a pickled module: weights_only refuses it
+    result = cli("inspect", path)
+    _assert_clean_error(result, "not a cqd-port checkpoint: it holds Python objects other than tensors")
+    assert "weights_only" not in result.stderr
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(path.read_bytes()[:200])
+    result = cli("inspect", broken)
+    _assert_clean_error(result, "not a readable checkpoint")
+    assert "weights_only" not in result.stderr
+
+
+def test_model_check_is_named_topology_and_says_widths_differ(cli, tmp_path: Path, parity_dir: Path) -> None:
+    result = cli("convert-weights", parity_dir / "net_vggm_tiny.mat", "-o", tmp_path / "m.pt", "--model", "vgg-m")
+    assert result.exit_code == 0, result.stderr
+    assert "--model vgg-m: the topology (layer types, kernels, strides, padding, LRN) matches" in result.stdout
+    assert "the widths differ from MatConvNet's vgg-m (conv1 has 12 filters, vgg-m 96" in result.stdout
+    refused = cli("convert-weights", parity_dir / "net_vggm_tiny.mat", "-o", tmp_path / "x.pt", "--model", "vgg-vd-16")
+    _assert_clean_error(refused, "topology check failed: not a vgg-vd-16 network")
+
+
+def test_disk_full_is_one_line_and_leaves_nothing(cli, tmp_path: Path, parity_dir: Path, monkeypatch) -> None:
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(3 << 20, (3 << 20) - 4096, 4096))
+    out = tmp_path / "full" / "a.pt"
+    result = cli("convert-weights", parity_dir / "net_vggm_tiny.mat", "-o", out)
+    _assert_clean_error(result, f"{out}: disk full: writing it needs about 2.")
+    assert "4.0 KiB free" in result.stderr
+    assert not out.exists() and list(out.parent.glob("*")) == []
