@@ -3,13 +3,22 @@ function export_reference(modelPath, imagePath, outPath, varargin)
 %
 %   EXPORT_REFERENCE(MODELPATH, IMAGEPATH, OUTPATH) loads the MatConvNet
 %   model MODELPATH (a SimpleNN file, old or new format, or a DagNN file
-%   saved with saveobj), reads the image IMAGEPATH (one file name, or a
-%   cell array of file names for a batch), resizes it to
-%   meta.normalization.imageSize with IMRESIZE, subtracts
-%   meta.normalization.averageImage, runs the network forward and backward
-%   in test mode with a random projection DZDY at the output, and saves
-%   every layer's output, input derivative and parameter derivatives to
-%   OUTPATH in the format of cqd-port's ../shared/parity/FORMAT.md:
+%   saved with saveobj, chain or graph), reads the image IMAGEPATH (one file
+%   name, or a cell array of file names for a batch), resizes it to the
+%   network's input size with IMRESIZE, subtracts the average image, runs
+%   the network forward and backward in test mode with a random projection
+%   DZDY at the output, and saves every layer's output, input derivative
+%   and parameter derivatives to OUTPATH in the format of cqd-port's
+%   ../shared/parity/FORMAT.md.
+%
+%   What real model files lack is filled in as cqd-port's importer does:
+%   the input size comes from meta.inputs, meta.inputSize or
+%   meta.normalization.imageSize (in that order; option 'inputSize'
+%   otherwise, default 224 x 224), the channels from the first convolution
+%   (one-channel networks get grey images), a missing averageImage is 0,
+%   and trailing loss layers of any kind (softmaxloss, loss, pdist, custom,
+%   any DagNN type named like a loss) are removed, since they need labels.
+%   Fields:
 %
 %     image       the resized raw images (0..255), H x W x 3 x N, single
 %     input       image - averageImage (what the network sees)
@@ -25,6 +34,17 @@ function export_reference(modelPath, imagePath, outPath, varargin)
 %     provenance  struct: tool, matconvnet (version), lrn ('matconvnet-cpu'
 %                 on the CPU, whose LRN uses fast_pow; 'exact' on the GPU,
 %                 which uses powf), created (date), network (model file name)
+%     notes       1 x L cell: per layer, what makes its backward differ from
+%                 a chained comparison (empty when nothing): 'bnorm backward
+%                 uses batch statistics' (beta18's vl_simplenn calls
+%                 vl_nnbnorm without moments in its backward, even in test
+%                 mode) and 'N ReLU inputs within float noise of zero' (their
+%                 sign, hence the gradient, may flip between implementations).
+%                 A parity runner checks each layer's backward on this
+%                 file's own x{i} and dzdx{i+1}, and names these cases.
+%     inputs, outputs  (DagNN files) 1 x L cells of the variable names each
+%                 layer reads and writes: x{i+1} is the first output of
+%                 layer i, dzdx{i} the derivative of its first input.
 %
 %   Options (name/value pairs):
 %     'gpu'                false  Run on the GPU (gpuArray); provenance.lrn = 'exact'.
@@ -33,6 +53,7 @@ function export_reference(modelPath, imagePath, outPath, varargin)
 %                                 (default: the model's file name).
 %     'matconvnetVersion'  ''     Version stored in provenance.matconvnet
 %                                 (default: read from MatConvNet's Makefile).
+%     'inputSize'          []     [H W] when the file declares no input size.
 %
 %   Usage, in MATLAB with MatConvNet on the path:
 %
@@ -52,7 +73,8 @@ opts.gpu = false;
 opts.seed = 0;
 opts.network = '';
 opts.matconvnetVersion = '';
-opts = vl_argparse(opts, varargin);
+opts.inputSize = [];
+opts = parseOptions(opts, varargin);
 
 [~, modelName, modelExt] = fileparts(modelPath);
 if isempty(opts.network)
@@ -71,28 +93,36 @@ isDag = isfield(stored, 'vars') && isfield(stored, 'params') && isfield(stored, 
 
 if isDag
   net = dagnn.DagNN.loadobj(stored);
-  normalization = net.meta.normalization;
+  net = removeDagLosses(net);
+  meta = net.meta;
+  channels = firstDagConvDepth(stored);
 else
+  stored.layers = removeTrailingLosses(stored.layers);
   net = stored;
   if exist('vl_simplenn_tidy', 'file')
     net = vl_simplenn_tidy(net);   % the pre-beta17 layout -> the current one
   end
-  if isfield(net, 'meta') && isfield(net.meta, 'normalization')
-    normalization = net.meta.normalization;
-  else
-    normalization = net.normalization;
+  meta = struct();
+  if isfield(net, 'meta'), meta = net.meta; end
+  if ~isfield(meta, 'normalization') && isfield(stored, 'normalization')
+    meta.normalization = stored.normalization;   % pre-beta17 top-level field
   end
+  channels = firstConvDepth(net.layers);
 end
+[imageSize, average] = inputOf(meta, channels, opts.inputSize);
 
 % ---------------------------------------------------------------- the input
-[image, input] = readImages(imagePath, normalization);
+[image, input] = readImages(imagePath, imageSize, average);
 
 % ---------------------------------------------------------------- forward and backward
+inputs = {};
+outputs = {};
 if isDag
-  [names, types, x, dzdy, dzdx, dzdw] = runDag(net, input, opts);
+  [names, types, x, dzdy, dzdx, dzdw, inputs, outputs] = runDag(net, input, opts);
 else
   [names, types, x, dzdy, dzdx, dzdw] = runSimpleNN(net, input, opts);
 end
+notes = backwardNotes(types, x);
 
 % ---------------------------------------------------------------- provenance
 if exist('OCTAVE_VERSION', 'builtin')
@@ -113,7 +143,11 @@ provenance.network = opts.network;
 
 % ---------------------------------------------------------------- save, atomically
 tmpPath = [outPath '.partial.mat'];
-save(tmpPath, 'image', 'input', 'names', 'types', 'x', 'dzdy', 'dzdx', 'dzdw', 'provenance', '-v7');
+variables = {'image', 'input', 'names', 'types', 'x', 'dzdy', 'dzdx', 'dzdw', 'provenance', 'notes'};
+if isDag
+  variables = [variables, {'inputs', 'outputs'}];
+end
+save(tmpPath, variables{:}, '-v7');
 movefile(tmpPath, outPath, 'f');
 fprintf('export_reference: wrote %s (%d layers, LRN %s)\n', outPath, numel(names), provenance.lrn);
 end
@@ -121,27 +155,166 @@ end
 
 % ====================================================================== helpers
 
-function [image, input] = readImages(imagePath, normalization)
+function [image, input] = readImages(imagePath, imageSize, average)
 %READIMAGES  Read, resize (imresize, default bicubic) and mean-subtract a batch.
+%   IMAGESIZE is [H W C]; C = 1 gives grey images (the luminance of rgb2gray).
 if ischar(imagePath)
   imagePath = {imagePath};
 end
-imageSize = normalization.imageSize(1:2);
-average = single(normalization.averageImage);
-if isvector(average) && numel(average) == 3
-  average = reshape(average, 1, 1, 3);   % a mean colour, as in VGG-VD-16
-end
-image = zeros(imageSize(1), imageSize(2), 3, numel(imagePath), 'single');
+channels = imageSize(3);
+image = zeros(imageSize(1), imageSize(2), channels, numel(imagePath), 'single');
 for k = 1:numel(imagePath)
   im = single(imread(imagePath{k}));
-  if size(im, 3) == 1
-    im = repmat(im, [1 1 3]);   % grey -> RGB
-  elseif size(im, 3) > 3
+  if size(im, 3) > 3
     im = im(:, :, 1:3);         % drop an alpha channel
   end
-  image(:, :, :, k) = imresize(im, imageSize);
+  if channels == 1 && size(im, 3) == 3
+    im = 0.298936021293775 * im(:, :, 1) + 0.587043074451121 * im(:, :, 2) + 0.114020904255103 * im(:, :, 3);
+  elseif channels == 3 && size(im, 3) == 1
+    im = repmat(im, [1 1 3]);   % grey -> RGB
+  elseif size(im, 3) ~= channels
+    error('export_reference:channels', 'the network takes %d channels; %s has %d', channels, imagePath{k}, size(im, 3));
+  end
+  image(:, :, :, k) = imresize(im, imageSize(1:2));
 end
 input = bsxfun(@minus, image, average);
+end
+
+
+function [imageSize, average] = inputOf(meta, channels, fallback)
+%INPUTOF  [H W C] and the average image, as cqd-port's importer reads them.
+%   H x W from meta.inputs(1).size, meta.inputSize, meta.normalization.imageSize
+%   (the first present), else FALLBACK, else 224 x 224; C from the first
+%   convolution's filter depth, else the declared size, else 3.
+declared = [];
+if isfield(meta, 'inputs') && ~isempty(meta.inputs) && isfield(meta.inputs(1), 'size') && numel(meta.inputs(1).size) >= 2
+  declared = double(meta.inputs(1).size);
+elseif isfield(meta, 'inputSize') && numel(meta.inputSize) >= 2
+  declared = double(meta.inputSize);
+elseif isfield(meta, 'normalization') && isfield(meta.normalization, 'imageSize') && numel(meta.normalization.imageSize) >= 2
+  declared = double(meta.normalization.imageSize);
+end
+if isempty(declared)
+  declared = fallback;
+end
+if isempty(declared)
+  declared = [224 224];
+end
+if isempty(channels)
+  if numel(declared) >= 3, channels = declared(3); else, channels = 3; end
+end
+imageSize = [declared(1) declared(2) channels];
+average = single(0);
+if isfield(meta, 'normalization') && isfield(meta.normalization, 'averageImage') && ~isempty(meta.normalization.averageImage)
+  average = single(meta.normalization.averageImage);
+  if isvector(average) && numel(average) == channels
+    average = reshape(average, 1, 1, channels);   % a mean colour, as in VGG-VD-16
+  end
+end
+end
+
+
+function d = firstConvDepth(layers)
+%FIRSTCONVDEPTH  The filter depth of the first convolution ([] if none).
+d = [];
+for i = 1:numel(layers)
+  l = layers{i};
+  if strcmp(l.type, 'conv')
+    if isfield(l, 'weights'), f = l.weights{1}; else, f = l.filters; end
+    d = size(f, 3);
+    return;
+  end
+end
+end
+
+
+function d = firstDagConvDepth(stored)
+%FIRSTDAGCONVDEPTH  The filter depth of the first dagnn.Conv of a saveobj struct ([] if none).
+d = [];
+for i = 1:numel(stored.layers)
+  if strcmp(stored.layers(i).type, 'dagnn.Conv')
+    name = stored.layers(i).params{1};
+    for p = 1:numel(stored.params)
+      if strcmp(stored.params(p).name, name)
+        d = size(stored.params(p).value, 3);
+        return;
+      end
+    end
+  end
+end
+end
+
+
+function yes = isLossType(type)
+%ISLOSSTYPE  A layer type that ends a training network (cqd-port's importer uses the same rule).
+parts = strsplit(type, '.');
+short = lower(parts{end});
+yes = any(strcmp(short, {'softmaxloss', 'loss', 'pdist', 'custom'})) || ~isempty(strfind(short, 'loss'));
+end
+
+
+function layers = removeTrailingLosses(layers)
+%REMOVETRAILINGLOSSES  Drop SimpleNN loss layers at the end (they need labels).
+while ~isempty(layers) && isLossType(layers{end}.type)
+  layers = layers(1:end - 1);
+end
+end
+
+
+function net = removeDagLosses(net)
+%REMOVEDAGLOSSES  Remove DagNN loss layers whose outputs no layer reads.
+changed = true;
+while changed
+  changed = false;
+  for i = numel(net.layers):-1:1
+    layer = net.layers(i);
+    if isLossType(class(layer.block))
+      read = false;
+      for j = 1:numel(net.layers)
+        read = read || any(ismember(layer.outputs, net.layers(j).inputs));
+      end
+      if ~read
+        net.removeLayer(layer.name);
+        changed = true;
+        break;
+      end
+    end
+  end
+end
+end
+
+
+function notes = backwardNotes(types, x)
+%BACKWARDNOTES  Per layer, why its backward may differ from a chained comparison.
+notes = cell(1, numel(types));
+for i = 1:numel(types)
+  notes{i} = '';
+  if strcmp(types{i}, 'bnorm')   % vl_simplenn and dagnn.BatchNorm of beta18 alike
+    notes{i} = 'bnorm backward uses batch statistics';
+  elseif strcmp(types{i}, 'relu') && ~isempty(x{i})
+    v = double(x{i}(:));
+    noise = 1e-6 * max(abs(v));
+    count = sum(abs(v) <= noise & v ~= 0);
+    if count > 0
+      notes{i} = sprintf('%d ReLU inputs within float noise of zero', count);
+    end
+  end
+end
+end
+
+
+function opts = parseOptions(opts, args)
+%PARSEOPTIONS  vl_argparse when MatConvNet is on the path, else plain name/value pairs.
+if exist('vl_argparse', 'file')
+  opts = vl_argparse(opts, args);
+  return;
+end
+for k = 1:2:numel(args)
+  if ~isfield(opts, args{k})
+    error('export_reference:option', 'unknown option %s', args{k});
+  end
+  opts.(args{k}) = args{k + 1};
+end
 end
 
 
@@ -186,8 +359,11 @@ dzdy = toHost(dzdy);
 end
 
 
-function [names, types, x, dzdy, dzdx, dzdw] = runDag(net, input, opts)
-%RUNDAG  The same quantities from a DagNN that is a chain (one input, one output per layer).
+function [names, types, x, dzdy, dzdx, dzdw, inputs, outputs] = runDag(net, input, opts)
+%RUNDAG  The same quantities from a DagNN, chain or graph, in its execution order.
+%   x{1} is the network input; x{k+1} the first output of the k-th layer
+%   run; dzdx{k} the derivative of its first input; INPUTS/OUTPUTS name
+%   the variables each layer reads and writes.
 net.mode = 'test';
 net.conserveMemory = false;   % keep every variable and its derivative
 if opts.gpu
@@ -196,16 +372,10 @@ if opts.gpu
 end
 order = net.getLayerExecutionOrder();
 n = numel(order);
-for k = 1:n
-  layer = net.layers(order(k));
-  if numel(layer.inputIndexes) ~= 1 || numel(layer.outputIndexes) ~= 1 || ...
-      (k > 1 && layer.inputIndexes(1) ~= net.layers(order(k - 1)).outputIndexes(1))
-    error('export_reference:notChain', ...
-      'layer %s is not part of a simple chain; export_reference only handles chain networks', layer.name);
-  end
-end
-inputName = net.vars(net.layers(order(1)).inputIndexes(1)).name;
-outputName = net.vars(net.layers(order(n)).outputIndexes(1)).name;
+inputName = net.getInputs();
+inputName = inputName{1};
+outputName = net.getOutputs();
+outputName = outputName{1};
 
 net.eval({inputName, input});
 dzdy = projection(net.vars(net.getVarIndex(outputName)).value, opts.seed);
@@ -216,14 +386,18 @@ net.eval({inputName, input}, {outputName, dzdy});
 
 names = cell(1, n);
 types = cell(1, n);
+inputs = cell(1, n);
+outputs = cell(1, n);
 x = cell(1, n + 1);
 dzdx = cell(1, n + 1);
 dzdw = cell(1, n);
-x{1} = toHost(net.vars(net.layers(order(1)).inputIndexes(1)).value);
+x{1} = toHost(net.vars(net.getVarIndex(inputName)).value);
 for k = 1:n
   layer = net.layers(order(k));
   names{k} = layer.name;
   types{k} = dagType(layer.block);
+  inputs{k} = layer.inputs;
+  outputs{k} = layer.outputs;
   x{k + 1} = toHost(net.vars(layer.outputIndexes(1)).value);
   dzdx{k} = toHost(net.vars(layer.inputIndexes(1)).der);
   if isempty(layer.paramIndexes)
@@ -266,6 +440,11 @@ switch class(block)
   case 'dagnn.SoftMax',   t = 'softmax';
   case 'dagnn.DropOut',   t = 'dropout';
   case 'dagnn.BatchNorm', t = 'bnorm';
+  case 'dagnn.ConvTranspose', t = 'convt';
+  case 'dagnn.Sum',       t = 'sum';
+  case 'dagnn.Concat',    t = 'concat';
+  case 'dagnn.Crop',      t = 'crop';
+  case 'dagnn.Scale',     t = 'scale';
   otherwise,              t = class(block);
 end
 end
