@@ -40,6 +40,16 @@ DEFAULT_BNORM_EPSILON = 1e-5
 # The input size assumed when a file names none (fully convolutional nets such as DnCNN).
 DEFAULT_IMAGE_SIZE = (224, 224, 3)
 
+def _reserved_names() -> frozenset[str]:
+    from cqd_port.models.graph import GraphNetwork
+
+    instance = {"inputs", "outputs", "inplace_relu", "channels_last", "training"}
+    return frozenset(dir(GraphNetwork)) | instance
+
+
+_RESERVED_NAMES = _reserved_names()
+
+
 @dataclass
 class ImportedNetwork:
     """A MatConvNet network (chain or graph), read from any of the three file layouts.
@@ -177,7 +187,7 @@ def input_shape(specs: list[LayerSpec], state: dict[str, torch.Tensor], meta: di
         size, source = declared
         h, w = size[0], size[1]
     else:
-        size, source = [], "not given: assumed"
+        size, source = [], "not in the file: assumed"
         h, w = DEFAULT_IMAGE_SIZE[0], DEFAULT_IMAGE_SIZE[1]
     channels = None
     for spec in specs:
@@ -302,12 +312,13 @@ class NetworkBuilder:
         self._shared = {}
 
     def key(self, name: str) -> str:
-        """The state-dict key for a MatConvNet layer name: letters, digits and '_' only, unique."""
+        """The state-dict key for a MatConvNet layer name: letters, digits and '_' only, unique, and
+        no attribute of the network module (`forward`, `inputs`...)."""
         if name in self._safe_names:
             return self._safe_names[name]
         safe = re.sub(r"[^0-9A-Za-z_]", "_", name) or "layer"
-        if safe[0].isdigit():
-            safe = "layer_" + safe
+        while safe in _RESERVED_NAMES:  # a layer called 'forward' or 'inputs' would shadow the module's own
+            safe += "_"
         taken = set(self._safe_names.values())
         candidate, suffix = safe, 2
         while candidate in taken:
