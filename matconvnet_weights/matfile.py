@@ -129,7 +129,65 @@ def _check_v5_elements(path: Path) -> None:
                     f"{path}: an element at byte {offset} declares {int(nbytes):,} bytes but only "
                     f"{size - offset - 8:,} remain; the file is truncated or corrupt: re-download it or save it again"
                 )
-            offset += 8 + int(nbytes) + ((-int(nbytes)) % 8 if dtype != 15 else 0)
+            if dtype == _MI_COMPRESSED:
+                _check_compressed_matrix(path, handle, offset, int(nbytes), endian)
+            offset += 8 + int(nbytes) + ((-int(nbytes)) % 8 if dtype != _MI_COMPRESSED else 0)
+
+
+_MI_COMPRESSED, _MI_MATRIX, _MI_INT32 = 15, 14, 5
+_MX_CELL, _MX_STRUCT, _MX_OBJECT, _MX_SPARSE = 1, 2, 3, 5
+
+
+def _check_compressed_matrix(path: Path, handle, offset: int, nbytes: int, endian: str) -> None:
+    """A compressed top-level variable: its stream must inflate to at least what its matrix
+    declares, and the declared dimensions must fit in that (at least 1 byte per number, a
+    tag of 8 bytes per cell or struct element). Inflated in pieces: the check holds
+    almost nothing in memory, and a stream inflating past zlib's best ratio is refused."""
+    import zlib
+
+    fail = lambda what: CqdError(  # noqa: E731
+        f"{path}: the variable at byte {offset} {what}; the file is corrupt: re-download it or save it again"
+    )
+    inflater = zlib.decompressobj()
+    handle.seek(offset + 8)
+    remaining, head, total = nbytes, b"", 0
+    limit = max(nbytes * _MAX_EXPANSION, 1 << 20)
+    try:
+        while remaining > 0:
+            piece = handle.read(min(remaining, 1 << 20))
+            if not piece:
+                break
+            remaining -= len(piece)
+            out = inflater.decompress(piece, 1 << 22)
+            while True:
+                total += len(out)
+                if len(head) < 64:
+                    head += out[: 64 - len(head)]
+                if total > limit:
+                    raise fail(f"inflates past {limit:,} bytes (more than zlib can compress)")
+                if not inflater.unconsumed_tail:
+                    break
+                out = inflater.decompress(inflater.unconsumed_tail, 1 << 22)
+    except zlib.error:
+        return  # scipy reports the broken stream itself, in one line
+    if len(head) < 40:
+        return
+    kind, declared = np.frombuffer(head[:8], dtype=f"{endian}u4", count=2)
+    if kind != _MI_MATRIX:
+        return
+    if int(declared) + 8 > total:
+        raise fail(f"declares a {int(declared):,}-byte matrix but holds {total - 8:,} bytes")
+    flags_type, _ = np.frombuffer(head[8:16], dtype=f"{endian}u4", count=2)
+    array_class = int(np.frombuffer(head[16:20], dtype=f"{endian}u4", count=1)[0]) & 0xFF
+    dims_type, dims_bytes = np.frombuffer(head[24:32], dtype=f"{endian}u4", count=2)
+    if dims_type != _MI_INT32 or dims_bytes % 4 or 32 + int(dims_bytes) > len(head) or array_class in (_MX_SPARSE, _MX_OBJECT):
+        return
+    dims = np.frombuffer(head[32 : 32 + int(dims_bytes)], dtype=f"{endian}i4")
+    if (dims < 0).any():
+        raise fail(f"declares negative dimensions {dims.tolist()}")
+    per_element = 8 if array_class in (_MX_CELL, _MX_STRUCT) else 1
+    if float(np.prod(dims.astype(np.float64))) * per_element > int(declared):
+        raise fail(f"declares dimensions {'x'.join(map(str, dims.tolist()))}, more than its {int(declared):,} bytes can hold")
 
 
 def _load_scipy(path: Path) -> dict[str, Any]:

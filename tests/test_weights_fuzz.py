@@ -234,6 +234,10 @@ def test_inspect_on_corrupted_mat_files_never_crashes(tmp_path: Path, parity_dir
     named = {Path(r["path"]).name: r["stderr"] for r in errors}
     assert "reference cycle" in named["cycle.mat"] and "reference cycle" in named["self_cycle.mat"]
     assert "declares" in named["huge.mat"] and "declares" in named["huge_char.mat"]
+    # absurd sizes are caught from the file's own numbers, before any allocation can fail
+    assert not any("fits in memory" in r["stderr"] for r in records)
+    absurd = [stderr for name, stderr in named.items() if ".absurd." in name]
+    assert len(absurd) == 4 * len(V5_FILES) and all("declares" in stderr for stderr in absurd)
 
 
 if __name__ == "__main__":
