@@ -2,29 +2,117 @@
 
 A file is written to a temporary sibling, flushed, then renamed over the
 target, so an interrupted run never leaves a half-written file behind.
+
+Writes a user's environment makes impossible (a full disk, a read-only or
+permission-less folder, a file where a folder should be, a folder where the
+file should be) end in one `CqdError` line naming the path and the fix; the
+temporary file is removed first. `check_output_file` / `check_output_dir`
+make the same checks up front, before any long work.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from cqd_port.errors import CqdError, DiskFullError
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def format_bytes(n: float) -> str:
+    """`1536` -> `1.5 KiB`: sizes in messages."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(_existing_ancestor(path)).free
+    except OSError:
+        return None
+
+
+def disk_full_error(target: Path, needed: int | None) -> DiskFullError:
+    """The one-line error for a write that ran out of space: the path, the space it needs and what is free."""
+    free = _free_bytes(target.parent)
+    need = f"needs at least {format_bytes(needed)}" if needed else "needs more space"
+    have = f", {format_bytes(free)} free there" if free is not None else ""
+    return DiskFullError(f"disk full writing {target} ({need}{have}); free some space or write somewhere else (nothing was left half-written)")
+
+
+def _path_error(exc: OSError, target: Path, option: str) -> CqdError:
+    """A user-facing CqdError for an OSError about `target`'s folder or name."""
+    culprit = Path(exc.filename) if getattr(exc, "filename", None) else target
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) or exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        blocker = next((p for p in [culprit, *culprit.parents] if p.exists() and not p.is_dir()), culprit)
+        return CqdError(f"cannot write {target}: {blocker} is a file, not a folder; choose another {option}")
+    if isinstance(exc, IsADirectoryError) or exc.errno == errno.EISDIR:
+        return CqdError(f"cannot write {target}: it is an existing folder; give {option} a file name")
+    if exc.errno in _NOT_WRITABLE:
+        reason = "read-only file system" if exc.errno == errno.EROFS else "permission denied"
+        return CqdError(f"cannot write {target}: {culprit if culprit != target else target.parent} is not writable ({reason}); choose a writable {option}")
+    if exc.errno in _DISK_FULL:
+        return disk_full_error(target, None)
+    return CqdError(f"cannot write {target}: {exc.strerror or exc}; choose another {option}")
+
+
+def check_output_dir(folder: str | os.PathLike[str], option: str = "--out") -> Path:
+    """Create `folder` if needed and make sure files can be written in it; one-line CqdError if not."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CqdError(f"{option} {folder} is a file, not a folder; choose a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _path_error(exc, folder, option) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CqdError(f"{option} {folder} is not writable (permission denied or read-only); choose a writable folder")
+    return folder
+
+
+def check_output_file(target: str | os.PathLike[str], option: str = "--out") -> Path:
+    """Make sure `target` can be written (not a folder, its folder creatable and writable) before long work."""
+    target = Path(target)
+    if target.is_dir():
+        raise CqdError(f"{option} {target} is an existing folder; give a file name (e.g. {target / 'gallery.png'})")
+    check_output_dir(target.parent, option)
+    return target
+
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike[str], expected_bytes: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to `target`; rename it onto `target` on success.
 
     The temporary file keeps the target's suffix, so writers that dispatch on
     the extension (matplotlib, cv2.imwrite) still work. On any exception the
-    temporary file is removed and the target is left untouched.
+    temporary file is removed and the target is left untouched. A full disk
+    (`expected_bytes`, when known, goes into the message) and an unwritable
+    destination become one-line `CqdError`s.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+    except OSError as exc:
+        raise _path_error(exc, target, "output path") from None
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates 0600; give the file the mode a plain open() would have.
@@ -35,14 +123,30 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise _path_error(exc, target, "output path") from None
+    except BaseException as exc:
+        written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
+        if _caused_by_full_disk(exc):
+            raise disk_full_error(target, max(expected_bytes or 0, written) or None) from None
         raise
 
 
+def _caused_by_full_disk(exc: BaseException | None) -> bool:
+    """ENOSPC, also when a writer's clean-up error replaced it (torch's zip writer raises RuntimeError on top)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:
-    with atomic_path(target) as tmp:
+    with atomic_path(target, len(data)) as tmp:
         tmp.write_bytes(data)
 
 
@@ -54,8 +158,24 @@ def atomic_write_json(target: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def _tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in a (nested) object: what `torch.save` will need, roughly."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
 def atomic_torch_save(target: str | os.PathLike[str], obj: Any) -> None:
     import torch
 
-    with atomic_path(target) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(target, _tensor_bytes(obj)) as tmp:
+        # Through a Python file object: a full disk then surfaces as OSError(ENOSPC),
+        # not as the zip writer's opaque RuntimeError.
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
