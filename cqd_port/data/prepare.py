@@ -30,6 +30,8 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
@@ -39,7 +41,7 @@ import cv2
 from cqd_port.data.images import image_size, read_image_rgb
 from cqd_port.data.records import Box, DatasetIndex, ImageRecord, clip_box, map_box_to_resized, safe_join
 from cqd_port.errors import CqdError
-from cqd_port.fileio import atomic_path, atomic_write_json
+from cqd_port.fileio import atomic_path, atomic_write_json, check_output_dir
 
 if TYPE_CHECKING:
     from cqd_port.data.degrade import DegradationConfig
@@ -82,6 +84,46 @@ def output_dir(out: str | Path, dataset: str, degradation: str, source: str | No
     if source is not None and source != default_source(dataset, degradation):
         folder = f"{degradation}-{source}"
     return Path(out) / dataset / folder
+
+
+def source_fingerprint(index: DatasetIndex, settings: dict) -> str:
+    """A hash of what a prepared folder is made from: the image list, each image's size and mtime, and the settings.
+
+    `settings` holds whatever else changes the output (degradation parameters,
+    source, JPEG quality). Equal fingerprints mean the same inputs; any image
+    added, removed, relabelled, re-split, re-boxed or rewritten in place (size
+    or mtime) changes it. Cheap: one `stat` per image, no pixels read. The
+    tensor store keys its caches on it (`prepared_fingerprint`).
+    """
+    digest = hashlib.sha256()
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode("utf-8"))
+    digest.update(json.dumps(index.class_names).encode("utf-8"))
+    for record in index.records:
+        try:
+            stat = index.resolve(record).stat()
+            size, mtime = stat.st_size, stat.st_mtime_ns
+        except OSError:
+            size, mtime = -1, -1
+        digest.update(json.dumps([record.to_dict(), size, mtime]).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def prepared_fingerprint(directory: str | Path) -> str:
+    """The `source_fingerprint` a finished prepared folder records in its manifest.json."""
+    path = Path(directory) / MANIFEST
+    try:
+        fingerprint = json.loads(path.read_text(encoding="utf-8"))["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CqdError(f"{path} is missing or has no fingerprint; rerun `cqd-port prepare` for {directory}") from None
+    return str(fingerprint)
+
+
+def _rebuild(target: Path, reason: str) -> None:
+    """Empty a prepared folder whose inputs changed, saying so on one line (the manifest goes first)."""
+    print(f"{target}: {reason}; rebuilding it", file=sys.stderr, flush=True)
+    (target / MANIFEST).unlink(missing_ok=True)
+    shutil.rmtree(target)
+    target.mkdir(parents=True)
 
 
 def image_seed(seed: int, relative_path: str) -> int:
@@ -228,8 +270,8 @@ def prepare_dataset(
     if (effective == "box" or needs_box) and any(r.box is None for r in index.records):
         raise CqdError(f"'{degradation}' from the box needs bounding boxes, but {index.root} has images without one; use --source full")
 
-    target = output_dir(out, dataset, degradation, source)
-    target.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out)
+    target = check_output_dir(output_dir(out, dataset, degradation, source))
     out_size = config.out_size
     params = {
         "dataset": dataset,
@@ -239,18 +281,23 @@ def prepare_dataset(
         "parameters": config.as_dict(),
         "jpeg_quality": JPEG_QUALITY,
     }
+    # Settings that differ are refused (another --out is wanted); sources changed in place are rebuilt.
+    fingerprint = source_fingerprint(index, params)
     params_path = target / PARAMS_FILE
     if params_path.is_file():
         try:
             previous = json.loads(params_path.read_text())
         except (OSError, ValueError):
             previous = None
-        if previous != params:
+        if not isinstance(previous, dict) or {k: v for k, v in previous.items() if k != "fingerprint"} != params:
             raise CqdError(
                 f"{target} was prepared with different settings ({params_path}); use another --out folder or delete {target}"
             )
+        if previous.get("fingerprint") != fingerprint:
+            _rebuild(target, f"the images under {index.root} changed since it was prepared")
+            atomic_write_json(params_path, {**params, "fingerprint": fingerprint})
     else:
-        atomic_write_json(params_path, params)
+        atomic_write_json(params_path, {**params, "fingerprint": fingerprint})
 
     crop = effective == "box"
     sizes: dict[str, tuple[int, int]] = {}
@@ -293,6 +340,7 @@ def prepare_dataset(
         "out_size": out_size,
         "jpeg_quality": JPEG_QUALITY,
         "parameters": params["parameters"],
+        "fingerprint": fingerprint,
         "counts": {
             "images": len(records),
             "train": sum(1 for r in index.records if r.train),
