@@ -64,7 +64,7 @@ def _report(
 
 
 def register(app: typer.Typer) -> None:
-    analyze = typer.Typer(help="Why CQD works: gradient maps and tau (paper Section 5).", no_args_is_help=True)
+    analyze = typer.Typer(help="Why CQD works: gradient maps and tau (paper Section 5).", no_args_is_help=True, rich_markup_mode=None)
     analyze.command("gradients")(_analyze_gradients)
     app.add_typer(analyze, name="analyze")
     app.command("report")(_report)

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import cv2
 
+from cqd_port.data import PREPARED_DEFAULT  # noqa: F401 - re-exported: prepare's default --out
 from cqd_port.data.images import image_size, read_image_rgb
 from cqd_port.data.records import Box, DatasetIndex, ImageRecord, clip_box, map_box_to_resized, safe_join
 from cqd_port.errors import CqdError
