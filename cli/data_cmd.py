@@ -22,7 +22,9 @@ def prepare(
     out: Path = typer.Option(
         PREPARED_DEFAULT, "--out", help="writes <out>/<dataset>/<degradation>[-box|-full]; the default, data/prepared, is where `reproduce` reads (its --prepared)"
     ),
-    workers: int = typer.Option(0, "--workers", help="worker processes (0 = in this process)"),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="worker processes; 0 = in this process; default: one per CPU this process may use, none for small datasets"
+    ),
     source: Optional[str] = typer.Option(None, "--source", help="box or full: override the image the degradation starts from"),
     sed_model: Optional[Path] = typer.Option(None, "--sed-model", help="Structured Edge Detection model.yml.gz (for edges)"),
     lowres_method: Optional[str] = typer.Option(None, "--lowres-method", help="bilinear or bicubic (the default is DegradationConfig's)"),

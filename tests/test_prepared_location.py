@@ -47,3 +47,28 @@ def test_network_hint_names_an_existing_command(cli):
     command = re.search(r"`cqd-port ([^`]*)`", str(info.value)).group(1).split()
     assert cli(*command[:1], "--help").exit_code == 0
     assert command == ["inspect", "net.pt"]
+
+
+def test_prepare_workers_default_to_what_the_machine_has(tmp_path, monkeypatch):
+    import cqd_port.data.prepare as prepare
+
+    assert _default("prepare", "--workers") is None  # not a fixed number of processes
+    monkeypatch.setattr(prepare.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert prepare.usable_cpus() == 2
+    assert prepare.default_workers(1000) == 2  # a 2-core machine gets 2, not 4
+    assert prepare.default_workers(10) == 0  # a tiny job is not worth starting processes
+    monkeypatch.setattr(prepare.os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert prepare.default_workers(100) == 6
+
+    seen = []
+
+    def spy(jobs, workers, progress, label):
+        seen.append((len(jobs), workers))
+        raise KeyboardInterrupt  # stop here: only the choice is under test
+
+    monkeypatch.setattr(prepare, "_run", spy)
+    monkeypatch.setattr(prepare, "default_workers", lambda n: 3)
+    raw = make_synthetic_dataset(tmp_path / "raw", classes=2, train_per_class=1, test_per_class=0, size=32)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.prepare_dataset("cub", "gray", raw, tmp_path / "p", progress=False)
+    assert seen == [(2, 3)]

@@ -205,6 +205,25 @@ def _process(job: tuple) -> tuple[str, tuple[int, int] | None, str | None]:
     return rel, size, None
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, which containers and `taskset` narrow), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_workers(num_images: int) -> int:
+    """`prepare`'s default number of worker processes: one per usable CPU, none for a small job.
+
+    A worker costs a process start and the imports (about a second), so small
+    jobs stay in this process (0) and large ones get at most one worker per 16
+    images, never more than the machine has.
+    """
+    workers = min(usable_cpus(), num_images // 16)
+    return workers if workers > 1 else 0
+
+
 def _run(jobs: list[tuple], workers: int, progress: bool, label: str) -> Iterable[tuple[str, tuple[int, int] | None, str | None]]:
     bar = None
     if progress and jobs:
@@ -240,12 +259,13 @@ def prepare_dataset(
     data_root: str | Path,
     out: str | Path,
     source: str | None = None,
-    workers: int = 0,
+    workers: int | None = None,
     config: DegradationConfig | None = None,
     progress: bool = True,
 ) -> Path:
     """Write `<out>/<dataset>/<degradation>[-source]` (224x224 JPEG q75, same relative paths + manifest.json).
 
+    `workers` None picks `default_workers` (0: this process).
     Returns the output folder. Raises CqdError listing every missing or
     unreadable image together; the manifest is only written when all images
     are done, and a rerun skips every file already written.
@@ -308,6 +328,8 @@ def prepare_dataset(
         if dst.is_file():
             continue
         jobs.append((record.path, index.resolve(record), dst, degradation, record.box, crop, config, image_seed(config.seed, record.path)))
+    if workers is None:
+        workers = default_workers(len(jobs))
     failures: list[str] = []
     label = f"{dataset}/{target.name}"
     for rel, size, error in _run(jobs, workers, progress, label):

@@ -310,7 +310,7 @@ def ensure_variant(variant: DataVariant, config: GridConfig, progress: bool = Tr
         root,
         config.prepared,
         source=concrete.source,
-        workers=config.workers,
+        workers=None,  # prepare's own default: what the machine has
         config=degradation_config,
         progress=progress,
     )
