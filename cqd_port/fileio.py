@@ -50,10 +50,19 @@ def _free_bytes(path: Path) -> int | None:
         return None
 
 
-def disk_full_error(target: Path, needed: int | None) -> DiskFullError:
-    """The one-line error for a write that ran out of space: the path, the space it needs and what is free."""
+def disk_full_error(target: Path, needed: int | None, written: int = 0) -> DiskFullError:
+    """The one-line error for a write that ran out of space: the path, the space it needs and what is free.
+
+    `needed` is the file's expected size when known; otherwise the `written`
+    bytes that did fit are a lower bound.
+    """
     free = _free_bytes(target.parent)
-    need = f"needs at least {format_bytes(needed)}" if needed else "needs more space"
+    if needed and needed > written:
+        need = f"needs about {format_bytes(needed)}"
+    elif written:
+        need = f"needs more than {format_bytes(written)}"
+    else:
+        need = "needs more space"
     have = f", {format_bytes(free)} free there" if free is not None else ""
     return DiskFullError(f"disk full writing {target} ({need}{have}); free some space or write somewhere else (nothing was left half-written)")
 
@@ -131,7 +140,7 @@ def atomic_path(target: str | os.PathLike[str], expected_bytes: int | None = Non
         written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
         if _caused_by_full_disk(exc):
-            raise disk_full_error(target, max(expected_bytes or 0, written) or None) from None
+            raise disk_full_error(target, expected_bytes, written) from None
         raise
 
 

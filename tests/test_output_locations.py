@@ -53,3 +53,15 @@ def test_one_rule_for_report_and_gradients(tmp_path):
     assert default_output(tmp_path / "results", "figures") == tmp_path / "results" / "figures"
     (tmp_path / "cqd.pt").write_bytes(b"x")  # a checkpoint file: beside it
     assert default_output(tmp_path / "cqd.pt", "analysis-gradients") == tmp_path / "analysis-gradients"
+
+
+def test_gallery_panels_and_row_labels():
+    from cqd_port.data.gallery import CARS_PANELS, CUB_PANELS, row_label
+
+    for panels in (CUB_PANELS, CARS_PANELS):
+        assert [p.title[:3] for p in panels] == [f"({chr(ord('a') + i)})" for i in range(len(panels))]
+    localized = CUB_PANELS[0]
+    labels = [row_label(row, *view, "cub") for row, view in (("A", localized.a), ("B", localized.b))]
+    assert labels == ["A: localized (box crop)", "B: original (full image)"]  # no "localized (full)"
+    assert row_label("B", "lowres", "box", "cub") == "B: lowres (box crop)"
+    assert row_label("A", "original", "full", "cars") == "A: original"
