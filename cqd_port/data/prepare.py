@@ -119,6 +119,15 @@ def prepared_fingerprint(directory: str | Path) -> str:
     return str(fingerprint)
 
 
+def _is_current(target: Path, index: DatasetIndex, fingerprint: str) -> bool:
+    """A finished folder (manifest with this fingerprint) whose every image is still there."""
+    try:
+        current = prepared_fingerprint(target) == fingerprint
+    except CqdError:
+        return False
+    return current and all(safe_join(target, r.path).is_file() for r in index.records)
+
+
 def _rebuild(target: Path, reason: str) -> None:
     """Empty a prepared folder whose inputs changed, saying so on one line (the manifest goes first)."""
     print(f"{target}: {reason}; rebuilding it", file=sys.stderr, flush=True)
@@ -319,6 +328,8 @@ def prepare_dataset(
             atomic_write_json(params_path, {**params, "fingerprint": fingerprint})
     else:
         atomic_write_json(params_path, {**params, "fingerprint": fingerprint})
+    if _is_current(target, index, fingerprint):
+        return target  # finished from these very sources: nothing to redo (cheap, so reproduce can always ask)
 
     crop = effective == "box"
     sizes: dict[str, tuple[int, int]] = {}

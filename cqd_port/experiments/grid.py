@@ -284,19 +284,21 @@ def prepare_command(concrete: DataVariant, config: GridConfig) -> str:
 
 
 def ensure_variant(variant: DataVariant, config: GridConfig, progress: bool = True) -> Path:
-    """The prepared folder of `variant`, preparing it from the raw dataset when it is missing.
+    """The prepared folder of `variant`, preparing it from the raw dataset when it is missing or stale.
 
-    Preparation resumes where an interrupted one stopped (`prepare_dataset`).
+    Preparation resumes where an interrupted one stopped (`prepare_dataset`);
+    with the raw dataset given, a folder whose sources changed since is
+    rebuilt (its fingerprint), one that is current is returned at once.
     CqdError naming the folder and the option when the raw dataset is not given.
     """
     from cqd_port.data.prepare import MANIFEST, prepare_dataset
 
     folder = config.variant_dir(variant)
-    if (folder / MANIFEST).is_file():
-        return folder
     concrete = config.concrete(variant)
     root = config.dataset_root(variant.dataset)
     if root is None:
+        if (folder / MANIFEST).is_file():
+            return folder
         raise _no_raw_data(folder, concrete, config)
     from cqd_port.data.degrade import DegradationConfig
 
