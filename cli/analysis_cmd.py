@@ -15,7 +15,9 @@ def _analyze_gradients(
         ..., "--data-root", help="CUB_200_2011 root or a prepared variant folder with boxes (the localization task's full images)."
     ),
     n: int = typer.Option(1000, "--n", help="Number of test images (drawn with --seed; all when fewer)."),
-    out: Path = typer.Option(Path("analysis-gradients"), "--out", help="Output folder for tau.csv and the figures."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Output folder for tau.csv and the figures (default: analysis-gradients inside the --model-cqd run folder; outputs go with the results they are made from)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the image draw."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per forward/backward pass."),
     panel: int = typer.Option(4, "--panel", help="Images in the gradient-map panel (spread over tau_CQD - tau_B)."),
@@ -50,7 +52,9 @@ def _analyze_gradients(
 def _report(
     results_dir: Path = typer.Argument(..., help="Folder holding results.json (from `reproduce` or `demo`) and the run folders."),
     task: Optional[str] = typer.Option(None, "--task", help="Training curves for this task only (default: every task with histories)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RESULTS_DIR/figures)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Output folder (default: RESULTS_DIR/figures; outputs go with the results they are made from)."
+    ),
 ) -> None:
     """Bar chart of the Table 1/2 cells against the paper, and training curves per task."""
     from cqd_port.analysis.report import ReportConfig, make_report
@@ -64,7 +68,7 @@ def _report(
 
 
 def register(app: typer.Typer) -> None:
-    analyze = typer.Typer(help="Why CQD works: gradient maps and tau (paper Section 5).", no_args_is_help=True)
+    analyze = typer.Typer(help="Why CQD works: gradient maps and tau (paper Section 5).", no_args_is_help=True, rich_markup_mode=None)
     analyze.command("gradients")(_analyze_gradients)
     app.add_typer(analyze, name="analyze")
     app.command("report")(_report)

@@ -12,13 +12,19 @@ from typing import Optional
 
 import typer
 
+from cqd_port.data import PREPARED_DEFAULT
+
 
 def prepare(
     dataset: str = typer.Option(..., "--dataset", help="cub or cars"),
     degradation: str = typer.Option(..., "--degradation", help="original, localized, lowres, localized_lowres, edges, edges_sobel, distorted, gray"),
     data_root: Path = typer.Option(..., "--data-root", help="the dataset folder (CUB_200_2011, or Stanford Cars)"),
-    out: Path = typer.Option(Path("prepared"), "--out", help="writes <out>/<dataset>/<degradation>[-box|-full]"),
-    workers: int = typer.Option(0, "--workers", help="worker processes (0 = in this process)"),
+    out: Path = typer.Option(
+        PREPARED_DEFAULT, "--out", help="writes <out>/<dataset>/<degradation>[-box|-full]; the default, data/prepared, is where `reproduce` reads (its --prepared)"
+    ),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="worker processes; 0 = in this process; default: one per CPU this process may use, none for small datasets"
+    ),
     source: Optional[str] = typer.Option(None, "--source", help="box or full: override the image the degradation starts from"),
     sed_model: Optional[Path] = typer.Option(None, "--sed-model", help="Structured Edge Detection model.yml.gz (for edges)"),
     lowres_method: Optional[str] = typer.Option(None, "--lowres-method", help="bilinear or bicubic (the default is DegradationConfig's)"),
@@ -47,11 +53,11 @@ def prepare(
 
 def synth(
     out: Path = typer.Option(..., "--out", help="folder for the synthetic dataset (CUB layout)"),
-    classes: int = typer.Option(20, "--classes"),
-    train_per_class: int = typer.Option(30, "--train-per-class"),
-    test_per_class: int = typer.Option(20, "--test-per-class"),
+    classes: int = typer.Option(20, "--classes", help="number of classes (2 to 108)"),
+    train_per_class: int = typer.Option(30, "--train-per-class", help="training images per class"),
+    test_per_class: int = typer.Option(20, "--test-per-class", help="test images per class"),
     size: int = typer.Option(224, "--size", help="image height in pixels"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="random seed: the same seed draws the same dataset"),
     style: str = typer.Option("birds", "--style", help="birds or cars"),
 ) -> None:
     """Draw a SYNTHETIC fine-grained dataset in the CUB-200-2011 layout (for demos and tests)."""

@@ -19,6 +19,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain help: flags without a `<bool>` value, long words wrapped rather than cut at the terminal width.
+    rich_markup_mode=None,
 )
 
 

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from cqd_port.data import PREPARED_DEFAULT
 from cqd_port.errors import CqdError
 
 
@@ -36,7 +37,7 @@ def register(app: typer.Typer) -> None:
         table: int = typer.Option(1, "--table", help="Paper table to reproduce: 1 (seven tasks x seven methods) or 2 (vgg-m / vgg-vd)."),
         cub_root: Optional[Path] = typer.Option(None, "--cub-root", help="CUB-200-2011 folder (needed only to prepare missing CUB variants)."),
         cars_root: Optional[Path] = typer.Option(None, "--cars-root", help="Stanford Cars folder (needed only to prepare missing CARS variants)."),
-        prepared: Path = typer.Option(Path("data/prepared"), "--prepared", help="Prepared (degraded) data variants: <DIR>/<dataset>/<variant>."),
+        prepared: Path = typer.Option(PREPARED_DEFAULT, "--prepared", help="Prepared (degraded) data variants: <DIR>/<dataset>/<variant>; the default is where `prepare` writes (its --out)."),
         models: Path = typer.Option(Path("models"), "--models", help="Folder with imagenet-vgg-m.pt/.mat and imagenet-vgg-verydeep-16.pt/.mat."),
         sed_model: Optional[Path] = typer.Option(None, "--sed-model", help="Structured-edge model (opencv ximgproc .yml.gz) for the edge variants."),
         out: Optional[Path] = typer.Option(None, "--out", help="Run folders and results (default runs/table1 or runs/table2)."),

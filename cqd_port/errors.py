@@ -8,3 +8,7 @@ the culprit (file, layer, option) and the fix.
 
 class CqdError(Exception):
     """A user-caused error: missing or corrupt file, bad option, unknown layer..."""
+
+
+class DiskFullError(CqdError):
+    """A write ran out of space; the message names the path and the space it needs."""

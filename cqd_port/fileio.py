@@ -2,10 +2,12 @@
 
 A file is written to a temporary sibling, flushed, then renamed over the
 target, so an interrupted run never leaves a half-written file behind.
-A full disk (ENOSPC, or a quota: EDQUOT) becomes one `CqdError` line naming
-the target, the free space and the space needed, with the temporary file
-removed; writers that know their size up front (`expected_bytes`) are
-refused before anything is written.
+
+Writes a user's environment makes impossible (a full disk, a read-only or
+permission-less folder, a file where a folder should be, a folder where the
+file should be) end in one `CqdError` line naming the path and the fix; the
+temporary file is removed first. `check_output_file` / `check_output_dir`
+make the same checks up front, before any long work.
 """
 
 from __future__ import annotations
@@ -19,46 +21,97 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from cqd_port.errors import CqdError
+from cqd_port.errors import CqdError, DiskFullError
 
-_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
-
-
-def human_bytes(count: float) -> str:
-    """1536 -> '1.5 KiB'."""
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if abs(count) < 1024 or unit == "TiB":
-            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} TiB"
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
-def free_bytes(folder: str | os.PathLike[str]) -> int | None:
+def format_bytes(n: float) -> str:
+    """`1536` -> `1.5 KiB`: sizes in messages."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _free_bytes(path: Path) -> int | None:
     try:
-        return int(shutil.disk_usage(folder).free)
+        return shutil.disk_usage(_existing_ancestor(path)).free
     except OSError:
         return None
 
 
-def disk_full_error(target: Path, needed: int | None, written: int | None = None) -> CqdError:
-    """The one-line message for a write that ran out of space."""
-    free = free_bytes(target.parent)
-    what = f"needs about {human_bytes(needed)}" if needed else (
-        f"needs more than the {human_bytes(written)} written before the disk filled" if written else "needs more space"
-    )
-    have = f"{human_bytes(free)} free" if free is not None else "free space unknown"
-    return CqdError(f"{target}: disk full: writing it {what}, the device has {have}; free some space or choose another output path")
+def disk_full_error(target: Path, needed: int | None, written: int = 0) -> DiskFullError:
+    """The one-line error for a write that ran out of space: the path, the space it needs and what is free.
+
+    `needed` is the file's expected size when known; otherwise the `written`
+    bytes that did fit are a lower bound.
+    """
+    free = _free_bytes(target.parent)
+    if needed and needed > written:
+        need = f"needs about {format_bytes(needed)}"
+    elif written:
+        need = f"needs more than the {format_bytes(written)} written before the disk filled"
+    else:
+        need = "needs more space"
+    have = f"the device has {format_bytes(free)} free" if free is not None else "free space unknown"
+    return DiskFullError(f"{target}: disk full: writing it {need}, {have}; free some space or choose another output path (nothing was left half-written)")
 
 
 def check_free_space(target: str | os.PathLike[str], needed: int) -> None:
-    """Refuse, before writing, a file of `needed` bytes that cannot fit where `target` goes."""
+    """Refuse, before anything is created, a file of `needed` bytes that cannot fit where `target` goes."""
     target = Path(target)
-    folder = target.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    free = free_bytes(folder)
+    free = _free_bytes(target.parent)
     if free is not None and needed > free:
         raise disk_full_error(target, needed)
+
+
+def _path_error(exc: OSError, target: Path, option: str) -> CqdError:
+    """A user-facing CqdError for an OSError about `target`'s folder or name."""
+    culprit = Path(exc.filename) if getattr(exc, "filename", None) else target
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) or exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        blocker = next((p for p in [culprit, *culprit.parents] if p.exists() and not p.is_dir()), culprit)
+        return CqdError(f"cannot write {target}: {blocker} is a file, not a folder; choose another {option}")
+    if isinstance(exc, IsADirectoryError) or exc.errno == errno.EISDIR:
+        return CqdError(f"cannot write {target}: it is an existing folder; give {option} a file name")
+    if exc.errno in _NOT_WRITABLE:
+        reason = "read-only file system" if exc.errno == errno.EROFS else "permission denied"
+        return CqdError(f"cannot write {target}: {culprit if culprit != target else target.parent} is not writable ({reason}); choose a writable {option}")
+    if exc.errno in _DISK_FULL:
+        return disk_full_error(target, None)
+    return CqdError(f"cannot write {target}: {exc.strerror or exc}; choose another {option}")
+
+
+def check_output_dir(folder: str | os.PathLike[str], option: str = "--out") -> Path:
+    """Create `folder` if needed and make sure files can be written in it; one-line CqdError if not."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CqdError(f"{option} {folder} is a file, not a folder; choose a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _path_error(exc, folder, option) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CqdError(f"{option} {folder} is not writable (permission denied or read-only); choose a writable folder")
+    return folder
+
+
+def check_output_file(target: str | os.PathLike[str], option: str = "--out") -> Path:
+    """Make sure `target` can be written (not a folder, its folder creatable and writable) before long work."""
+    target = Path(target)
+    if target.is_dir():
+        raise CqdError(f"{option} {target} is an existing folder; give a file name (e.g. {target / 'gallery.png'})")
+    check_output_dir(target.parent, option)
+    return target
 
 
 @contextlib.contextmanager
@@ -67,15 +120,18 @@ def atomic_path(target: str | os.PathLike[str], expected_bytes: int | None = Non
 
     The temporary file keeps the target's suffix, so writers that dispatch on
     the extension (matplotlib, cv2.imwrite) still work. On any exception the
-    temporary file is removed and the target is left untouched; a full disk
-    raises `CqdError` (see the module docstring). `expected_bytes`, when the
-    writer knows it, is checked against the free space first.
+    temporary file is removed and the target is left untouched. A full disk
+    (`expected_bytes`, when known, goes into the message) and an unwritable
+    destination become one-line `CqdError`s.
     """
     target = Path(target)
     if expected_bytes:
         check_free_space(target, expected_bytes)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+    except OSError as exc:
+        raise _path_error(exc, target, "output path") from None
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates 0600; give the file the mode a plain open() would have.
@@ -86,32 +142,36 @@ def atomic_path(target: str | os.PathLike[str], expected_bytes: int | None = Non
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except OSError as exc:
-        written = tmp.stat().st_size if tmp.exists() else None
-        tmp.unlink(missing_ok=True)
-        if exc.errno in _DISK_FULL:
-            raise disk_full_error(target, expected_bytes, written) from None
-        raise
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise _path_error(exc, target, "output path") from None
     except BaseException as exc:
-        written = tmp.stat().st_size if tmp.exists() else None
+        written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
-        # Some writers (torch.save's zip writer) turn ENOSPC into a RuntimeError: tell it by the free space left.
-        if isinstance(exc, RuntimeError) and _looks_full(target, expected_bytes, written):
+        if _caused_by_full_disk(exc) or (isinstance(exc, RuntimeError) and _looks_full(target, expected_bytes, written)):
             raise disk_full_error(target, expected_bytes, written) from None
         raise
 
 
-def _looks_full(target: Path, expected_bytes: int | None, written: int | None) -> bool:
-    free = free_bytes(target.parent)
-    if free is None:
-        return False
-    needed = max(expected_bytes or 0, written or 0)
-    return free < max(needed, 64 * 1024)
+def _caused_by_full_disk(exc: BaseException | None) -> bool:
+    """ENOSPC, also when a writer's clean-up error replaced it (torch's zip writer raises RuntimeError on top)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _looks_full(target: Path, expected_bytes: int | None, written: int) -> bool:
+    """A writer that hides ENOSPC in a RuntimeError (torch.save to a path): judge by the free space left."""
+    free = _free_bytes(target.parent)
+    return free is not None and free < max(expected_bytes or 0, written, 64 * 1024)
 
 
 def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:
-    with atomic_path(target, expected_bytes=len(data)) as tmp:
+    with atomic_path(target, len(data)) as tmp:
         tmp.write_bytes(data)
 
 
@@ -123,21 +183,24 @@ def atomic_write_json(target: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def atomic_torch_save(target: str | os.PathLike[str], obj: Any) -> None:
-    import torch
-
-    with atomic_path(target, expected_bytes=tensor_bytes(obj)) as tmp:
-        torch.save(obj, tmp)
-
-
-def tensor_bytes(obj: Any) -> int:
-    """The bytes of tensor data in a (nested) checkpoint: a lower bound of its file size."""
+def _tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in a (nested) object: what `torch.save` will need, roughly."""
     import torch
 
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
     if isinstance(obj, dict):
-        return sum(tensor_bytes(v) for v in obj.values())
+        return sum(_tensor_bytes(v) for v in obj.values())
     if isinstance(obj, (list, tuple)):
-        return sum(tensor_bytes(v) for v in obj)
+        return sum(_tensor_bytes(v) for v in obj)
     return 0
+
+
+def atomic_torch_save(target: str | os.PathLike[str], obj: Any) -> None:
+    import torch
+
+    with atomic_path(target, _tensor_bytes(obj)) as tmp:
+        # Through a Python file object: a full disk then surfaces as OSError(ENOSPC),
+        # not as the zip writer's opaque RuntimeError.
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)

@@ -9,3 +9,15 @@
 * `report`: the figures of a `reproduce`/`demo` results folder, from
   results.json and history.json only.
 """
+
+from pathlib import Path
+
+def default_output(source: str | Path, name: str) -> Path:
+    """Where an analysis writes without `--out`: `<source>/<name>`, or beside `source` when it is a file.
+
+    The one rule of `report` (`RESULTS_DIR/figures`) and `analyze gradients`
+    (`<CQD run folder>/analysis-gradients`): outputs go with the results
+    they are made from, never into the current folder.
+    """
+    source = Path(source)
+    return (source if source.is_dir() else source.parent) / name

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cqd_port.analysis import default_output
 from cqd_port.errors import CqdError
 
 SPLITS = ("train", "test")
@@ -168,7 +169,7 @@ def make_report(config: ReportConfig) -> ReportResult:
     from cqd_port.experiments.grid import plan_grid
 
     run_of = {(c.task, c.method): c.run for c in plan_grid(table).cells}
-    out = Path(config.out) if config.out is not None else results_dir / "figures"
+    out = Path(config.out) if config.out is not None else default_output(results_dir, "figures")
     result = ReportResult(bars_path=results_bars(cells, out / f"table{table}_bars.png", table=table, synthetic=synthetic))
     for task in [config.task] if config.task is not None else tasks:
         histories: dict[str, History] = {}

@@ -137,7 +137,7 @@ class TauStudyConfig:
     model_b: Path
     model_cqd: Path
     data_root: Path
-    out: Path = Path("analysis-gradients")
+    out: Path | None = None  # default: analysis-gradients in the CQD model's run folder (`default_output`)
     n: int = 1000
     seed: int = 0
     batch_size: int = 16
@@ -300,6 +300,15 @@ def read_tau_csv(path: str | os.PathLike[str]) -> list[TauRow]:
         ]
 
 
+def class_label(class_names: list[str], label: int) -> str:
+    """`001.Black_footed_Albatross` -> `Black footed Albatross`: a class as a figure names it."""
+    if not 0 <= label < len(class_names):
+        return f"class {label}"
+    name = class_names[label]
+    number, dot, rest = name.partition(".")
+    return (rest if dot and number.isdigit() else name).replace("_", " ")
+
+
 def summarize(rows: list[TauRow]) -> tuple[float, float, float]:
     """(mean tau_B, mean tau_CQD, fraction of images where tau_CQD > tau_B), over images with finite tau."""
     pairs = np.array([(r.tau_b, r.tau_cqd) for r in rows], dtype=float).reshape(-1, 2)
@@ -319,7 +328,9 @@ def run_tau_study(config: TauStudyConfig, progress: Any = None) -> TauStudyResul
     """
     from cqd_port.analysis.figures import PanelRow, gradient_panel, tau_scatter
 
-    out = Path(config.out)
+    from cqd_port.analysis import default_output
+
+    out = Path(config.out) if config.out is not None else default_output(config.model_cqd, "analysis-gradients")
     if config.batch_size <= 0:
         raise CqdError(f"--batch-size {config.batch_size}: must be positive")
     checkpoints = {
@@ -402,7 +413,7 @@ def run_tau_study(config: TauStudyConfig, progress: Any = None) -> TauStudyResul
                 map_cqd=maps["cqd"][position],
                 box_cqd=box_in_input(box, original_size, maps["cqd"][position].shape),
                 tau_cqd=row.tau_cqd,
-                caption=f"{Path(row.image).name} (class {row.label})",
+                caption=f"{Path(row.image).name} ({class_label(index.class_names, row.label)})",
             )
         )
     panel_path = gradient_panel(panel_rows, out / "gradient_maps.png", synthetic=synthetic)

@@ -6,3 +6,8 @@ Modules: `records` (the index every stage shares), `cub`, `cars`, `splits`,
 (network inputs), `gallery` (Figure 3).
 Import the modules themselves; this package keeps its import light.
 """
+
+from pathlib import Path
+
+# The one default folder of prepared data: where `prepare --out` writes and `reproduce --prepared` reads.
+PREPARED_DEFAULT = Path("data/prepared")

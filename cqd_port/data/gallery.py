@@ -17,7 +17,7 @@ import numpy as np
 
 from cqd_port.data.records import DatasetIndex, ImageRecord
 from cqd_port.errors import CqdError
-from cqd_port.fileio import atomic_path
+from cqd_port.fileio import atomic_path, check_output_file
 
 if TYPE_CHECKING:
     from cqd_port.data.degrade import DegradationConfig
@@ -38,9 +38,24 @@ CUB_PANELS = (
     Panel("(e) localized / non-localized low resolution", ("original", "box"), ("lowres", "full")),
 )
 CARS_PANELS = (
-    Panel("(b) high / low resolution", ("original", "full"), ("lowres", "full")),
-    Panel("(c) color / edges", ("original", "full"), ("edges", "full")),
+    Panel("(a) high / low resolution", ("original", "full"), ("lowres", "full")),
+    Panel("(b) color / edges", ("original", "full"), ("edges", "full")),
 )
+
+
+def row_label(row: str, degradation: str, source: str, dataset: str) -> str:
+    """`A: original (box crop)`: the row, the degradation and what part of the image it shows.
+
+    A degradation that crops to the box itself (`localized`) shows the box
+    crop although it starts from the full image, so the label names the view,
+    not the source. CARS always uses the full image and says nothing.
+    """
+    from cqd_port.data.degrade import DEGRADATIONS
+
+    if dataset != "cub":
+        return f"{row}: {degradation}"
+    cropped = source == "box" or DEGRADATIONS[degradation].needs_box
+    return f"{row}: {degradation} ({'box crop' if cropped else 'full image'})"
 
 
 def pick_examples(index: DatasetIndex, n: int) -> list[ImageRecord]:
@@ -78,6 +93,7 @@ def make_gallery(
 
     if n < 1:
         raise CqdError(f"--n {n}: the gallery needs at least one image per row")
+    out_png = check_output_file(out_png)  # before any rendering
     config = config if config is not None else DegradationConfig()
     if sed_model is not None:
         config = replace(config, sed_model=str(sed_model))
@@ -119,7 +135,7 @@ def make_gallery(
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if col == 0:
-                    ax.set_ylabel(("A: " if row == 0 else "B: ") + degradation + (" (full)" if source == "full" and dataset == "cub" else ""), fontsize=7)
+                    ax.set_ylabel(row_label("AB"[row], degradation, source, dataset), fontsize=7)
     for extra in subfigs[len(panels) :]:
         extra.set_visible(False)
     title = f"Cross-quality examples, {dataset.upper()} ({index.root.name})"

@@ -30,16 +30,19 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 import cv2
 
+from cqd_port.data import PREPARED_DEFAULT  # noqa: F401 - re-exported: prepare's default --out
 from cqd_port.data.images import image_size, read_image_rgb
 from cqd_port.data.records import Box, DatasetIndex, ImageRecord, clip_box, map_box_to_resized, safe_join
 from cqd_port.errors import CqdError
-from cqd_port.fileio import atomic_path, atomic_write_json
+from cqd_port.fileio import atomic_path, atomic_write_json, check_output_dir
 
 if TYPE_CHECKING:
     from cqd_port.data.degrade import DegradationConfig
@@ -82,6 +85,55 @@ def output_dir(out: str | Path, dataset: str, degradation: str, source: str | No
     if source is not None and source != default_source(dataset, degradation):
         folder = f"{degradation}-{source}"
     return Path(out) / dataset / folder
+
+
+def source_fingerprint(index: DatasetIndex, settings: dict) -> str:
+    """A hash of what a prepared folder is made from: the image list, each image's size and mtime, and the settings.
+
+    `settings` holds whatever else changes the output (degradation parameters,
+    source, JPEG quality). Equal fingerprints mean the same inputs; any image
+    added, removed, relabelled, re-split, re-boxed or rewritten in place (size
+    or mtime) changes it. Cheap: one `stat` per image, no pixels read. The
+    tensor store keys its caches on it (`prepared_fingerprint`).
+    """
+    digest = hashlib.sha256()
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode("utf-8"))
+    digest.update(json.dumps(index.class_names).encode("utf-8"))
+    for record in index.records:
+        try:
+            stat = index.resolve(record).stat()
+            size, mtime = stat.st_size, stat.st_mtime_ns
+        except OSError:
+            size, mtime = -1, -1
+        digest.update(json.dumps([record.to_dict(), size, mtime]).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def prepared_fingerprint(directory: str | Path) -> str:
+    """The `source_fingerprint` a finished prepared folder records in its manifest.json."""
+    path = Path(directory) / MANIFEST
+    try:
+        fingerprint = json.loads(path.read_text(encoding="utf-8"))["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CqdError(f"{path} is missing or has no fingerprint; rerun `cqd-port prepare` for {directory}") from None
+    return str(fingerprint)
+
+
+def _is_current(target: Path, index: DatasetIndex, fingerprint: str) -> bool:
+    """A finished folder (manifest with this fingerprint) whose every image is still there."""
+    try:
+        current = prepared_fingerprint(target) == fingerprint
+    except CqdError:
+        return False
+    return current and all(safe_join(target, r.path).is_file() for r in index.records)
+
+
+def _rebuild(target: Path, reason: str) -> None:
+    """Empty a prepared folder whose inputs changed, saying so on one line (the manifest goes first)."""
+    print(f"{target}: {reason}; rebuilding it", file=sys.stderr, flush=True)
+    (target / MANIFEST).unlink(missing_ok=True)
+    shutil.rmtree(target)
+    target.mkdir(parents=True)
 
 
 def image_seed(seed: int, relative_path: str) -> int:
@@ -162,6 +214,25 @@ def _process(job: tuple) -> tuple[str, tuple[int, int] | None, str | None]:
     return rel, size, None
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, which containers and `taskset` narrow), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_workers(num_images: int) -> int:
+    """`prepare`'s default number of worker processes: one per usable CPU, none for a small job.
+
+    A worker costs a process start and the imports (about a second), so small
+    jobs stay in this process (0) and large ones get at most one worker per 16
+    images, never more than the machine has.
+    """
+    workers = min(usable_cpus(), num_images // 16)
+    return workers if workers > 1 else 0
+
+
 def _run(jobs: list[tuple], workers: int, progress: bool, label: str) -> Iterable[tuple[str, tuple[int, int] | None, str | None]]:
     bar = None
     if progress and jobs:
@@ -197,12 +268,13 @@ def prepare_dataset(
     data_root: str | Path,
     out: str | Path,
     source: str | None = None,
-    workers: int = 0,
+    workers: int | None = None,
     config: DegradationConfig | None = None,
     progress: bool = True,
 ) -> Path:
     """Write `<out>/<dataset>/<degradation>[-source]` (224x224 JPEG q75, same relative paths + manifest.json).
 
+    `workers` None picks `default_workers` (0: this process).
     Returns the output folder. Raises CqdError listing every missing or
     unreadable image together; the manifest is only written when all images
     are done, and a rerun skips every file already written.
@@ -228,8 +300,8 @@ def prepare_dataset(
     if (effective == "box" or needs_box) and any(r.box is None for r in index.records):
         raise CqdError(f"'{degradation}' from the box needs bounding boxes, but {index.root} has images without one; use --source full")
 
-    target = output_dir(out, dataset, degradation, source)
-    target.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out)
+    target = check_output_dir(output_dir(out, dataset, degradation, source))
     out_size = config.out_size
     params = {
         "dataset": dataset,
@@ -239,18 +311,25 @@ def prepare_dataset(
         "parameters": config.as_dict(),
         "jpeg_quality": JPEG_QUALITY,
     }
+    # Settings that differ are refused (another --out is wanted); sources changed in place are rebuilt.
+    fingerprint = source_fingerprint(index, params)
     params_path = target / PARAMS_FILE
     if params_path.is_file():
         try:
             previous = json.loads(params_path.read_text())
         except (OSError, ValueError):
             previous = None
-        if previous != params:
+        if not isinstance(previous, dict) or {k: v for k, v in previous.items() if k != "fingerprint"} != params:
             raise CqdError(
                 f"{target} was prepared with different settings ({params_path}); use another --out folder or delete {target}"
             )
+        if previous.get("fingerprint") != fingerprint:
+            _rebuild(target, f"the images under {index.root} changed since it was prepared")
+            atomic_write_json(params_path, {**params, "fingerprint": fingerprint})
     else:
-        atomic_write_json(params_path, params)
+        atomic_write_json(params_path, {**params, "fingerprint": fingerprint})
+    if _is_current(target, index, fingerprint):
+        return target  # finished from these very sources: nothing to redo (cheap, so reproduce can always ask)
 
     crop = effective == "box"
     sizes: dict[str, tuple[int, int]] = {}
@@ -260,6 +339,8 @@ def prepare_dataset(
         if dst.is_file():
             continue
         jobs.append((record.path, index.resolve(record), dst, degradation, record.box, crop, config, image_seed(config.seed, record.path)))
+    if workers is None:
+        workers = default_workers(len(jobs))
     failures: list[str] = []
     label = f"{dataset}/{target.name}"
     for rel, size, error in _run(jobs, workers, progress, label):
@@ -293,6 +374,7 @@ def prepare_dataset(
         "out_size": out_size,
         "jpeg_quality": JPEG_QUALITY,
         "parameters": params["parameters"],
+        "fingerprint": fingerprint,
         "counts": {
             "images": len(records),
             "train": sum(1 for r in index.records if r.train),

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import cv2
 import numpy as np
 
 from cqd_port.errors import CqdError
-from cqd_port.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from cqd_port.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_dir
 
 SHIFT = 4  # cv2 sub-pixel drawing: coordinates are fixed point with 4 fractional bits
 ONE = 1 << SHIFT
@@ -358,6 +359,31 @@ def render_image(style: str, attrs: dict[str, str], size: int, rng: np.random.Ge
     return scene, box
 
 
+def _drawn_class_folder(name: str) -> bool:
+    """`007.Synth_...`: a class folder `make_synthetic_dataset` writes (see `class_names` below)."""
+    number, _, rest = name.partition(".")
+    return number.isdigit() and rest.startswith("Synth_")
+
+
+def _clear_previous_images(out: Path) -> None:
+    """Remove the images of an earlier synthetic dataset in `out`, so none of its classes is left behind.
+
+    Only class folders this generator draws are removed; a folder holding
+    anything else under `images/` (a real dataset) is refused untouched.
+    """
+    images = out / "images"
+    if not images.is_dir():
+        return
+    entries = [p for p in images.iterdir() if not p.name.startswith(".")]
+    foreign = [p.name for p in entries if not (p.is_dir() and _drawn_class_folder(p.name))]
+    if foreign:
+        raise CqdError(
+            f"{images} holds images synth did not draw ({', '.join(sorted(foreign)[:3])}); choose an empty or new --out folder"
+        )
+    (out / "synthetic.json").unlink(missing_ok=True)  # never looks finished while half cleared
+    shutil.rmtree(images)
+
+
 def make_synthetic_dataset(
     out: str | Path,
     classes: int = 20,
@@ -380,12 +406,12 @@ def make_synthetic_dataset(
         raise CqdError(f"unknown image format '{image_format}'; use jpg or png")
     if classes < 2 or train_per_class < 1 or test_per_class < 0 or size < 32:
         raise CqdError("synthetic dataset needs --classes >= 2, --train-per-class >= 1, --test-per-class >= 0 and --size >= 32")
-    out = Path(out)
+    out = check_output_dir(out)
     # Refuse to write into a folder holding anything else; an interrupted run (no synthetic.json yet) is redone.
-    if out.exists():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in OWN_FILES and not p.name.startswith("."))
-        if foreign:
-            raise CqdError(f"{out} holds files that are not a synthetic dataset ({', '.join(foreign[:3])}); choose an empty or new --out folder")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in OWN_FILES and not p.name.startswith("."))
+    if foreign:
+        raise CqdError(f"{out} holds files that are not a synthetic dataset ({', '.join(foreign[:3])}); choose an empty or new --out folder")
+    _clear_previous_images(out)
     # The marker is written last: remove a stale one first so an interrupted regeneration never looks finished.
     (out / "synthetic.json").unlink(missing_ok=True)
     table = BIRD_ATTRIBUTES if style == "birds" else CAR_ATTRIBUTES

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cqd_port.data import PREPARED_DEFAULT
 from cqd_port.errors import CqdError
 from cqd_port.experiments.methods import AUGMENTATION_CLASSES, IMAGENET, METHODS, RunSpec, read_run_json
 from cqd_port.experiments.paper import paper_table
@@ -167,7 +168,7 @@ class GridConfig:
     """
 
     out: Path
-    prepared: Path = Path("data/prepared")
+    prepared: Path = PREPARED_DEFAULT
     models: Path = Path("models")
     cub_root: Path | None = None
     cars_root: Path | None = None
@@ -269,27 +270,35 @@ def describe_plan(plan: GridPlan, config: GridConfig) -> list[str]:
 
 def _no_raw_data(folder: Path, concrete: DataVariant, config: GridConfig) -> CqdError:
     """The error for a prepared variant that is missing and cannot be prepared (no raw dataset given)."""
-    return CqdError(
-        f"prepared data {folder} missing; pass --{concrete.dataset}-root DIR (the raw dataset) so it can be prepared, "
-        f"or run `cqd-port prepare --dataset {concrete.dataset} --degradation {concrete.degradation}"
-        f"{' --source ' + concrete.source if concrete.source else ''} --out {config.prepared}`"
+    return CqdError(f"prepared data {folder} missing; pass --{concrete.dataset}-root DIR (the raw dataset) so it can be prepared, or run {prepare_command(concrete, config)}")
+
+
+def prepare_command(concrete: DataVariant, config: GridConfig) -> str:
+    """The `cqd-port prepare` line that writes `concrete` where `config` reads it, with DIR for the raw dataset folder."""
+    source = f" --source {concrete.source}" if concrete.source else ""
+    sed = f" --sed-model {config.sed_model or 'MODEL.yml.gz'}" if concrete.degradation == "edges" else ""
+    return (
+        f"`cqd-port prepare --dataset {concrete.dataset} --degradation {concrete.degradation}{source}{sed} "
+        f"--data-root DIR --out {config.prepared}` (DIR: the raw dataset folder)"
     )
 
 
 def ensure_variant(variant: DataVariant, config: GridConfig, progress: bool = True) -> Path:
-    """The prepared folder of `variant`, preparing it from the raw dataset when it is missing.
+    """The prepared folder of `variant`, preparing it from the raw dataset when it is missing or stale.
 
-    Preparation resumes where an interrupted one stopped (`prepare_dataset`).
+    Preparation resumes where an interrupted one stopped (`prepare_dataset`);
+    with the raw dataset given, a folder whose sources changed since is
+    rebuilt (its fingerprint), one that is current is returned at once.
     CqdError naming the folder and the option when the raw dataset is not given.
     """
     from cqd_port.data.prepare import MANIFEST, prepare_dataset
 
     folder = config.variant_dir(variant)
-    if (folder / MANIFEST).is_file():
-        return folder
     concrete = config.concrete(variant)
     root = config.dataset_root(variant.dataset)
     if root is None:
+        if (folder / MANIFEST).is_file():
+            return folder
         raise _no_raw_data(folder, concrete, config)
     from cqd_port.data.degrade import DegradationConfig
 
@@ -303,7 +312,7 @@ def ensure_variant(variant: DataVariant, config: GridConfig, progress: bool = Tr
         root,
         config.prepared,
         source=concrete.source,
-        workers=config.workers,
+        workers=None,  # prepare's own default: what the machine has
         config=degradation_config,
         progress=progress,
     )

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 
-from cqd_port.errors import CqdError
+from cqd_port.errors import CqdError, DiskFullError
 from cqd_port.experiments.tasks import DataVariant, Hyper
 from cqd_port.fileio import atomic_write_json
 
@@ -241,6 +241,14 @@ def read_run_json(folder: Path) -> dict[str, Any]:
         return {}
 
 
+def _synthetic_data(run: RunSpec, config: "GridConfig") -> bool:
+    """Whether the run reads generated data (its prepared folders carry synthetic.json), whichever command runs it."""
+    from cqd_port.data.synth import is_synthetic
+
+    roots = [config.dataset_root(v.dataset) for v in (*run.train, run.test)]
+    return any(is_synthetic(config.variant_dir(v)) for v in (*run.train, run.test)) or any(r is not None and is_synthetic(r) for r in roots)
+
+
 def _load_trained(folder: Path, lrn_mode: str) -> SimpleNetwork:
     from matconvnet_weights.convert import load_model
 
@@ -250,6 +258,43 @@ def _load_trained(folder: Path, lrn_mode: str) -> SimpleNetwork:
     return load_model(path, lrn_mode=lrn_mode)
 
 
+DISK_FULL_STATUS = "stopped: disk full"
+
+
+def _write_stopped(path: Path, status: str) -> None:
+    """Mark run.json stopped. When even the small atomic write finds no space, rewrite it in place:
+    the file already exists, so its blocks are there (the new text differs by a few bytes)."""
+    record = read_run_json(path.parent)
+    if not record:
+        return
+    record["status"] = status
+    try:
+        atomic_write_json(path, record)
+    except CqdError:
+        with open(path, "r+", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, indent=2) + "\n")
+            handle.truncate()
+
+
+def _records_disk_full(execute: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """A run stopped by a full disk says so in its run.json ('stopped: disk full', not 'running'); it resumes."""
+    import functools
+
+    @functools.wraps(execute)
+    def wrapper(run: RunSpec, config: "GridConfig", *args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return execute(run, config, *args, **kwargs)
+        except DiskFullError:
+            try:
+                _write_stopped(Path(config.out) / run.key / RUN_JSON, DISK_FULL_STATUS)
+            except OSError:
+                pass  # the disk-full error below already names the problem
+            raise
+
+    return wrapper
+
+
+@_records_disk_full
 def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: str | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Run `run` to completion in `<out>/<key>` (continuing from its checkpoint) and return its run.json.
 
@@ -284,7 +329,7 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
         "init": run.init,
         "teacher": run.teacher,
         "description": replace(run, batch_size=batch_size).describe(),
-        "synthetic": bool(config.synthetic),
+        "synthetic": bool(config.synthetic) or _synthetic_data(run, config),
     }
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / RUN_JSON, record)
@@ -346,6 +391,7 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
         label_range=(0, k) if run.class_factor != 1 else None,
         lrn_mode=config.lrn_mode,
         tf32=config.tf32,
+        plot_title=f"{run.key}: task {run.task}, method {run.method}" + (" - SYNTHETIC DATA" if record["synthetic"] else ""),
     )
     objective = (
         Objective("cqd", run.hyper.lambda_, run.hyper.temperature) if run.distill else Objective("softmaxlog")

@@ -96,7 +96,7 @@ def _layer_index(specs: list[LayerSpec], name: str, what: str, source: str) -> i
             return i
     raise CqdError(
         f"{source}: no layer '{name}' ({what}); expected an ImageNet vgg-m or vgg-vd-16 model whose layers run "
-        f"... fc6 relu6 fc7 relu7 fc8 prob (see `cqd-port convert-weights --table`)"
+        f"... fc6 relu6 fc7 relu7 fc8 prob (list its layers with `cqd-port inspect {source}`)"
     )
 
 

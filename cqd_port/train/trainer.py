@@ -64,7 +64,7 @@ class TrainConfig:
     folder says which); `tf32` allows TF32 on CUDA (off: strict fp32 like
     MatConvNet); `eval_batch_size` defaults to `batch_size`;
     `evaluate_every_epoch` False evaluates after the last epoch only; `plot`
-    False skips `net-train.pdf`.
+    False skips `net-train.pdf`, `plot_title` heads it.
     """
 
     epochs: int = 30
@@ -81,6 +81,7 @@ class TrainConfig:
     eval_batch_size: int | None = None
     evaluate_every_epoch: bool = True
     plot: bool = True
+    plot_title: str = ""  # heads net-train.pdf: which run, which task, SYNTHETIC data
 
     def __post_init__(self) -> None:
         self.schedule = validate_schedule(self.schedule)
@@ -279,7 +280,7 @@ def train(
         # checkpoint may have left unwritten (history.json, the plot, evaluation.json).
         atomic_write_json(run_dir / HISTORY_NAME, history)
         if config.plot and not (run_dir / PLOT_NAME).exists():
-            plot_history(history, run_dir / PLOT_NAME)
+            plot_history(history, run_dir / PLOT_NAME, config.plot_title)
         if test_set is not None:
             evaluation = Evaluation.load(eval_path) if eval_path.exists() else None
             if evaluation is None:
@@ -358,7 +359,7 @@ def train(
             )
             atomic_write_json(run_dir / HISTORY_NAME, history)
             if config.plot:
-                plot_history(history, run_dir / PLOT_NAME)
+                plot_history(history, run_dir / PLOT_NAME, config.plot_title)
             if last and evaluation is not None:
                 evaluation.save(eval_path)
             bar.update(epoch_task, advance=1, info=_epoch_info(record))
@@ -387,28 +388,46 @@ def _epoch_info(record: Mapping[str, Any]) -> str:
     return text
 
 
-def plot_history(history: Sequence[Mapping[str, Any]], path: str | Path) -> None:
-    """`net-train.pdf` as `cnn_train_dag` draws it: objective and top-1 error per epoch, train and test.
+def history_figure(history: Sequence[Mapping[str, Any]], title: str = "") -> Any:
+    """The `net-train.pdf` figure as `cnn_train_dag` draws it: the losses and top-1 error per epoch, train and test.
 
-    Drawn on a bare `Figure` with the Agg canvas: no pyplot, so the caller's
-    matplotlib backend and figure registry are left alone.
+    Unlike `cnn_train_dag`'s single "objective" panel, the softmax-log loss and
+    (for CQD runs, whose history has a non-zero `distill`) the distillation
+    term are drawn in separate panels, so the plot says which is which;
+    `title` (run, task, SYNTHETIC) heads the page. A bare `Figure` with the
+    Agg canvas: no pyplot, so the caller's matplotlib backend and figure
+    registry are left alone.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     epochs = [h["epoch"] for h in history]
-    fig = Figure(figsize=(10, 4))
+    distills = any(float(h.get("train", {}).get("distill", 0.0) or 0.0) != 0.0 for h in history)
+    panels = [("objective", "softmax-log loss")]
+    if distills:
+        panels.append(("distill", "distillation term (cross-entropy to the teacher, before lambda)"))
+    panels.append(("top1err", "top-1 error"))
+    fig = Figure(figsize=(5 * len(panels), 4.4 if title else 4))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2)
-    for ax, key, title in ((axes[0], "objective", "objective"), (axes[1], "top1err", "top1err")):
+    axes = fig.subplots(1, len(panels))
+    for ax, (key, label) in zip(axes, panels):
         for split, style in (("train", ".-"), ("test", "o--")):
-            pts = [(e, h[split][key]) for e, h in zip(epochs, history) if split in h and math.isfinite(h[split][key])]
+            pts = [(e, h[split][key]) for e, h in zip(epochs, history) if split in h and key in h[split] and math.isfinite(h[split][key])]
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=split)
         ax.set_xlabel("epoch")
-        ax.set_title(title)
+        ax.set_title(label, fontsize=9)
         ax.grid(True)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot_history(history: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> None:
+    """Write `history_figure(history, title)` to `path` (the run's `net-train.pdf`), atomically."""
+    fig = history_figure(history, title)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="pdf")

@@ -1,0 +1,50 @@
+"""Help text: flags look like flags, nothing is cut at 80 columns, every option says what it does (issue 12, item 14)."""
+
+from __future__ import annotations
+
+import pytest
+import typer
+
+from cli.main import app
+
+
+def _commands():
+    root = typer.main.get_command(app)
+    stack = [((), root)]
+    while stack:
+        path, command = stack.pop()
+        if hasattr(command, "commands"):  # a group
+            stack.extend(((*path, name), sub) for name, sub in command.commands.items())
+        else:
+            yield path, command
+
+
+COMMANDS = sorted(_commands(), key=lambda item: item[0])
+
+
+def test_every_option_has_help():
+    missing = [
+        f"{' '.join(path)} {param.opts[0]}"
+        for path, command in COMMANDS
+        for param in command.params
+        if param.param_type_name == "option" and not (param.help or "").strip()
+    ]
+    assert missing == []
+
+
+@pytest.mark.parametrize("path", [p for p, _ in COMMANDS], ids=" ".join)
+def test_help_at_80_columns(path, cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    result = cli(*path, "--help")
+    assert result.exit_code == 0, result.stderr
+    text = result.stdout
+    assert "<bool>" not in text  # a flag takes no value
+    assert "…" not in text and "..." not in text.replace("...]", "]")  # nothing cut short
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_flags_are_flags(cli):
+    result = cli("reproduce", "--dry-run", "true")
+    assert result.exit_code == 2 and "true" in result.stderr
+    help_text = cli("prepare", "--help").stdout
+    assert "data/prepared" in help_text  # the one default prepared-data location is stated
