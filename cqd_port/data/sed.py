@@ -633,85 +633,158 @@ def _edges_plain(model: SedModel, leaves: np.ndarray, out_base: np.ndarray, out_
     return np.bincount(target, minlength=out_size).astype(F32)
 
 
+_SHARPEN_CHUNK = 8192  # (patch, tree) lookups relabelled together: their arrays stay in the CPU cache
+
+
 def _edges_sharpened(
     model: SedModel, leaves: np.ndarray, img_base: np.ndarray, out_base: np.ndarray, image: np.ndarray, out_w: int, out_size: int, sharpen: int
 ) -> np.ndarray:
-    # edgesDetectMex's sharpening: per (patch, tree), relabel the first `sharpen` bands
-    # pixel by pixel (in eBins order, each seeing the labels already updated) to the
-    # 4-neighbour segment whose mean colour is nearest, then +1 where a pixel of the
-    # first sharpen+1 bands differs from a 4-neighbour.
-    g = int(model.opts["gtWidth"])
-    nb = model.n_bands
+    # edgesDetectMex's sharpening for every (patch, tree) whose leaf has more than one segment.
     keep = model.n_segs[leaves] > 1
     leaves, img_base, out_base = leaves[keep], img_base[keep], out_base[keep]
-    if leaves.size == 0:
+    targets = [
+        _sharpen_chunk(model, leaves[i : i + _SHARPEN_CHUNK], img_base[i : i + _SHARPEN_CHUNK], out_base[i : i + _SHARPEN_CHUNK], image, out_w, sharpen)
+        for i in range(0, leaves.size, _SHARPEN_CHUNK)
+    ]
+    if not targets:
         return np.zeros(out_size, dtype=F32)
-    b0 = model.e_bnds[leaves * nb]
-    update_len = model.e_bnds[leaves * nb + sharpen] - b0
-    order = np.argsort(-update_len, kind="stable")
-    leaves, img_base, out_base, b0, update_len = leaves[order], img_base[order], out_base[order], b0[order], update_len[order]
-    n = leaves.size
-    img_w = image.shape[1]
-    flat_image = image.ravel()
-    n_colours = image.shape[2]
-    pix_ids = np.arange(g * g)
-    pix_col, pix_row = np.divmod(pix_ids, g)
-    pix_offset = ((pix_row * img_w + pix_col) * n_colours)[:, None] + np.arange(n_colours)[None, :]
+    return np.bincount(np.concatenate(targets), minlength=out_size).astype(F32)
 
-    labels = model.segs[leaves]  # (n, g*g) uint8, a copy
-    n_seg = int(model.n_segs[leaves].max())
-    slots = n_seg + 1  # the last slot stands for label 255 (a pixel set to -1): never the nearest
-    rows = np.arange(n)
-    sums = np.zeros((n, slots, n_colours), dtype=F32)
-    counts = np.zeros((n, slots), dtype=F32)
-    for ci in range(0, g, 2):  # every other pixel, column by column, summed in float32 in that order
+
+def _segment_means(labels: np.ndarray, colour_at, g: int, slots: int, n_colours: int) -> list[np.ndarray]:
+    # Each segment's mean colour over every other pixel of the patch, summed in
+    # float32 column by column as edgesDetectMex does (so equal colours give equal
+    # means); one flat (lookup * slots + segment) array per colour channel. An empty
+    # segment (0/0: NaN in C, never the nearest) and the spare slot standing for
+    # label 255 get +inf.
+    n = labels.shape[0]
+    row = np.arange(n) * slots
+    sums = [np.zeros(n * slots, dtype=F32) for _ in range(n_colours)]
+    counts = np.zeros(n * slots, dtype=F32)
+    for ci in range(0, g, 2):
         for ri in range(0, g, 2):
             p = ci * g + ri
-            s = labels[:, p].astype(np.int64)
-            counts[rows, s] += F32(1)
-            sums[rows, s] += flat_image[img_base[:, None] + pix_offset[p]]
+            at = row + labels[:, p]  # distinct per lookup: plain += is exact here
+            counts[at] += F32(1)
+            for z in range(n_colours):
+                sums[z][at] += colour_at(p, z)
+    means = []
     with np.errstate(invalid="ignore", divide="ignore"):
-        means = sums / counts[:, :, None]
-    means[~np.isfinite(means)] = np.inf  # an empty segment's 0/0 mean never wins (NaN < x is false in C)
-    means[:, n_seg] = np.inf
-    flat_means = means.reshape(-1)
+        for z in range(n_colours):
+            mean = sums[z] / counts
+            mean[~np.isfinite(mean)] = np.inf
+            mean[row + slots - 1] = np.inf
+            means.append(mean)
+    return means
 
-    neighbours = _neighbours(g)
+
+def _sharpen_chunk(
+    model: SedModel, leaves: np.ndarray, img_base: np.ndarray, out_base: np.ndarray, image: np.ndarray, out_w: int, sharpen: int
+) -> np.ndarray:
+    # The toolbox walks the first `sharpen` bands of each leaf's mask pixel by pixel
+    # (eBins order); each pixel takes the label, among its 4 neighbours' (left,
+    # right, up, down: the first on ties), whose segment mean colour is nearest,
+    # seeing the neighbours already relabelled. Every band pixel is relabelled once,
+    # so a neighbour reads its FINAL label if it comes earlier in the walk and its
+    # original one otherwise: a recursion over a DAG. It is solved here by fixed-point
+    # iteration, all pixels at once: first with the original labels, then again
+    # only where an earlier neighbour changed, until nothing changes (the fixed point
+    # of such a recursion is unique: the sequential result). Returns the flat output
+    # indices of the pixels of the first sharpen+1 bands that end up on a boundary.
+    # Arrays over the 4 neighbours are 4 x P (one row per neighbour) for speed.
+    g = int(model.opts["gtWidth"])
+    nb = model.n_bands
+    n = leaves.size
+    n_colours = image.shape[2]
+    img_w = image.shape[1]
+    channels = [np.ascontiguousarray(image[:, :, z]).ravel() for z in range(n_colours)]
+    pix_col, pix_row = np.divmod(np.arange(g * g), g)
+    pix_offset = pix_row * img_w + pix_col  # offset of each patch pixel from the patch corner in one channel
+    neighbours = _neighbours(g).T.copy()  # (4, g*g)
+    corner = img_base // n_colours  # the patch corner in one channel
+
+    labels = model.segs[leaves]  # (n, g*g) uint8, a copy
     flat_labels = labels.reshape(-1)
-    label_base = rows * (g * g)
-    mean_base = rows * (slots * n_colours)
+    n_seg = int(model.n_segs[leaves].max())
+    slots = n_seg + 1
+    means = _segment_means(labels, lambda p, z: channels[z].take(corner + pix_offset[p]), g, slots, n_colours)
+    label_base = np.arange(n) * (g * g)
+    mean_base = np.arange(n) * slots
+    # a lookup with an empty segment can hit the -1 (label 255) case even with equal candidates
+    has_empty = ~np.isfinite(means[0].reshape(n, slots)[:, :n_seg]).all(axis=1)
+
+    b0 = model.e_bnds[leaves * nb]
+    update_len = model.e_bnds[leaves * nb + sharpen] - b0
+    owner, position = _ragged(b0, update_len)  # one entry per (lookup, walked pixel), in walk order
+    pix = model.e_bins.take(position)
+    pair_start = np.cumsum(update_len) - update_len
+    step = np.arange(owner.size) - pair_start.take(owner)
+    nbr_pix = neighbours[:, pix]  # (4, P)
+    owner_labels = label_base.take(owner)
+    original = flat_labels.take(owner_labels + nbr_pix)  # (4, P) uint8
+    own_original = flat_labels.take(owner_labels + pix)
+    # step of each neighbour in its lookup's walk (-1: not walked), via a per-leaf pixel -> step map
+    unique_leaves, leaf_row = np.unique(leaves, return_inverse=True)
+    step_map = np.full(unique_leaves.size * g * g, -1, dtype=np.int64)
+    owner_map = leaf_row.take(owner) * (g * g)
+    step_map[owner_map + pix] = step
+    nbr_step = step_map.take(owner_map + nbr_pix)
+    first_pair = pair_start.take(owner)
+    dep = np.where((nbr_step >= 0) & (nbr_step < step), first_pair + nbr_step, -1)  # whose final label it shows
+    succ = np.where(nbr_step > step, first_pair + nbr_step, -1)  # the pairs that read this one's final label
+    pixel_at = corner.take(owner) + pix_offset.take(pix)
+    colour = [channels[z].take(pixel_at) for z in range(n_colours)]  # each walked pixel's colour
+    owner_means = mean_base.take(owner)
     big = F32(1e10)
-    descending = -update_len  # ascending: the lookups with update_len > j are a prefix
-    for j in range(int(update_len[0])):
-        m = int(np.searchsorted(descending, -j, side="left"))
-        pix = model.e_bins[b0[:m] + j]
-        cand = flat_labels[label_base[:m, None] + neighbours[pix]].astype(np.int64)  # (m, 4)
-        np.minimum(cand, n_seg, out=cand)
-        colour = flat_image[img_base[:m, None] + pix_offset[pix]]  # (m, C)
-        mu = flat_means[(mean_base[:m, None, None] + cand[:, :, None] * n_colours) + np.arange(n_colours)]
-        diff = mu - colour[:, None, :]
-        err = diff[:, :, 0] * diff[:, :, 0]
-        for z in range(1, n_colours):
-            err = err + diff[:, :, z] * diff[:, :, z]
-        best_err = err[:, 0]
-        best = cand[:, 0]
-        for q in range(1, 4):
-            better = err[:, q] < best_err
-            best_err = np.where(better, err[:, q], best_err)
-            best = np.where(better, cand[:, q], best)
-        best = np.where(best_err < big, best, 255).astype(np.uint8)
-        flat_labels[label_base[:m] + pix] = best
+
+    def choose(idx: np.ndarray | None, cand: np.ndarray) -> np.ndarray:
+        # equal candidates (most pixels away from the boundary) need no colour distance
+        best = cand[0].copy()
+        o = owner if idx is None else owner.take(idx)
+        mixed = (cand[1] != best) | (cand[2] != best) | (cand[3] != best) | has_empty.take(o)
+        sel = np.flatnonzero(mixed)
+        if sel.size == 0:
+            return best
+        at = sel if idx is None else idx.take(sel)
+        c = np.minimum(cand[:, sel], n_seg).astype(np.int64)
+        where = owner_means.take(at) + c  # (4, m)
+        err = None
+        for z in range(n_colours):
+            d = means[z].take(where) - colour[z].take(at)
+            err = d * d if err is None else err + d * d
+        first = np.argmin(err, axis=0)  # the first of equal distances, like the toolbox's strict <
+        pick = np.take_along_axis(c, first[None], 0)[0]
+        best_err = np.take_along_axis(err, first[None], 0)[0]
+        best[sel] = np.where(best_err < big, pick, 255)
+        return best
+
+    result = choose(None, original)
+    changed = np.flatnonzero(result != own_original)
+    pending = np.zeros(owner.size + 1, dtype=bool)
+    while changed.size:
+        pending[succ[:, changed].ravel()] = True  # succ's -1 entries land on the spare last slot
+        todo = np.flatnonzero(pending[:-1])
+        pending[:] = False
+        if todo.size == 0:
+            break
+        deps = dep[:, todo]
+        cand = np.where(deps >= 0, result.take(np.maximum(deps, 0)), original[:, todo])
+        new = choose(todo, cand)
+        moved = new != result.take(todo)
+        changed = todo[moved]
+        result[changed] = new[moved]
+    flat_labels[owner_labels + pix] = result
 
     out_len = model.e_bnds[leaves * nb + sharpen + 1] - b0
     owner, position = _ragged(b0, out_len)
-    pix = model.e_bins[position]
-    own = label_base[owner] + pix
-    mine = flat_labels[own]
-    nbr = label_base[owner][:, None] + neighbours[pix]
-    edge = np.any(flat_labels[nbr] != mine[:, None], axis=1)
+    pix = model.e_bins.take(position)
+    at = label_base.take(owner)
+    mine = flat_labels.take(at + pix)
+    edge = np.zeros(pix.size, dtype=bool)
+    for q in range(4):
+        edge |= flat_labels.take(at + neighbours[q].take(pix)) != mine
     col, row = np.divmod(pix[edge], g)
-    target = out_base[owner[edge]] + row * out_w + col
-    return np.bincount(target, minlength=out_size).astype(F32)
+    return out_base.take(owner[edge]) + row * out_w + col
 
 
 def _detect_single_scale(image: np.ndarray, model: SedModel, sharpen: int, n_trees_eval: int) -> tuple[np.ndarray, np.ndarray]:
