@@ -230,6 +230,11 @@ def read_sed_model(model_path: str | os.PathLike[str] | None) -> SedModel:
     path = Path(model_path).expanduser().resolve()
     if not path.is_file():
         raise CqdError(f"SED model file not found: {path}; {SED_MAT_HELP}")
+    if path.name.lower().endswith((".yml", ".yml.gz", ".yaml", ".yaml.gz", ".xml", ".xml.gz")):
+        raise CqdError(
+            f"SED model {path} is an OpenCV FileStorage file, not the toolbox's MAT model: the paper's 'edges' need "
+            f"modelBsds.mat; OpenCV's detector (not the paper's maps) is the 'edges_opencv' degradation"
+        )
     st = path.stat()
     return _read(str(path), st.st_mtime_ns, st.st_size)
 
