@@ -683,6 +683,22 @@ def _segment_means(labels: np.ndarray, colour_at, g: int, slots: int, n_colours:
     return means
 
 
+def _walk_levels(dep: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    # Level of each pair of the given walks (one per distinct leaf): 1 + the highest
+    # level of its earlier walked neighbours (`dep`, 4 x P pair indices, -1 for none).
+    # Walk order is a topological order, so one pass over the steps suffices.
+    level = np.zeros(dep.shape[1], dtype=np.int64)
+    _, pairs = _ragged(starts, lengths)
+    steps = np.arange(pairs.size) - (np.cumsum(lengths) - lengths).repeat(lengths)
+    order = np.argsort(steps, kind="stable")
+    ends = np.cumsum(np.bincount(steps)) if steps.size else np.zeros(0, dtype=np.int64)
+    for j in range(1, ends.size):
+        at = pairs.take(order[ends[j - 1] : ends[j]])
+        deps = dep[:, at]
+        level[at] = np.where(deps >= 0, level.take(np.maximum(deps, 0)), -1).max(axis=0) + 1
+    return level
+
+
 def _sharpen_chunk(
     model: SedModel, leaves: np.ndarray, img_base: np.ndarray, out_base: np.ndarray, image: np.ndarray, out_w: int, sharpen: int
 ) -> np.ndarray:
@@ -690,13 +706,13 @@ def _sharpen_chunk(
     # (eBins order); each pixel takes the label, among its 4 neighbours' (left,
     # right, up, down: the first on ties), whose segment mean colour is nearest,
     # seeing the neighbours already relabelled. Every band pixel is relabelled once,
-    # so a neighbour reads its FINAL label if it comes earlier in the walk and its
-    # original one otherwise: a recursion over a DAG. It is solved here by fixed-point
-    # iteration, all pixels at once: first with the original labels, then again
-    # only where an earlier neighbour changed, until nothing changes (the fixed point
-    # of such a recursion is unique: the sequential result). Returns the flat output
-    # indices of the pixels of the first sharpen+1 bands that end up on a boundary.
-    # Arrays over the 4 neighbours are 4 x P (one row per neighbour) for speed.
+    # so a neighbour shows its FINAL label if it comes earlier in the walk and its
+    # original one otherwise: a recursion over a DAG. It is solved exactly here by
+    # levels: a pixel's level is 1 + the highest level among its earlier walked
+    # neighbours (0 without any), a property of the leaf; all pixels of one level, in
+    # every patch of the chunk, are relabelled at once, in increasing level. Returns
+    # the flat output indices of the pixels of the first sharpen+1 bands that end up
+    # on a segment boundary. Arrays over the 4 neighbours are 4 x P (one row each).
     g = int(model.opts["gtWidth"])
     nb = model.n_bands
     n = leaves.size
@@ -716,7 +732,8 @@ def _sharpen_chunk(
     label_base = np.arange(n) * (g * g)
     mean_base = np.arange(n) * slots
     # a lookup with an empty segment can hit the -1 (label 255) case even with equal candidates
-    has_empty = ~np.isfinite(means[0].reshape(n, slots)[:, :n_seg]).all(axis=1)
+    in_leaf = np.arange(n_seg) < model.n_segs[leaves][:, None]
+    has_empty = (~np.isfinite(means[0].reshape(n, slots)[:, :n_seg]) & in_leaf).any(axis=1)
 
     b0 = model.e_bnds[leaves * nb]
     update_len = model.e_bnds[leaves * nb + sharpen] - b0
@@ -727,16 +744,17 @@ def _sharpen_chunk(
     nbr_pix = neighbours[:, pix]  # (4, P)
     owner_labels = label_base.take(owner)
     original = flat_labels.take(owner_labels + nbr_pix)  # (4, P) uint8
-    own_original = flat_labels.take(owner_labels + pix)
     # step of each neighbour in its lookup's walk (-1: not walked), via a per-leaf pixel -> step map
-    unique_leaves, leaf_row = np.unique(leaves, return_inverse=True)
+    unique_leaves, leaf_first, leaf_row = np.unique(leaves, return_index=True, return_inverse=True)
     step_map = np.full(unique_leaves.size * g * g, -1, dtype=np.int64)
     owner_map = leaf_row.take(owner) * (g * g)
     step_map[owner_map + pix] = step
     nbr_step = step_map.take(owner_map + nbr_pix)
     first_pair = pair_start.take(owner)
     dep = np.where((nbr_step >= 0) & (nbr_step < step), first_pair + nbr_step, -1)  # whose final label it shows
-    succ = np.where(nbr_step > step, first_pair + nbr_step, -1)  # the pairs that read this one's final label
+    del nbr_step, first_pair
+    level = _walk_levels(dep, pair_start.take(leaf_first), update_len.take(leaf_first))
+    level = level.take(pair_start.take(leaf_first).take(leaf_row.take(owner)) + step)
     pixel_at = corner.take(owner) + pix_offset.take(pix)
     colour = [channels[z].take(pixel_at) for z in range(n_colours)]  # each walked pixel's colour
     owner_means = mean_base.take(owner)
@@ -763,21 +781,17 @@ def _sharpen_chunk(
         best[sel] = np.where(best_err < big, pick, 255)
         return best
 
-    result = choose(None, original)
-    changed = np.flatnonzero(result != own_original)
-    pending = np.zeros(owner.size + 1, dtype=bool)
-    while changed.size:
-        pending[succ[:, changed].ravel()] = True  # succ's -1 entries land on the spare last slot
-        todo = np.flatnonzero(pending[:-1])
-        pending[:] = False
-        if todo.size == 0:
-            break
-        deps = dep[:, todo]
-        cand = np.where(deps >= 0, result.take(np.maximum(deps, 0)), original[:, todo])
-        new = choose(todo, cand)
-        moved = new != result.take(todo)
-        changed = todo[moved]
-        result[changed] = new[moved]
+    result = np.empty(owner.size, dtype=np.uint8)
+    order = np.argsort(level, kind="stable")
+    ends = np.cumsum(np.bincount(level))
+    for lv, end in enumerate(ends):
+        idx = order[ends[lv - 1] if lv else 0 : end]
+        if lv == 0:
+            result[idx] = choose(idx, original[:, idx])
+            continue
+        deps = dep[:, idx]
+        cand = np.where(deps >= 0, result.take(np.maximum(deps, 0)), original[:, idx])
+        result[idx] = choose(idx, cand)
     flat_labels[owner_labels + pix] = result
 
     out_len = model.e_bnds[leaves * nb + sharpen + 1] - b0
