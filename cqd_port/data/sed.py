@@ -719,7 +719,8 @@ def _sharpen_chunk(
     n_colours = image.shape[2]
     img_w = image.shape[1]
     channels = [np.ascontiguousarray(image[:, :, z]).ravel() for z in range(n_colours)]
-    pix_col, pix_row = np.divmod(np.arange(g * g), g)
+    pix_ids = np.arange(g * g)
+    pix_col, pix_row = np.divmod(pix_ids, g)
     pix_offset = pix_row * img_w + pix_col  # offset of each patch pixel from the patch corner in one channel
     neighbours = _neighbours(g).T.copy()  # (4, g*g)
     corner = img_base // n_colours  # the patch corner in one channel
@@ -746,64 +747,74 @@ def _sharpen_chunk(
     original = flat_labels.take(owner_labels + nbr_pix)  # (4, P) uint8
     # step of each neighbour in its lookup's walk (-1: not walked), via a per-leaf pixel -> step map
     unique_leaves, leaf_first, leaf_row = np.unique(leaves, return_index=True, return_inverse=True)
-    step_map = np.full(unique_leaves.size * g * g, -1, dtype=np.int64)
+    step_map = np.full(unique_leaves.size * g * g, -1, dtype=np.int16)
     owner_map = leaf_row.take(owner) * (g * g)
     step_map[owner_map + pix] = step
     nbr_step = step_map.take(owner_map + nbr_pix)
-    first_pair = pair_start.take(owner)
-    dep = np.where((nbr_step >= 0) & (nbr_step < step), first_pair + nbr_step, -1)  # whose final label it shows
-    del nbr_step, first_pair
+    earlier = (nbr_step >= 0) & (nbr_step < step.astype(np.int16))
+    dep = np.where(earlier, pair_start.take(owner) + nbr_step, -1)  # the pair whose final label it shows
+    del nbr_step, earlier
     level = _walk_levels(dep, pair_start.take(leaf_first), update_len.take(leaf_first))
     level = level.take(pair_start.take(leaf_first).take(leaf_row.take(owner)) + step)
-    pixel_at = corner.take(owner) + pix_offset.take(pix)
+    # Everything per pair is put in level order once, so each level is a contiguous
+    # slice; `ext` holds the labels decided so far (slots 0..P-1, level order) and
+    # then each pair's original neighbour labels, so one take gives the candidates.
+    n_pairs = owner.size
+    order = np.argsort(level.astype(np.int16), kind="stable")  # a radix sort
+    ends = np.cumsum(np.bincount(level))
+    rank = np.empty(n_pairs, dtype=np.int64)
+    rank[order] = np.arange(n_pairs)
+    dep_sorted = dep[:, order]
+    fallback = n_pairs * (1 + np.arange(4))[:, None] + np.arange(n_pairs)[None, :]
+    cand_at = np.where(dep_sorted >= 0, rank.take(np.maximum(dep_sorted, 0)), fallback)
+    del dep_sorted, dep, fallback
+    ext = np.empty(5 * n_pairs, dtype=np.uint8)
+    ext[n_pairs:] = original[:, order].ravel()
+    owner_sorted = owner.take(order)
+    pixel_at = corner.take(owner_sorted) + pix_offset.take(pix.take(order))
     colour = [channels[z].take(pixel_at) for z in range(n_colours)]  # each walked pixel's colour
-    owner_means = mean_base.take(owner)
+    owner_means = mean_base.take(owner_sorted)
+    empty_sorted = has_empty.take(owner_sorted)
     big = F32(1e10)
 
-    def choose(idx: np.ndarray | None, cand: np.ndarray) -> np.ndarray:
+    def choose(lo: int, hi: int, cand: np.ndarray) -> np.ndarray:
         # equal candidates (most pixels away from the boundary) need no colour distance
         best = cand[0].copy()
-        o = owner if idx is None else owner.take(idx)
-        mixed = (cand[1] != best) | (cand[2] != best) | (cand[3] != best) | has_empty.take(o)
+        mixed = (cand[1] != best) | (cand[2] != best) | (cand[3] != best) | empty_sorted[lo:hi]
         sel = np.flatnonzero(mixed)
         if sel.size == 0:
             return best
-        at = sel if idx is None else idx.take(sel)
         c = np.minimum(cand[:, sel], n_seg).astype(np.int64)
-        where = owner_means.take(at) + c  # (4, m)
+        where = owner_means[lo:hi].take(sel) + c  # (4, m)
         err = None
         for z in range(n_colours):
-            d = means[z].take(where) - colour[z].take(at)
+            d = means[z].take(where) - colour[z][lo:hi].take(sel)
             err = d * d if err is None else err + d * d
-        first = np.argmin(err, axis=0)  # the first of equal distances, like the toolbox's strict <
-        pick = np.take_along_axis(c, first[None], 0)[0]
-        best_err = np.take_along_axis(err, first[None], 0)[0]
+        best_err, pick = err[0], c[0]
+        for q in range(1, 4):  # the first of equal distances wins, like the toolbox's strict <
+            better = err[q] < best_err
+            best_err = np.minimum(err[q], best_err)
+            pick = np.where(better, c[q], pick)
         best[sel] = np.where(best_err < big, pick, 255)
         return best
 
-    result = np.empty(owner.size, dtype=np.uint8)
-    order = np.argsort(level, kind="stable")
-    ends = np.cumsum(np.bincount(level))
-    for lv, end in enumerate(ends):
-        idx = order[ends[lv - 1] if lv else 0 : end]
-        if lv == 0:
-            result[idx] = choose(idx, original[:, idx])
-            continue
-        deps = dep[:, idx]
-        cand = np.where(deps >= 0, result.take(np.maximum(deps, 0)), original[:, idx])
-        result[idx] = choose(idx, cand)
+    lo = 0
+    for hi in ends:
+        ext[lo:hi] = choose(lo, hi, ext.take(cand_at[:, lo:hi]))
+        lo = hi
+    result = ext.take(rank)
     flat_labels[owner_labels + pix] = result
 
     out_len = model.e_bnds[leaves * nb + sharpen + 1] - b0
     owner, position = _ragged(b0, out_len)
     pix = model.e_bins.take(position)
-    at = label_base.take(owner)
-    mine = flat_labels.take(at + pix)
+    at = label_base.take(owner) + pix
+    mine = flat_labels.take(at)
     edge = np.zeros(pix.size, dtype=bool)
     for q in range(4):
-        edge |= flat_labels.take(at + neighbours[q].take(pix)) != mine
-    col, row = np.divmod(pix[edge], g)
-    return out_base.take(owner[edge]) + row * out_w + col
+        edge |= flat_labels.take(at + (neighbours[q] - pix_ids).take(pix)) != mine
+    out_offset = pix_row * out_w + pix_col
+    return out_base.take(owner[edge]) + out_offset.take(pix[edge])
 
 
 def _detect_single_scale(image: np.ndarray, model: SedModel, sharpen: int, n_trees_eval: int) -> tuple[np.ndarray, np.ndarray]:
