@@ -638,7 +638,7 @@ def _edges_plain(model: SedModel, leaves: np.ndarray, out_base: np.ndarray, out_
     return np.bincount(target, minlength=out_size).astype(F32)
 
 
-_SHARPEN_CHUNK = 8192  # (patch, tree) lookups relabelled together: their arrays stay in the CPU cache
+_SHARPEN_CHUNK = 4096  # (patch, tree) lookups relabelled together: their arrays stay in the CPU cache
 
 
 def _edges_sharpened(
