@@ -683,19 +683,18 @@ def _segment_means(labels: np.ndarray, colour_at, g: int, slots: int, n_colours:
     return means
 
 
-def _walk_levels(dep: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    # Level of each pair of the given walks (one per distinct leaf): 1 + the highest
-    # level of its earlier walked neighbours (`dep`, 4 x P pair indices, -1 for none).
-    # Walk order is a topological order, so one pass over the steps suffices.
-    level = np.zeros(dep.shape[1], dtype=np.int64)
-    _, pairs = _ragged(starts, lengths)
-    steps = np.arange(pairs.size) - (np.cumsum(lengths) - lengths).repeat(lengths)
+def _walk_levels(walk: np.ndarray, dep: np.ndarray, n_pairs: int, steps: np.ndarray) -> np.ndarray:
+    # Level of each pair of the given walks (`walk`: their pair indices, one walk per
+    # distinct leaf; `dep`: 4 x len(walk) earlier-neighbour pair indices, -1 for none):
+    # 1 + the highest level among its earlier walked neighbours. Walk order is a
+    # topological order, so one pass over the steps suffices.
+    level = np.zeros(n_pairs, dtype=np.int64)
     order = np.argsort(steps, kind="stable")
     ends = np.cumsum(np.bincount(steps)) if steps.size else np.zeros(0, dtype=np.int64)
     for j in range(1, ends.size):
-        at = pairs.take(order[ends[j - 1] : ends[j]])
-        deps = dep[:, at]
-        level[at] = np.where(deps >= 0, level.take(np.maximum(deps, 0)), -1).max(axis=0) + 1
+        sel = order[ends[j - 1] : ends[j]]
+        deps = dep[:, sel]
+        level[walk.take(sel)] = np.where(deps >= 0, level.take(np.maximum(deps, 0)), -1).max(axis=0) + 1
     return level
 
 
@@ -742,36 +741,32 @@ def _sharpen_chunk(
     pix = model.e_bins.take(position)
     pair_start = np.cumsum(update_len) - update_len
     step = np.arange(owner.size) - pair_start.take(owner)
-    nbr_pix = neighbours[:, pix]  # (4, P)
-    owner_labels = label_base.take(owner)
-    original = flat_labels.take(owner_labels + nbr_pix)  # (4, P) uint8
     # step of each neighbour in its lookup's walk (-1: not walked), via a per-leaf pixel -> step map
     unique_leaves, leaf_first, leaf_row = np.unique(leaves, return_index=True, return_inverse=True)
     step_map = np.full(unique_leaves.size * g * g, -1, dtype=np.int16)
     owner_map = leaf_row.take(owner) * (g * g)
     step_map[owner_map + pix] = step
-    nbr_step = step_map.take(owner_map + nbr_pix)
-    earlier = (nbr_step >= 0) & (nbr_step < step.astype(np.int16))
-    dep = np.where(earlier, pair_start.take(owner) + nbr_step, -1)  # the pair whose final label it shows
-    del nbr_step, earlier
-    level = _walk_levels(dep, pair_start.take(leaf_first), update_len.take(leaf_first))
+    # levels are a property of the leaf: computed on one walk per distinct leaf
+    _, walk = _ragged(pair_start.take(leaf_first), update_len.take(leaf_first))
+    walk_step = step_map.take(owner_map.take(walk) + neighbours[:, pix.take(walk)])
+    walk_dep = np.where((walk_step >= 0) & (walk_step < step.take(walk)), pair_start.take(owner.take(walk)) + walk_step, -1)
+    level = _walk_levels(walk, walk_dep, owner.size, step.take(walk))
     level = level.take(pair_start.take(leaf_first).take(leaf_row.take(owner)) + step)
-    # Everything per pair is put in level order once, so each level is a contiguous
-    # slice; `ext` holds the labels decided so far (slots 0..P-1, level order) and
-    # then each pair's original neighbour labels, so one take gives the candidates.
-    n_pairs = owner.size
+    # All per-pair arrays in level order, so that each level is a contiguous slice.
+    # A pixel reads an earlier-walked neighbour's label as it is now in `flat_labels`
+    # (final: relabelled at a lower level) and any other neighbour's original label.
     order = np.argsort(level.astype(np.int16), kind="stable")  # a radix sort
     ends = np.cumsum(np.bincount(level))
-    rank = np.empty(n_pairs, dtype=np.int64)
-    rank[order] = np.arange(n_pairs)
-    dep_sorted = dep[:, order]
-    fallback = n_pairs * (1 + np.arange(4))[:, None] + np.arange(n_pairs)[None, :]
-    cand_at = np.where(dep_sorted >= 0, rank.take(np.maximum(dep_sorted, 0)), fallback)
-    del dep_sorted, dep, fallback
-    ext = np.empty(5 * n_pairs, dtype=np.uint8)
-    ext[n_pairs:] = original[:, order].ravel()
     owner_sorted = owner.take(order)
-    pixel_at = corner.take(owner_sorted) + pix_offset.take(pix.take(order))
+    pix_sorted = pix.take(order)
+    nbr_sorted = neighbours[:, pix_sorted]
+    nbr_at = label_base.take(owner_sorted) + nbr_sorted  # (4, P) where the neighbours' labels are
+    original = flat_labels.take(nbr_at)
+    nbr_step = step_map.take(owner_map.take(order) + nbr_sorted)
+    earlier = (nbr_step >= 0) & (nbr_step < step.take(order).astype(np.int16))
+    del nbr_step, nbr_sorted
+    own_at = label_base.take(owner_sorted) + pix_sorted
+    pixel_at = corner.take(owner_sorted) + pix_offset.take(pix_sorted)
     colour = [channels[z].take(pixel_at) for z in range(n_colours)]  # each walked pixel's colour
     owner_means = mean_base.take(owner_sorted)
     empty_sorted = has_empty.take(owner_sorted)
@@ -800,10 +795,9 @@ def _sharpen_chunk(
 
     lo = 0
     for hi in ends:
-        ext[lo:hi] = choose(lo, hi, ext.take(cand_at[:, lo:hi]))
+        cand = np.where(earlier[:, lo:hi], flat_labels.take(nbr_at[:, lo:hi]), original[:, lo:hi])
+        flat_labels[own_at[lo:hi]] = choose(lo, hi, cand)
         lo = hi
-    result = ext.take(rank)
-    flat_labels[owner_labels + pix] = result
 
     out_len = model.e_bnds[leaves * nb + sharpen + 1] - b0
     owner, position = _ragged(b0, out_len)
