@@ -641,18 +641,75 @@ def _edges_plain(model: SedModel, leaves: np.ndarray, out_base: np.ndarray, out_
 _SHARPEN_CHUNK = 4096  # (patch, tree) lookups relabelled together: their arrays stay in the CPU cache
 
 
+@dataclass(frozen=True)
+class _Walks:
+    """The relabelling walk of each distinct leaf of an image (a property of the leaf).
+
+    Leaf `leaves[u]` walks entries `start[u] .. start[u] + length[u]` (its first
+    `sharpen` bands, eBins order). Per entry: its pixel, its 4 neighbours' pixels
+    (left, right, up, down), their original labels, whether each is walked
+    earlier (then it shows its relabelled value), and its level: 1 + the highest
+    level among its earlier-walked neighbours (0 without any), so that all
+    entries of one level can be relabelled at once, in increasing level.
+    """
+
+    leaves: np.ndarray
+    start: np.ndarray
+    length: np.ndarray
+    pix: np.ndarray  # (W,)
+    nbr: np.ndarray  # (W,) 4 x uint8 packed in a uint32 (one take gathers all four)
+    original: np.ndarray  # (W,) 4 x uint8 packed
+    earlier: np.ndarray  # (W,) 4 x bool packed
+    level: np.ndarray  # (W,) int16
+
+
+def _leaf_walks(model: SedModel, leaves: np.ndarray, sharpen: int) -> _Walks:
+    g = int(model.opts["gtWidth"])
+    nb = model.n_bands
+    b0 = model.e_bnds[leaves * nb]
+    length = model.e_bnds[leaves * nb + sharpen] - b0
+    owner, position = _ragged(b0, length)
+    pix = model.e_bins.take(position)
+    start = np.cumsum(length) - length
+    step = np.arange(owner.size) - start.take(owner)
+    step_map = np.full(leaves.size * g * g, -1, dtype=np.int64)
+    step_map[owner * (g * g) + pix] = step
+    nbr = _neighbours(g).T[:, pix]
+    nbr_step = step_map.take(owner * (g * g) + nbr)
+    earlier = (nbr_step >= 0) & (nbr_step < step)
+    original = model.segs.reshape(-1).take(leaves.take(owner) * (g * g) + nbr)
+    dep = np.where(earlier, start.take(owner) + nbr_step, -1)
+    level = np.zeros(owner.size, dtype=np.int64)
+    order = np.argsort(step, kind="stable")
+    ends = np.cumsum(np.bincount(step)) if step.size else np.zeros(0, dtype=np.int64)
+    for j in range(1, ends.size):  # walk order is a topological order: one pass over the steps
+        at = order[ends[j - 1] : ends[j]]
+        deps = dep[:, at]
+        level[at] = np.where(deps >= 0, level.take(np.maximum(deps, 0)), -1).max(axis=0) + 1
+    def packed(four: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(four.T.astype(np.uint8)).view(np.uint32).ravel()
+
+    return _Walks(leaves, start, length, pix, packed(nbr), packed(original), packed(earlier), level.astype(np.int16))
+
+
+def _unpack(packed: np.ndarray) -> np.ndarray:
+    # uint32 entries -> a 4 x P uint8 view (one row per neighbour)
+    return packed.view(np.uint8).reshape(-1, 4).T
+
+
 def _edges_sharpened(
     model: SedModel, leaves: np.ndarray, img_base: np.ndarray, out_base: np.ndarray, image: np.ndarray, out_w: int, out_size: int, sharpen: int
 ) -> np.ndarray:
     # edgesDetectMex's sharpening for every (patch, tree) whose leaf has more than one segment.
     keep = model.n_segs[leaves] > 1
     leaves, img_base, out_base = leaves[keep], img_base[keep], out_base[keep]
+    if leaves.size == 0:
+        return np.zeros(out_size, dtype=F32)
+    walks = _leaf_walks(model, np.unique(leaves), sharpen)
     targets = [
-        _sharpen_chunk(model, leaves[i : i + _SHARPEN_CHUNK], img_base[i : i + _SHARPEN_CHUNK], out_base[i : i + _SHARPEN_CHUNK], image, out_w, sharpen)
+        _sharpen_chunk(model, walks, leaves[i : i + _SHARPEN_CHUNK], img_base[i : i + _SHARPEN_CHUNK], out_base[i : i + _SHARPEN_CHUNK], image, out_w, sharpen)
         for i in range(0, leaves.size, _SHARPEN_CHUNK)
     ]
-    if not targets:
-        return np.zeros(out_size, dtype=F32)
     return np.bincount(np.concatenate(targets), minlength=out_size).astype(F32)
 
 
@@ -683,23 +740,8 @@ def _segment_means(labels: np.ndarray, colour_at, g: int, slots: int, n_colours:
     return means
 
 
-def _walk_levels(walk: np.ndarray, dep: np.ndarray, n_pairs: int, steps: np.ndarray) -> np.ndarray:
-    # Level of each pair of the given walks (`walk`: their pair indices, one walk per
-    # distinct leaf; `dep`: 4 x len(walk) earlier-neighbour pair indices, -1 for none):
-    # 1 + the highest level among its earlier walked neighbours. Walk order is a
-    # topological order, so one pass over the steps suffices.
-    level = np.zeros(n_pairs, dtype=np.int64)
-    order = np.argsort(steps, kind="stable")
-    ends = np.cumsum(np.bincount(steps)) if steps.size else np.zeros(0, dtype=np.int64)
-    for j in range(1, ends.size):
-        sel = order[ends[j - 1] : ends[j]]
-        deps = dep[:, sel]
-        level[walk.take(sel)] = np.where(deps >= 0, level.take(np.maximum(deps, 0)), -1).max(axis=0) + 1
-    return level
-
-
 def _sharpen_chunk(
-    model: SedModel, leaves: np.ndarray, img_base: np.ndarray, out_base: np.ndarray, image: np.ndarray, out_w: int, sharpen: int
+    model: SedModel, walks: _Walks, leaves: np.ndarray, img_base: np.ndarray, out_base: np.ndarray, image: np.ndarray, out_w: int, sharpen: int
 ) -> np.ndarray:
     # The toolbox walks the first `sharpen` bands of each leaf's mask pixel by pixel
     # (eBins order); each pixel takes the label, among its 4 neighbours' (left,
@@ -736,36 +778,22 @@ def _sharpen_chunk(
     has_empty = (~np.isfinite(means[0].reshape(n, slots)[:, :n_seg]) & in_leaf).any(axis=1)
 
     b0 = model.e_bnds[leaves * nb]
-    update_len = model.e_bnds[leaves * nb + sharpen] - b0
-    owner, position = _ragged(b0, update_len)  # one entry per (lookup, walked pixel), in walk order
-    pix = model.e_bins.take(position)
-    pair_start = np.cumsum(update_len) - update_len
-    step = np.arange(owner.size) - pair_start.take(owner)
-    # step of each neighbour in its lookup's walk (-1: not walked), via a per-leaf pixel -> step map
-    unique_leaves, leaf_first, leaf_row = np.unique(leaves, return_index=True, return_inverse=True)
-    step_map = np.full(unique_leaves.size * g * g, -1, dtype=np.int16)
-    owner_map = leaf_row.take(owner) * (g * g)
-    step_map[owner_map + pix] = step
-    # levels are a property of the leaf: computed on one walk per distinct leaf
-    _, walk = _ragged(pair_start.take(leaf_first), update_len.take(leaf_first))
-    walk_step = step_map.take(owner_map.take(walk) + neighbours[:, pix.take(walk)])
-    walk_dep = np.where((walk_step >= 0) & (walk_step < step.take(walk)), pair_start.take(owner.take(walk)) + walk_step, -1)
-    level = _walk_levels(walk, walk_dep, owner.size, step.take(walk))
-    level = level.take(pair_start.take(leaf_first).take(leaf_row.take(owner)) + step)
+    row = np.searchsorted(walks.leaves, leaves)
+    owner, entry = _ragged(walks.start.take(row), walks.length.take(row))  # (lookup, walk entry) pairs
     # All per-pair arrays in level order, so that each level is a contiguous slice.
     # A pixel reads an earlier-walked neighbour's label as it is now in `flat_labels`
     # (final: relabelled at a lower level) and any other neighbour's original label.
-    order = np.argsort(level.astype(np.int16), kind="stable")  # a radix sort
+    level = walks.level.take(entry)
+    order = np.argsort(level, kind="stable")  # a radix sort
     ends = np.cumsum(np.bincount(level))
+    entry = entry.take(order)
     owner_sorted = owner.take(order)
-    pix_sorted = pix.take(order)
-    nbr_sorted = neighbours[:, pix_sorted]
-    nbr_at = label_base.take(owner_sorted) + nbr_sorted  # (4, P) where the neighbours' labels are
-    original = flat_labels.take(nbr_at)
-    nbr_step = step_map.take(owner_map.take(order) + nbr_sorted)
-    earlier = (nbr_step >= 0) & (nbr_step < step.take(order).astype(np.int16))
-    del nbr_step, nbr_sorted
-    own_at = label_base.take(owner_sorted) + pix_sorted
+    pix_sorted = walks.pix.take(entry)
+    nbr_sorted = _unpack(walks.nbr.take(entry))
+    original = _unpack(walks.original.take(entry))
+    earlier = _unpack(walks.earlier.take(entry)).view(bool)
+    lookup_labels = label_base.take(owner_sorted)
+    own_at = lookup_labels + pix_sorted
     pixel_at = corner.take(owner_sorted) + pix_offset.take(pix_sorted)
     colour = [channels[z].take(pixel_at) for z in range(n_colours)]  # each walked pixel's colour
     owner_means = mean_base.take(owner_sorted)
@@ -795,7 +823,8 @@ def _sharpen_chunk(
 
     lo = 0
     for hi in ends:
-        cand = np.where(earlier[:, lo:hi], flat_labels.take(nbr_at[:, lo:hi]), original[:, lo:hi])
+        current = flat_labels.take(lookup_labels[lo:hi] + nbr_sorted[:, lo:hi])
+        cand = np.where(earlier[:, lo:hi], current, original[:, lo:hi])
         flat_labels[own_at[lo:hi]] = choose(lo, hi, cand)
         lo = hi
 
