@@ -885,8 +885,8 @@ def edges_detect(
     node), as edgesDetectMex returns them.
     """
     img = np.asarray(image)
-    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 or img.shape[0] < 2 or img.shape[1] < 2:
-        raise CqdError(f"edges_detect needs a uint8 HxWx3 RGB image of at least 2x2 pixels, got {img.dtype} {img.shape}")
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 or img.shape[0] < 1 or img.shape[1] < 1:
+        raise CqdError(f"edges_detect needs a uint8 HxWx3 RGB image, got {img.dtype} {img.shape}")
     sharpen = int(model.opts["sharpen"] if sharpen is None else sharpen)
     n_eval = int(model.opts["nTreesEval"] if n_trees_eval is None else n_trees_eval)
     n_eval = min(n_eval, model.n_trees)
