@@ -2,8 +2,8 @@
 
 Draws a SYNTHETIC birds dataset (CUB layout, 224-pixel-high images) into a
 temporary folder and prepares every degradation that needs no external model
-(`edges` and `edges_opencv` need a SED model file and are skipped, `bench_sed.py` times SED; `edges_sobel` stands for
-the edge maps) in-process (`workers=0`) and with `workers=2`. Figures
+(`edges` and `edges_opencv` need a SED model file and are skipped;
+`bench_sed.py` times SED; `edges_sobel` stands for the edge maps) in-process (`workers=0`) and with `workers=2`. Figures
 include worker start-up, per-process caches (resize weights, the TPS
 operator) and JPEG writing; they depend on the machine's load.
 
