@@ -2,8 +2,8 @@
 
 Draws a SYNTHETIC birds dataset (CUB layout, 224-pixel-high images) into a
 temporary folder and prepares every degradation that needs no external model
-(`edges` needs the SED model file and is skipped, `edges_sobel` stands for
-the edge maps) in-process (`workers=0`) and with `workers=2`. Figures
+(`edges` and `edges_opencv` need a SED model file and are skipped;
+`bench_sed.py` times SED; `edges_sobel` stands for the edge maps) in-process (`workers=0`) and with `workers=2`. Figures
 include worker start-up, per-process caches (resize weights, the TPS
 operator) and JPEG writing; they depend on the machine's load.
 
@@ -37,7 +37,7 @@ def main() -> int:
         synth_seconds = time.perf_counter() - started
         images = CLASSES * PER_CLASS
         rows.append({"step": "synth (drawing + JPEG q95)", "workers": 0, "images": images, "seconds": synth_seconds})
-        runs = [(name, workers) for name in DEGRADATIONS if name != "edges" for workers in (0, WORKERS)]
+        runs = [(name, workers) for name in DEGRADATIONS if name not in ("edges", "edges_opencv") for workers in (0, WORKERS)]
         for name, workers in runs:
             out = Path(tmp) / f"out-w{workers}"
             started = time.perf_counter()

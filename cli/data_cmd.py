@@ -17,7 +17,7 @@ from cqd_port.data import PREPARED_DEFAULT
 
 def prepare(
     dataset: str = typer.Option(..., "--dataset", help="cub or cars"),
-    degradation: str = typer.Option(..., "--degradation", help="original, localized, lowres, localized_lowres, edges, edges_sobel, distorted, gray"),
+    degradation: str = typer.Option(..., "--degradation", help="original, localized, lowres, localized_lowres, edges, edges_opencv, edges_sobel, distorted, gray"),
     data_root: Path = typer.Option(..., "--data-root", help="the dataset folder (CUB_200_2011, or Stanford Cars)"),
     out: Path = typer.Option(
         PREPARED_DEFAULT, "--out", help="writes <out>/<dataset>/<degradation>[-box|-full]; the default, data/prepared, is where `reproduce` reads (its --prepared)"
@@ -26,7 +26,7 @@ def prepare(
         None, "--workers", help="worker processes; 0 = in this process; default: one per CPU this process may use, none for small datasets"
     ),
     source: Optional[str] = typer.Option(None, "--source", help="box or full: override the image the degradation starts from"),
-    sed_model: Optional[Path] = typer.Option(None, "--sed-model", help="Structured Edge Detection model.yml.gz (for edges)"),
+    sed_model: Optional[Path] = typer.Option(None, "--sed-model", help="edges: the SED toolbox's modelBsds.mat (the paper's edges); edges_opencv: OpenCV's model.yml.gz (not the paper's)"),
     lowres_method: Optional[str] = typer.Option(None, "--lowres-method", help="bilinear or bicubic (the default is DegradationConfig's)"),
     lowres_path: Optional[str] = typer.Option(None, "--lowres-path", help="code (image->50->224) or paper (image->224->50->224)"),
     seed: int = typer.Option(0, "--seed", help="dataset-level seed of the random degradations (distorted)"),
@@ -74,7 +74,7 @@ def gallery(
     out: Path = typer.Option(..., "--out", help="the PNG to write"),
     dataset: str = typer.Option("cub", "--dataset", help="cub or cars"),
     n: int = typer.Option(4, "--n", help="images per row"),
-    sed_model: Optional[Path] = typer.Option(None, "--sed-model", help="Structured Edge Detection model.yml.gz; without it the edges panel shows Sobel edges, labelled"),
+    sed_model: Optional[Path] = typer.Option(None, "--sed-model", help="The SED toolbox's modelBsds.mat; without it the edges panel shows Sobel edges, labelled"),
 ) -> None:
     """A figure like the paper's Figure 3: high-quality images above their degraded versions."""
     from cqd_port.data.gallery import make_gallery

@@ -39,7 +39,8 @@ def register(app: typer.Typer) -> None:
         cars_root: Optional[Path] = typer.Option(None, "--cars-root", help="Stanford Cars folder (needed only to prepare missing CARS variants)."),
         prepared: Path = typer.Option(PREPARED_DEFAULT, "--prepared", help="Prepared (degraded) data variants: <DIR>/<dataset>/<variant>; the default is where `prepare` writes (its --out)."),
         models: Path = typer.Option(Path("models"), "--models", help="Folder with imagenet-vgg-m.pt/.mat and imagenet-vgg-verydeep-16.pt/.mat."),
-        sed_model: Optional[Path] = typer.Option(None, "--sed-model", help="Structured-edge model (opencv ximgproc .yml.gz) for the edge variants."),
+        sed_model: Optional[Path] = typer.Option(None, "--sed-model", help="Structured Edge Detection model for the edge variants: the toolbox's modelBsds.mat (model.yml.gz with --edges-detector opencv)."),
+        edges_detector: str = typer.Option("sed", "--edges-detector", help="sed: the toolbox's edgesDetect, as the release (the paper's edges); opencv: OpenCV's detector, NOT the paper's edges; sobel: model-free, NOT the paper's."),
         out: Optional[Path] = typer.Option(None, "--out", help="Run folders and results (default runs/table1 or runs/table2)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
         gpus: Optional[str] = typer.Option(None, "--gpus", help="Run independent runs in parallel, one process per GPU, e.g. 0,1 (with --device cpu: that many CPU processes)."),
@@ -55,6 +56,9 @@ def register(app: typer.Typer) -> None:
         from cqd_port.experiments.grid import GridConfig, describe_plan, plan_grid, run_grid
 
         plan = plan_grid(table, _split(tasks), _split(methods), epochs, augmentation_classes)
+        edges_methods = {"sed": None, "opencv": "edges_opencv", "sobel": "edges_sobel"}
+        if edges_detector not in edges_methods:
+            raise CqdError(f"--edges-detector {edges_detector}: use sed (the paper's), opencv or sobel")
         config = GridConfig(
             out=out if out is not None else Path(f"runs/table{table}"),
             prepared=prepared,
@@ -62,6 +66,7 @@ def register(app: typer.Typer) -> None:
             cub_root=cub_root,
             cars_root=cars_root,
             sed_model=sed_model,
+            edges_method=edges_methods[edges_detector],
             device=device,
             gpus=_gpus(gpus),
             tf32=tf32,
@@ -78,7 +83,7 @@ def register(app: typer.Typer) -> None:
     def demo(
         out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the synthetic data, the stand-in model and the runs go."),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per run (default: the demo's tuned value)."),
-        sed_model: Optional[Path] = typer.Option(None, "--sed-model", help="Structured-edge model for the edge columns (default: Sobel edges)."),
+        sed_model: Optional[Path] = typer.Option(None, "--sed-model", help="The SED toolbox's modelBsds.mat for the edge columns (default: Sobel edges)."),
         device: str = typer.Option("cpu", "--device", help="cpu (the demo's target), auto, cuda or cuda:N."),
     ) -> None:
         """Table 1's whole grid end to end on SYNTHETIC data, small images and a narrow VGG-M, on a CPU."""

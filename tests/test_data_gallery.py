@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-
 import cv2
 import pytest
 
@@ -32,11 +30,8 @@ def test_gallery_png_and_examples(birds, tmp_path):
     assert [p.b[0] for p in CUB_PANELS] == ["original", "lowres", "edges", "distorted", "lowres"]
 
 
-def test_gallery_with_sed_model_and_cars(birds, tmp_path):
-    from test_edges import tiny_model_text  # helper D's tiny, valid SED forest
-
-    model = tmp_path / "model.yml.gz"
-    model.write_bytes(gzip.compress(tiny_model_text().encode()))
+def test_gallery_with_sed_model_and_cars(birds, shared_dir, tmp_path):
+    model = shared_dir / "release-parity" / "sed" / "sed_model_synth.mat"  # the toolbox's model format
     out = make_gallery(birds, tmp_path / "sed.png", n=1, config=SMALL, sed_model=model)
     assert cv2.imread(str(out)) is not None
     with pytest.raises(CqdError, match="SED model file not found"):

@@ -42,8 +42,9 @@ def _jpeg_q75_bytes(image_rgb: np.ndarray) -> bytes:
 
 
 @pytest.mark.parametrize("name", list(DEGRADATIONS))
-def test_every_degradation(birds, sed_model, tmp_path, name):
-    config = SMALL if name != "edges" else DegradationConfig(**{**SMALL.as_dict(), "sed_model": str(sed_model)})
+def test_every_degradation(birds, sed_model, shared_dir, tmp_path, name):
+    models = {"edges": shared_dir / "release-parity" / "sed" / "sed_model_synth.mat", "edges_opencv": sed_model}
+    config = SMALL if name not in models else DegradationConfig(**{**SMALL.as_dict(), "sed_model": str(models[name])})
     target = prepare_dataset("cub", name, birds, tmp_path, workers=0, config=config, progress=False)
     assert target == tmp_path / "cub" / name
     source = read_cub(birds)
@@ -55,8 +56,9 @@ def test_every_degradation(birds, sed_model, tmp_path, name):
     assert manifest["synthetic"] is True and manifest["degradation"] == name
     assert manifest["counts"] == {"images": 9, "train": 6, "test": 3, "classes": 3}
     assert manifest["parameters"]["out_size"] == 64 and manifest["jpeg_quality"] == 75
-    crops = name in ("lowres", "edges", "edges_sobel", "distorted", "gray", "localized", "localized_lowres")
-    assert manifest["source"] == ("box" if name in ("lowres", "edges", "edges_sobel", "distorted", "gray") else "full")
+    crops = name in ("lowres", "edges", "edges_opencv", "edges_sobel", "distorted", "gray", "localized", "localized_lowres")
+    box_first = ("lowres", "edges", "edges_opencv", "edges_sobel", "distorted", "gray")
+    assert manifest["source"] == ("box" if name in box_first else "full")
     for src, out in zip(source.records, prepared.records):
         written = cv2.imread(str(prepared.resolve(out)))
         assert written.shape == (64, 64, 3)

@@ -10,9 +10,10 @@ from test_edges import tiny_model_text  # the hand-written SED forest (same test
 
 from cqd_port.data.degrade import DEGRADATIONS, DegradationConfig, crop_to_box, degrade, rgb2gray
 from cqd_port.data.edges import sed_edges, sobel_edges
+from cqd_port.data.sed import edges_detect, read_sed_model
 from cqd_port.data.tps import distort
 from cqd_port.errors import CqdError
-from cqd_port.imresize import imresize
+from cqd_port.imresize import imresize, matlab_uint8
 
 BOX = (31, 21, 150, 100)  # 1-based inclusive x1 y1 x2 y2
 
@@ -32,7 +33,7 @@ def _check(out: np.ndarray, size: int = 224) -> np.ndarray:
 
 def test_registry_names_and_flags():
     assert set(DEGRADATIONS) == {
-        "original", "localized", "lowres", "localized_lowres", "edges", "edges_sobel", "distorted", "gray",
+        "original", "localized", "lowres", "localized_lowres", "edges", "edges_opencv", "edges_sobel", "distorted", "gray",
     }  # fmt: skip
     assert {n for n, d in DEGRADATIONS.items() if d.needs_box} == {"localized", "localized_lowres"}
     assert {n for n, d in DEGRADATIONS.items() if d.random} == {"distorted"}
@@ -106,16 +107,31 @@ def test_edges_needs_the_sed_model():
         degrade("edges", _image())
 
 
-def test_edges_runs_sed_on_the_resized_image(tmp_path):
+def test_edges_opencv_runs_opencv_sed_on_the_resized_image(tmp_path):
     model = tmp_path / "model.yml"
     model.write_text(tiny_model_text())
     img = np.zeros((90, 130, 3), dtype=np.uint8)
     img[:, 65:] = 255
     cfg = DegradationConfig(sed_model=model)
-    out = _check(degrade("edges", img, config=cfg))
+    out = _check(degrade("edges_opencv", img, config=cfg))
     assert out.max() > 0
     assert np.array_equal(out, sed_edges(imresize(img, size=[224, 224]), model))
     assert isinstance(cfg.as_dict()["sed_model"], str)
+    with pytest.raises(CqdError, match="OpenCV FileStorage.*edges_opencv"):
+        degrade("edges", img, config=cfg)  # the paper's edges never run OpenCV's model
+
+
+def test_edges_is_save_images_sed_at_native_size_then_resized(shared_dir):
+    model_path = shared_dir / "release-parity" / "sed" / "sed_model_synth.mat"
+    img = np.zeros((70, 96, 3), dtype=np.uint8)
+    img[:, 48:] = (200, 120, 40)
+    img[30:40, 10:30] = 255
+    out = _check(degrade("edges", img, config=DegradationConfig(sed_model=model_path)))
+    # the release: E = edgesDetect(im, model) (sharpen 2, nTreesEval 4), imresize(E*255, [224 224]), uint8
+    strength = edges_detect(img, read_sed_model(model_path), sharpen=2, n_trees_eval=4)
+    expected = matlab_uint8(imresize(strength * np.float32(255), size=[224, 224]))
+    assert np.array_equal(out[:, :, 0], expected) and np.array_equal(out[:, :, 2], expected)
+    assert out[:, 100:124].mean() > 4 * out[:, 180:210].mean() + 1  # the vertical step is an edge, the flat right half not
 
 
 def test_edges_sobel_is_model_free():

@@ -1,7 +1,7 @@
 """Datasets: readers (CUB, Stanford Cars, synthetic), degradations, prepared copies, batches.
 
 Modules: `records` (the index every stage shares), `cub`, `cars`, `splits`,
-`synth`, `images` (reading files as MATLAB `imread`), `degrade`/`tps`/`edges`
+`synth`, `images` (reading files as MATLAB `imread`), `degrade`/`tps`/`sed`/`edges`
 (the per-image degradations), `prepare` (degraded copies on disk), `batches`
 (network inputs), `gallery` (Figure 3).
 Import the modules themselves; this package keeps its import light.

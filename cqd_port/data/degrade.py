@@ -18,9 +18,15 @@ Registry (`DEGRADATIONS`):
   as `original`). Both use `lowres_method` (bilinear by default; the
   released MATLAB code used imresize's default, bicubic);
 - `localized_lowres`: crop to the box, then `lowres`;
-- `edges`: Structured Edge Detection (needs `sed_model`) on the 224 x 224
-  `original` image, strength x 255, 3 channels. Run at the output size so
-  the line width is the same for every image whatever its source size;
+- `edges`: as `save_images.m`: Piotr Dollar's Structured Edge Detector
+  (`cqd_port.data.sed.edges_detect`, the toolbox's `modelBsds.mat` given as
+  `sed_model`) at the image's NATIVE resolution with multiscale 0, sharpen
+  2, nTreesEval 4, nms 0; the strength x 255 (float) resized to out_size
+  (bicubic, antialiased, never rounded in between), then `uint8` (rounded
+  half away from zero), replicated to 3 channels;
+- `edges_opencv`: OpenCV's `ximgproc` detector (needs its `model.yml.gz` as
+  `sed_model`) on the out_size `original` image; it has no sharpen step and
+  other channels: NOT the paper's edges, for users without the MATLAB model;
 - `edges_sobel`: a model-free Sobel edge map, same layout; NOT the paper's
   detector and never used in its place;
 - `distorted`: the thin-plate-spline distortion (`cqd_port.data.tps`);
@@ -42,6 +48,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from cqd_port.data.edges import luminance, sed_edges, sobel_edges, to_rgb_uint8
+from cqd_port.data.sed import edges_detect, read_sed_model
 from cqd_port.data.records import clip_box, matlab_round
 from cqd_port.data.tps import TpsConfig, distort
 from cqd_port.errors import CqdError
@@ -69,7 +76,7 @@ class DegradationConfig:
     lowres_size: int = 50
     lowres_method: str = "bilinear"
     lowres_path: str = "code"  # "code": image -> 50 -> 224; "paper": image -> 224 -> 50 -> 224
-    sed_model: Optional[str] = None  # path of OpenCV's SED model.yml.gz, needed by `edges`
+    sed_model: Optional[str] = None  # `edges`: the toolbox's modelBsds.mat; `edges_opencv`: OpenCV's model.yml.gz
     distortion_sigma: float = 4.0
     distortion_grid_start: int = 8
     distortion_grid_step: int = 16
@@ -148,7 +155,19 @@ def _localized_lowres(image: np.ndarray, box: Optional[Box], config: Degradation
     return _lowres(crop_to_box(image, box), None, config, image_seed)
 
 
+# save_images.m's edgesDetect settings (model.opts.multiscale/sharpen/nTreesEval/nms)
+RELEASE_SED_SHARPEN = 2
+RELEASE_SED_TREES = 4
+
+
 def _edges(image: np.ndarray, box: Optional[Box], config: DegradationConfig, image_seed: int) -> np.ndarray:
+    model = read_sed_model(config.sed_model)
+    strength = edges_detect(image, model, sharpen=RELEASE_SED_SHARPEN, n_trees_eval=RELEASE_SED_TREES)
+    scaled = _resize_square(strength * np.float32(255), config.out_size, config.resize_method)
+    return to_rgb_uint8(matlab_uint8(scaled))
+
+
+def _edges_opencv(image: np.ndarray, box: Optional[Box], config: DegradationConfig, image_seed: int) -> np.ndarray:
     return sed_edges(_original(image, None, config, image_seed), config.sed_model)
 
 
@@ -176,7 +195,8 @@ DEGRADATIONS: dict[str, Degradation] = {
         Degradation("localized", _localized, True, False, "cropped to the bounding box, resized to out_size"),
         Degradation("lowres", _lowres, False, False, "shrunk to lowres_size, enlarged back to out_size"),
         Degradation("localized_lowres", _localized_lowres, True, False, "cropped to the box, then lowres"),
-        Degradation("edges", _edges, False, False, "Structured Edge Detection (needs sed_model) of the resized image"),
+        Degradation("edges", _edges, False, False, "the toolbox's Structured Edge Detector (modelBsds.mat) at native size, as save_images.m"),
+        Degradation("edges_opencv", _edges_opencv, False, False, "OpenCV's SED (model.yml.gz) of the resized image: NOT the paper's edges"),
         Degradation("edges_sobel", _edges_sobel, False, False, "model-free Sobel edge magnitude (not the paper's SED)"),
         Degradation("distorted", _distorted, False, True, "thin-plate-spline distortion, 14x14 grid, N(0, sigma^2) px"),
         Degradation("gray", _gray, False, False, "MATLAB rgb2gray luminance, resized, 3 channels"),

@@ -1,7 +1,10 @@
-"""Edge images: the paper's Structured Edge Detector, and a model-free Sobel map.
+"""Edge images: OpenCV's Structured Edge Detector, and a model-free Sobel map.
 
 The paper (Section 4.1.3) makes its line drawings with the Structured Edge
-Detector of Dollar & Zitnick (ICCV 2013). Here that is OpenCV's port,
+Detector of Dollar & Zitnick (ICCV 2013); the toolbox's own `edgesDetect`,
+which the released code ran, is `cqd_port.data.sed` (the `edges`
+degradation). This module is OpenCV's port (the `edges_opencv`
+degradation, NOT the paper's maps: no sharpen step, other channels),
 `cv2.ximgproc.createStructuredEdgeDetection(model).detectEdges(rgb01)`,
 which needs the trained forest `model.yml.gz` (OpenCV's extra data,
 `opencv_extra/testdata/cv/ximgproc/model.yml.gz`, converted from the
@@ -102,7 +105,7 @@ def _load(path: str, _mtime_ns: int, _size: int):
 def load_sed_model(model_path: str | os.PathLike[str] | None):
     """OpenCV's StructuredEdgeDetection for `model_path` (validated, cached per file version)."""
     if model_path is None:
-        raise CqdError(f"the 'edges' degradation needs the Structured Edge Detection model: {SED_MODEL_HELP}")
+        raise CqdError(f"the 'edges_opencv' degradation needs OpenCV's Structured Edge Detection model: {SED_MODEL_HELP}")
     path = Path(model_path).expanduser().resolve()
     if not path.is_file():
         raise CqdError(f"SED model file not found: {path}; {SED_MODEL_HELP}")

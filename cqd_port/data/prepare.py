@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 JPEG_QUALITY = 75  # MATLAB imwrite's default JPEG quality
 MANIFEST = "manifest.json"
 PARAMS_FILE = ".prepare-params.json"
-BOX_SOURCE_CUB = ("lowres", "edges", "edges_sobel", "distorted", "gray")
+BOX_SOURCE_CUB = ("lowres", "edges", "edges_opencv", "edges_sobel", "distorted", "gray")
 
 
 def read_dataset(dataset: str, data_root: str | Path) -> DatasetIndex:
@@ -291,10 +291,14 @@ def prepare_dataset(
     effective = source if source is not None else default_source(dataset, degradation)
     if needs_box and effective == "box":
         raise CqdError(f"--source box does not apply to '{degradation}', which crops to the box itself; drop --source")
-    if degradation == "edges":
+    if degradation == "edges":  # a missing or broken model fails once, up front
+        from cqd_port.data.sed import read_sed_model
+
+        read_sed_model(config.sed_model)
+    elif degradation == "edges_opencv":
         from cqd_port.data.edges import load_sed_model
 
-        load_sed_model(config.sed_model)  # a missing or broken model fails once, up front
+        load_sed_model(config.sed_model)
     index = read_dataset(dataset, data_root)
     index.check_images_exist()
     if (effective == "box" or needs_box) and any(r.box is None for r in index.records):

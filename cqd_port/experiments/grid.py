@@ -341,7 +341,7 @@ def check_inputs(plan: GridPlan, config: GridConfig) -> None:
         if not (folder / MANIFEST).is_file() and concrete.degradation == "edges" and config.sed_model is None:
             raise CqdError(
                 f"prepared data {folder} missing and the paper's edges need the Structured Edge model: pass --sed-model "
-                "model.yml.gz (OpenCV ximgproc's SED forest), or prepare the folder with `cqd-port prepare`"
+                "modelBsds.mat (the SED toolbox's forest), or prepare the folder with `cqd-port prepare`"
             )
         if not (folder / MANIFEST).is_file() and config.dataset_root(variant.dataset) is None:
             raise _no_raw_data(folder, concrete, config)
