@@ -20,14 +20,15 @@ def _split(values: Optional[list[str]]) -> list[str] | None:
 
 
 def _gpus(text: Optional[str]) -> tuple[int, ...]:
+    """`0,1` -> (0, 1): one launcher slot per entry (`0,0,1,1`: two runs at once on each GPU)."""
     if not text:
         return ()
     try:
         gpus = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise CqdError(f"--gpus {text}: expected GPU numbers separated by commas, e.g. --gpus 0,1") from None
-    if any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
-        raise CqdError(f"--gpus {text}: GPU numbers must be distinct and non-negative")
+    if any(g < 0 for g in gpus):
+        raise CqdError(f"--gpus {text}: GPU numbers must be non-negative")
     return gpus
 
 
@@ -43,7 +44,21 @@ def register(app: typer.Typer) -> None:
         edges_detector: str = typer.Option("sed", "--edges-detector", help="sed: the toolbox's edgesDetect, as the release (the paper's edges); opencv: OpenCV's detector, NOT the paper's edges; sobel: model-free, NOT the paper's."),
         out: Optional[Path] = typer.Option(None, "--out", help="Run folders and results (default runs/table1 or runs/table2)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-        gpus: Optional[str] = typer.Option(None, "--gpus", help="Run independent runs in parallel, one process per GPU, e.g. 0,1 (with --device cpu: that many CPU processes)."),
+        gpus: Optional[str] = typer.Option(
+            None, "--gpus", help="--launcher local: one run at a time per entry, pinned to that GPU, e.g. 0,1 (0,0,1,1: two per GPU; with --device cpu: CPU processes)."
+        ),
+        launcher: str = typer.Option("local", "--launcher", help="local (this node) or slurm (one SLURM job per run; see README 'On a SLURM cluster')."),
+        seeds: Optional[str] = typer.Option(None, "--seeds", help="Run every cell under each seed, e.g. 0,1,2 (results: mean ± std, paired CQD - fine-tuning). Default 0."),
+        select: Optional[list[str]] = typer.Option(None, "--select", help="Choose lambda/T on a validation split, e.g. --select lambda=20,50,200 [--select T=5,10]."),
+        rerun: bool = typer.Option(False, "--rerun", help="Retrain runs whose folder holds a run made with other settings (instead of stopping)."),
+        wait: bool = typer.Option(False, "--wait", help="--launcher slurm: follow the jobs with a progress bar until they end, then collect."),
+        partition: Optional[str] = typer.Option(None, "--partition", help="SLURM partition."),
+        account: Optional[str] = typer.Option(None, "--account", help="SLURM account."),
+        time_minutes: int = typer.Option(24 * 60, "--time", help="SLURM time limit per job, minutes (a job that hits it is requeued and resumes)."),
+        gpus_per_job: int = typer.Option(1, "--gpus-per-job", help="SLURM GPUs per run job."),
+        cpus_per_job: int = typer.Option(8, "--cpus-per-job", help="SLURM CPUs per job."),
+        mem: Optional[str] = typer.Option(None, "--mem", help="SLURM memory per job, e.g. 64G."),
+        sbatch_extra: Optional[list[str]] = typer.Option(None, "--sbatch-extra", help="Extra sbatch option, repeatable, e.g. --sbatch-extra=--qos=high."),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per run (paper: 30); the schedule is squeezed to fit."),
         tasks: Optional[list[str]] = typer.Option(None, "--tasks", help="Only these tasks (comma-separated or repeated)."),
         methods: Optional[list[str]] = typer.Option(None, "--methods", help="Only these methods (comma-separated or repeated)."),
@@ -53,12 +68,18 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = typer.Option(False, "--dry-run", help="Print every cell, the runs it needs and the data, then stop."),
     ) -> None:
         """Train and evaluate every cell of the paper's Table 1 or 2; write results.json and results.md."""
-        from cqd_port.experiments.grid import GridConfig, describe_plan, plan_grid, run_grid
+        from cqd_port.experiments.grid import GridConfig, describe_plan, plan_grid, run_grid, submit_grid
+        from cqd_port.experiments.launch import LAUNCHERS, SlurmOptions
+        from cqd_port.experiments.plan import parse_seeds, parse_select
 
+        if launcher not in LAUNCHERS:
+            raise CqdError(f"--launcher {launcher}: use local or slurm")
         plan = plan_grid(table, _split(tasks), _split(methods), epochs, augmentation_classes)
         edges_methods = {"sed": None, "opencv": "edges_opencv", "sobel": "edges_sobel"}
         if edges_detector not in edges_methods:
             raise CqdError(f"--edges-detector {edges_detector}: use sed (the paper's), opencv or sobel")
+        seed_list = parse_seeds(seeds)
+        grid = parse_select(select)
         config = GridConfig(
             out=out if out is not None else Path(f"runs/table{table}"),
             prepared=prepared,
@@ -74,8 +95,17 @@ def register(app: typer.Typer) -> None:
         )
         if dry_run:
             typer.echo("\n".join(describe_plan(plan, config)))
+            if len(seed_list) > 1 or grid:
+                typer.echo(f"\nseeds {', '.join(map(str, seed_list))}" + (f"; selection on validation: {grid}" if grid else ""))
             return
-        outcome = run_grid(plan, config)
+        if launcher == "slurm":
+            options = SlurmOptions(partition, account, time_minutes, gpus_per_job, cpus_per_job, mem, list(sbatch_extra or []))
+            jobs, outcome = submit_grid(plan, config, options, seeds=seed_list, select=grid, rerun=rerun, wait=wait, say=typer.echo)
+            if not wait:
+                typer.echo(f"{len(jobs)} job(s) in {config.out}/slurm-jobs.json; run this command again (or `cqd-port report {config.out}`) to collect what has finished")
+            typer.echo(outcome.markdown)
+            return
+        outcome = run_grid(plan, config, seeds=seed_list, select=grid, rerun=rerun)
         typer.echo(outcome.markdown)
         typer.echo(f"wrote {outcome.results_json} and {outcome.results_md}")
 
@@ -85,10 +115,19 @@ def register(app: typer.Typer) -> None:
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per run (default: the demo's tuned value)."),
         sed_model: Optional[Path] = typer.Option(None, "--sed-model", help="The SED toolbox's modelBsds.mat for the edge columns (default: Sobel edges)."),
         device: str = typer.Option("cpu", "--device", help="cpu (the demo's target), auto, cuda or cuda:N."),
+        seeds: Optional[str] = typer.Option(None, "--seeds", help="Run every cell under each seed, e.g. 0,1 (default 0: one run per cell, minutes)."),
+        select: Optional[list[str]] = typer.Option(
+            None, "--select", help="lambda/T candidates chosen on validation (default lambda=20,50,200; 'none': the paper's lambda)."
+        ),
     ) -> None:
         """Table 1's whole grid end to end on SYNTHETIC data, small images and a narrow VGG-M, on a CPU."""
         from cqd_port.experiments.demo import DemoConfig, run_demo
+        from cqd_port.experiments.plan import parse_seeds, parse_select
 
-        config = DemoConfig(out=out, epochs=epochs or DemoConfig.epochs, sed_model=sed_model, device=device)
+        config = DemoConfig(out=out, epochs=epochs or DemoConfig.epochs, sed_model=sed_model, device=device, seeds=parse_seeds(seeds))
+        if select == ["none"]:
+            config.select = None
+        elif select:
+            config.select = parse_select(select)
         outcome = run_demo(config)
         typer.echo(outcome.report)

@@ -63,7 +63,7 @@ def test_write_and_read_results(tmp_path):
     md = md_path.read_text()
     assert "SYNTHETIC" in md
     assert "| CQD | CQD | B | **61.0** / 64.4 (-3.4) |" in md
-    assert "| Fine-tuning | B | B | not run / 61.0 |" in md
+    assert "| Fine-tuning | B | B | pending / 61.0 |" in md
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporaries
 
 
@@ -79,13 +79,14 @@ def test_markdown_made_from_file_shapes_like_paper(tmp_path):
 @pytest.mark.parametrize(
     "obj, message",
     [
-        ({"table": 1, "synthetic": False}, "exactly the keys"),
+        ({"table": 1, "synthetic": False}, "expected the keys"),
         ({"table": 4, "synthetic": False, "cells": []}, "'table'"),
         ({"table": 1, "synthetic": "no", "cells": []}, "'synthetic'"),
         ({"table": 1, "synthetic": False, "cells": [{"task": "x", "method": "cqd", "accuracy": 1, "paper": None}]}, "unknown task"),
         ({"table": 2, "synthetic": False, "cells": [{"task": "vggm_vggm", "method": "staged", "accuracy": 1, "paper": None}]}, "unknown method"),
         ({"table": 1, "synthetic": False, "cells": [{"task": "res_cub", "method": "cqd", "accuracy": 0.9 * 200, "paper": None}]}, "percentage"),
-        ({"table": 1, "synthetic": False, "cells": [{"task": "res_cub", "method": "cqd", "accuracy": 1.0}]}, "exactly the keys"),
+        ({"table": 1, "synthetic": False, "cells": [{"task": "res_cub", "method": "cqd", "accuracy": 1.0}]}, "must have the keys"),
+        ({"table": 1, "synthetic": False, "cells": [{"task": "res_cub", "method": "cqd", "accuracy": 1.0, "paper": None, "values": {"0": 120}}]}, "values"),
     ],
 )
 def test_schema_violations(obj, message):
@@ -97,3 +98,35 @@ def test_corrupt_results_file(tmp_path):
     (tmp_path / "results.json").write_text("{not json")
     with pytest.raises(CqdError, match="not valid JSON"):
         load_results(tmp_path / "results.json")
+
+
+def test_differences_from_rounded_numbers_and_a_cqd_note(tmp_path):
+    """34.24 vs 29.46 shows 34.2 / 29.5 (+4.7), never a difference that disagrees with the numbers shown;
+    the a_cqd note only comes with an a_cqd row."""
+    json_path, _ = write_results(tmp_path, 1, True, [Cell("res_cub", "cqd", 34.24, 29.46)])
+    md = markdown_table(load_results(json_path))
+    assert "**34.2** / 29.5 (+4.7)" in md
+    assert "a_cqd" not in md
+    json_path, _ = write_results(tmp_path, 1, True, [Cell("res_cub", "a_cqd", 50.0, None)])
+    assert "a_cqd row has no paper number" in markdown_table(load_results(json_path))
+    assert "CPU demo" not in markdown_table(load_results(json_path))  # synthetic numbers need not come from the demo
+
+
+def test_seeds_mean_std_and_paired_difference(tmp_path):
+    from cqd_port.experiments.collect import paired_difference
+
+    cqd = {0: 60.0, 1: 62.0, 2: 61.0}
+    ft = {0: 58.0, 1: 59.0, 2: 60.0}
+    d = paired_difference(cqd, ft)
+    assert d["n"] == 3 and d["mean"] == pytest.approx(2.0)
+    # differences 2, 3, 1: sd 1, t(0.975, 2) = 4.3027 -> half width 4.3027 / sqrt(3)
+    assert d["high"] - d["mean"] == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-5)
+    assert paired_difference({0: 1.0}, {1: 2.0})["n"] == 0 and paired_difference({0: 3.0}, {0: 1.0})["low"] is None
+    cells = [Cell("res_cub", "cqd", 61.0, 64.4, cqd, 1.0), Cell("res_cub", "fine_tuning", 59.0, 61.0, ft, 1.0)]
+    extra = {"seeds": [0, 1, 2], "differences": [{"task": "res_cub", **d}], "selection": []}
+    json_path, md_path = write_results(tmp_path, 1, False, cells, extra)
+    results = load_results(json_path)
+    assert results["cells"][0]["values"] == {"0": 60.0, "1": 62.0, "2": 61.0}
+    md = md_path.read_text()
+    assert "**61.0 ± 1.0** (n=3) / 64.4 (-3.4)" in md
+    assert "+2.0 [-0.5, +4.5], n=3" in md

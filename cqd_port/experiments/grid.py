@@ -4,15 +4,17 @@
 shared where two cells ask for the same computation (the CUB A model serves
 five columns); the runs form a DAG (an A model before the runs that start from
 it or distil from it) listed in an order that respects it. `run_grid`
-executes the plan resumably: a run whose `run.json` says finished is skipped,
-an unfinished one continues from its checkpoint; independent runs go in
-parallel with one process per listed GPU, otherwise one after the other.
+executes the plan resumably on this node through `cqd_port.experiments.launch`
+(a finished run is reused when its identity matches, an unfinished one
+continues from its checkpoint; independent runs go in parallel, one per slot),
+then assembles results from the run folders (`cqd_port.experiments.collect`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +25,7 @@ from cqd_port.experiments.paper import paper_table
 from cqd_port.experiments.tasks import DataVariant, Task, select_tasks, table_tasks, with_epochs
 
 if TYPE_CHECKING:
-    from cqd_port.experiments.results import Cell
+    from cqd_port.experiments.launch import SlurmOptions
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class GridPlan:
     table: int
     cells: list[CellPlan]
     runs: dict[str, RunSpec] = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # plan_grid's keyword arguments: the whole table is planned with the same ones
 
     def variants(self) -> list[DataVariant]:
         """Every prepared data variant some run reads, in first-use order."""
@@ -148,7 +151,7 @@ def plan_grid(
             needed.add(key)
             stack.extend(runs[key].depends)
     ordered = {k: r for k, r in runs.items() if k in needed}  # registration order puts dependencies first
-    return GridPlan(table, cells, ordered)
+    return GridPlan(table, cells, ordered, {"epochs": epochs, "augmentation_classes": augmentation_classes})
 
 
 # --------------------------------------------------------------------------- configuration
@@ -174,7 +177,7 @@ class GridConfig:
     cars_root: Path | None = None
     sed_model: Path | None = None
     device: str = "auto"
-    gpus: tuple[int, ...] = ()
+    gpus: tuple[int, ...] = ()  # launcher slots: one job at a time per entry (a GPU listed twice runs two)
     tf32: bool = False
     workers: int = 4
     seed: int = 0
@@ -225,6 +228,26 @@ def run_status(config: GridConfig, key: str) -> str:
     return str(read_run_json(run_dir(config, key)).get("status", "pending"))
 
 
+def status_text(config: GridConfig, key: str) -> str:
+    """The dry run's word for a run: finished, pending, running (a live lock) or interrupted with the epoch it resumes at."""
+    from cqd_port.experiments.execute import LOCK, RunLock
+    from cqd_port.train.trainer import HISTORY_NAME
+
+    status = run_status(config, key)
+    if status != "running":
+        return status
+    folder = run_dir(config, key)
+    lock = RunLock(folder / LOCK)
+    holder = lock._holder()
+    if holder and not lock._stale(holder):
+        return f"running on {holder.get('host')} pid {holder.get('pid')}"
+    try:
+        epochs = len(json.loads((folder / HISTORY_NAME).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        epochs = 0
+    return f"interrupted, resumes at epoch {epochs + 1}"
+
+
 def describe_plan(plan: GridPlan, config: GridConfig) -> list[str]:
     """What `reproduce --dry-run` prints: every cell, its run, the runs, data variants and models.
 
@@ -239,7 +262,7 @@ def describe_plan(plan: GridPlan, config: GridConfig) -> list[str]:
     lines += ["", "runs (in dependency order):"]
     for key, run in plan.runs.items():
         after = f"  [after {', '.join(run.depends)}]" if run.depends else ""
-        lines.append(f"  {key} [{run_status(config, key)}]: {run.describe()}{after}")
+        lines.append(f"  {key} [{status_text(config, key)}]: {run.describe()}{after}")
     lines += ["", "data variants:"]
     for variant in plan.variants():
         path = config.variant_dir(variant)
@@ -320,7 +343,7 @@ def ensure_variant(variant: DataVariant, config: GridConfig, progress: bool = Tr
 
 @dataclass
 class GridOutcome:
-    """What `run_grid` leaves: the results files, their Markdown, each run's run.json."""
+    """What `run_grid` leaves: the results files, their Markdown, the run.json of each run it executed."""
 
     results_json: Path
     results_md: Path
@@ -347,112 +370,77 @@ def check_inputs(plan: GridPlan, config: GridConfig) -> None:
             raise _no_raw_data(folder, concrete, config)
 
 
-def collect_cells(plan: GridPlan, config: GridConfig) -> list[Cell]:
-    """The table's cells from the run folders' run.json (accuracy None where a run has not finished)."""
-    from cqd_port.experiments.results import Cell
+def run_grid(
+    plan: GridPlan,
+    config: GridConfig,
+    on_run: Callable[[str, dict], None] | None = None,
+    *,
+    seeds: tuple[int, ...] = (0,),
+    select: dict[str, tuple[float, ...]] | None = None,
+    rerun: bool = False,
+) -> GridOutcome:
+    """Execute every job of `plan` not done on this node (`cqd_port.experiments.launch.launch_local`), then collect.
 
-    paper = paper_table(plan.table)
-    cells = []
-    for cell in plan.cells:
-        record = read_run_json(run_dir(config, cell.run))
-        accuracy = record.get("accuracy") if record.get("status") == "finished" else None
-        cells.append(Cell(cell.task, cell.method, None if accuracy is None else float(accuracy), paper.value(cell.task, cell.method)))
-    return cells
-
-
-def run_grid(plan: GridPlan, config: GridConfig, on_run: Callable[[str, dict], None] | None = None) -> GridOutcome:
-    """Execute every run of `plan` (skipping finished ones), then write results.json and results.md.
-
-    Sequential on one device, or with `config.gpus` one worker process per GPU,
-    each taking the next run whose dependencies have finished. `on_run(key,
-    record)` is called after each run (the demo's progress bar).
+    `config.gpus` are the slots (none or one: in this process, one run after
+    the other). `on_run(key, record)` is called after each run (the demo's
+    progress). results.json/md are then assembled from the run folders of the
+    whole table (`cqd_port.experiments.collect`).
     """
-    from cqd_port.experiments.methods import DomainData, execute_run
-    from cqd_port.experiments.results import write_results
+    from cqd_port.experiments.collect import collect_results, write_grid_json
+    from cqd_port.experiments.launch import absolute, check_identities, launch_local
+    from cqd_port.experiments.plan import schedule_grid
 
     check_inputs(plan, config)
+    schedule = schedule_grid(plan, config, seeds, select)
+    check_identities(schedule, config, rerun)
     Path(config.out).mkdir(parents=True, exist_ok=True)
-    records: dict[str, dict] = {}
-    if len(config.gpus) > 1:
-        records = _run_parallel(plan, config, on_run)
-    else:
-        device = slot_device(config, config.gpus[0]) if config.gpus else config.device
-        data = DomainData(lambda v: ensure_variant(v, config, config.progress), preload=config.preload, workers=0 if config.preload else config.workers)
-        total = len(plan.runs)
-        for number, (key, run) in enumerate(plan.runs.items(), start=1):
-            status = run_status(config, key)
-            if config.progress and on_run is None:
-                verb = {"finished": "done, skipped", "running": "resuming"}.get(status, "starting")
-                print(f"[{number}/{total}] {key}: {verb}", flush=True)
-            records[key] = execute_run(run, config, data, device=device)
-            if on_run is not None:
-                on_run(key, records[key])
-    from cqd_port.data.synth import is_synthetic
+    write_grid_json(config.out, plan.table, plan.options, seeds, select, absolute(config))
+    total = len(schedule.runs())
+    counter = iter(range(1, total + 1))
 
-    # results on generated data say so, whichever command made them
-    synthetic = config.synthetic or any(is_synthetic(config.variant_dir(v)) for v in plan.variants())
-    json_path, md_path = write_results(config.out, plan.table, synthetic, collect_cells(plan, config))
+    def on_done(node, record: dict) -> None:
+        if node.kind != "run":
+            return
+        if on_run is not None:
+            on_run(node.key, record)
+        elif config.progress:
+            accuracy = record.get("accuracy")
+            shown = f"{accuracy:.1f}%" if accuracy is not None else "done"
+            print(f"[{next(counter)}/{total}] {node.key}: {shown} ({record.get('seconds', 0.0):.0f} s)", flush=True)
+
+    say = print if config.progress else (lambda _message: None)
+    records = launch_local(schedule, config, config.gpus, rerun, on_done=on_done, say=say)
+    json_path, md_path = collect_results(plan.table, plan.options, seeds, select, config)
     return GridOutcome(json_path, md_path, md_path.read_text(encoding="utf-8"), records)
 
 
-def slot_device(config: GridConfig, slot: int) -> str:
-    """The device of one parallel worker: `cuda:<slot>`, or the CPU when `--device cpu`.
+def submit_grid(
+    plan: GridPlan,
+    config: GridConfig,
+    slurm: SlurmOptions,
+    *,
+    seeds: tuple[int, ...] = (0,),
+    select: dict[str, tuple[float, ...]] | None = None,
+    rerun: bool = False,
+    wait: bool = False,
+    say: Callable[[str], None] = print,
+) -> tuple[dict[str, dict], GridOutcome]:
+    """Submit the jobs of `plan` to SLURM (`cqd_port.experiments.launch.submit_slurm`), optionally follow them, collect.
 
-    With `--device cpu`, `--gpus 0,1` runs two CPU worker processes side by side
-    (a many-core machine; also how the scheduler is tested without a GPU).
+    Returns the jobs (as written to `<out>/slurm-jobs.json`) and the results
+    collected so far (cells of unfinished runs pending).
     """
-    return "cpu" if str(config.device) == "cpu" else f"cuda:{slot}"
+    from cqd_port.experiments.collect import collect_results, write_grid_json
+    from cqd_port.experiments.launch import absolute, check_identities, submit_slurm, wait_for_jobs
+    from cqd_port.experiments.plan import schedule_grid
 
-
-def _worker(run: RunSpec, config: GridConfig, device: str) -> dict:
-    """One run in a worker process (its own data cache; no progress bars)."""
-    from cqd_port.experiments.methods import DomainData, execute_run
-
-    config = replace(config, progress=False)
-    data = DomainData(lambda v: ensure_variant(v, config, False), preload=config.preload, workers=0)
-    return execute_run(run, config, data, device=device, progress=False)
-
-
-def _run_parallel(plan: GridPlan, config: GridConfig, on_run=None) -> dict[str, dict]:
-    """Independent runs at the same time, one process per GPU, dependencies first.
-
-    Data variants are prepared up front in this process so that two workers
-    never write the same folder.
-    """
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    from rich.progress import Progress
-
-    for variant in plan.variants():
-        ensure_variant(variant, config, config.progress)
-    done: dict[str, dict] = {k: {} for k in plan.runs if run_status(config, k) == "finished"}
-    records: dict[str, dict] = {}
-    free = list(config.gpus)
-    running: dict = {}
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=len(config.gpus), mp_context=context) as pool, Progress(disable=not config.progress) as bar:
-        task = bar.add_task(f"Table {plan.table} runs ({len(config.gpus)} GPUs)", total=len(plan.runs), completed=len(done))
-        pending = [k for k in plan.runs if k not in done]
-        while pending or running:
-            for key in list(pending):
-                if not free:
-                    break
-                if all(dep in done for dep in plan.runs[key].depends):
-                    gpu = free.pop(0)
-                    device = slot_device(config, gpu)
-                    running[pool.submit(_worker, plan.runs[key], config, device)] = (key, gpu)
-                    pending.remove(key)
-                    bar.console.print(f"{key}: started on {device}")
-            if not running:
-                raise CqdError(f"runs {', '.join(pending)} wait for runs that cannot finish; check their run.json")
-            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for future in finished:
-                key, gpu = running.pop(future)
-                free.append(gpu)
-                records[key] = done[key] = future.result()  # re-raises a worker's error here
-                bar.advance(task)
-                bar.console.print(f"{key}: finished, accuracy {records[key].get('accuracy', float('nan')):.2f}%")
-                if on_run is not None:
-                    on_run(key, records[key])
-    return records
+    check_inputs(plan, config)
+    schedule = schedule_grid(plan, config, seeds, select)
+    check_identities(schedule, config, rerun)
+    Path(config.out).mkdir(parents=True, exist_ok=True)
+    write_grid_json(config.out, plan.table, plan.options, seeds, select, absolute(config))
+    jobs = submit_slurm(schedule, config, slurm, rerun, say=say)
+    if wait and jobs:
+        wait_for_jobs(schedule, config, jobs, progress=config.progress)
+    json_path, md_path = collect_results(plan.table, plan.options, seeds, select, config)
+    return jobs, GridOutcome(json_path, md_path, md_path.read_text(encoding="utf-8"), {})

@@ -94,6 +94,8 @@ class RunSpec:
     teacher_arch: str | None = None
     teacher_data: DataVariant | None = None  # the teacher's (A) domain, paired image by image with train[0]
     depends: tuple[str, ...] = ()
+    validation: int | None = None  # a seed: train on that validation split's training part, test on its validation part
+    select_from: tuple[str, ...] = ()  # candidate runs (validation runs); lambda and T are taken from the best of them
 
     @property
     def trains(self) -> bool:
@@ -119,6 +121,8 @@ class RunSpec:
             self.teacher_arch,
             self.teacher_data,
             (self.hyper.lambda_, self.hyper.temperature) if self.distill else None,
+            self.validation,
+            self.select_from,
         )
 
     def describe(self) -> str:
@@ -131,8 +135,12 @@ class RunSpec:
             what = f"train {self.arch} on {train} from {start}, test on {self.test.label}"
             if self.class_factor != 1:
                 what += f", fc8 {self.class_factor}k-way"
-            if self.distill:
+            if self.distill and self.select_from:
+                what += f", distill from {self.teacher} (lambda and T: the best of {len(self.select_from)} validation runs)"
+            elif self.distill:
                 what += f", distill from {self.teacher} (lambda {self.hyper.lambda_:g}, T {self.hyper.temperature:g})"
+            if self.validation is not None:
+                what = what.replace(", test on", ", on the validation split's training part, test on its validation part of")
             what += f", {self.hyper.epochs} epochs, batch {self.batch_size}"
         return what
 
@@ -249,6 +257,30 @@ def _synthetic_data(run: RunSpec, config: "GridConfig") -> bool:
     return any(is_synthetic(config.variant_dir(v)) for v in (*run.train, run.test)) or any(r is not None and is_synthetic(r) for r in roots)
 
 
+def _validation_part(index: DatasetIndex, seed: int, part: str) -> list[ImageRecord]:
+    """The training records of `index` split for validation (`cqd_port.data.splits.validation_split`): 'train' or 'val'."""
+    from cqd_port.data.splits import validation_split
+
+    split = validation_split(index, seed=seed)
+    return split.train if part == "train" else split.val
+
+
+def choose_candidate(out: Path, candidates: tuple[str, ...]) -> dict[str, Any]:
+    """The selection record of a run chosen on validation: every candidate's lambda, T and validation accuracy, and the best.
+
+    The best is the highest validation accuracy; a tie goes to the candidate listed first.
+    """
+    rows = []
+    for key in candidates:
+        record = read_run_json(out / key)
+        if record.get("status") != "finished":
+            raise CqdError(f"validation run {key} has not finished; rerun `cqd-port reproduce` to train it first")
+        objective = record.get("objective") or {}
+        rows.append({"run": key, "lambda": objective.get("lambda"), "T": objective.get("temperature"), "val_accuracy": record.get("accuracy")})
+    best = max(range(len(rows)), key=lambda i: (rows[i]["val_accuracy"], -i))
+    return {"candidates": rows, "chosen": {"lambda": rows[best]["lambda"], "T": rows[best]["T"]}}
+
+
 def _load_trained(folder: Path, lrn_mode: str) -> SimpleNetwork:
     from matconvnet_weights.convert import load_model
 
@@ -314,6 +346,11 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
     record = read_run_json(folder)
     if record.get("status") == "finished":
         return record
+    selection = None
+    if run.select_from:
+        selection = choose_candidate(out, run.select_from)
+        chosen = selection["chosen"]
+        run = replace(run, hyper=replace(run.hyper, lambda_=float(chosen["lambda"]), temperature=float(chosen["T"])))
     device = device or config.device
     progress = config.progress if progress is None else progress
     batch_size = config.batch_size or run.batch_size
@@ -330,7 +367,10 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
         "teacher": run.teacher,
         "description": replace(run, batch_size=batch_size).describe(),
         "synthetic": bool(config.synthetic) or _synthetic_data(run, config),
+        "seed": config.seed,
     }
+    if selection is not None:
+        record["selection"] = selection
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / RUN_JSON, record)
 
@@ -361,11 +401,16 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
     size, average = input_normalization(network.meta, None)
 
     # data: B (or A, or A+B) training images, paired with A's for the teacher
-    test_set = data.dataset(run.test, test_index.test_records(), size, average)
+    test_records = test_index.test_records() if run.validation is None else _validation_part(test_index, run.validation, "val")
+    test_set = data.dataset(run.test, test_records, size, average)
     logits = None
     if run.distill:
         a_variant = run.teacher_data
         a_records, b_records = paired_records(data.index(a_variant), data.index(run.train[0]), train=True)
+        if run.validation is not None:
+            kept = {r.path for r in _validation_part(data.index(run.train[0]), run.validation, "train")}
+            pairs = [(a, b) for a, b in zip(a_records, b_records) if b.path in kept]
+            a_records, b_records = [a for a, _ in pairs], [b for _, b in pairs]
         train_set = data.dataset(run.train[0], b_records, size, average)
         teacher = _load_trained(out / run.teacher, config.lrn_mode)
         t_size, t_average = input_normalization(teacher.meta, None)
@@ -377,7 +422,8 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
         parts = []
         for variant in run.train:
             index = data.index(variant)
-            parts.append(data.dataset(variant, index.train_records(), size, average))
+            records = index.train_records() if run.validation is None else _validation_part(index, run.validation, "train")
+            parts.append(data.dataset(variant, records, size, average))
         train_set = parts[0] if len(parts) == 1 else _concat(parts)
 
     schedule = shorten_schedule(get_schedule(run.hyper.schedule), run.hyper.epochs, config.lr_scale)

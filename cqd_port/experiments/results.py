@@ -3,7 +3,12 @@
 `results.json` is the one record of a grid's outcome:
 `{"table": 1, "synthetic": false, "cells": [{"task", "method", "accuracy", "paper"}]}`
 with accuracies in percent (`accuracy` null for a cell not run yet, `paper`
-null where the paper has no number). Tables and figures are always made from
+null where the paper has no number). Made from several seeds
+(`cqd_port.experiments.collect`), a cell also has `values` (seed -> accuracy,
+every one kept) and `std` (their standard deviation), `accuracy` being their
+mean; the file then also has `seeds`, `differences` (per task, CQD minus
+fine-tuning paired by seed, with a 95% interval) and `selection` (the lambda
+and T chosen on validation, with every candidate's validation accuracy). Tables and figures are always made from
 this file, never from live objects, so they can be remade without rerunning
 anything.
 """
@@ -23,17 +28,25 @@ from cqd_port.fileio import atomic_write_json, atomic_write_text
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 CELL_KEYS = ("task", "method", "accuracy", "paper")
+CELL_OPTIONAL = ("values", "std")
+TOP_KEYS = ("table", "synthetic", "cells")
+TOP_OPTIONAL = ("seeds", "differences", "selection")
 
 
 @dataclass(frozen=True)
 class Cell:
     task: str
     method: str
-    accuracy: float | None  # percent, None when not run
+    accuracy: float | None  # percent, None when not run (the mean when several seeds)
     paper: float | None  # percent, None where the paper has no entry
+    values: dict[int, float] | None = None  # seed -> accuracy (None: a single-seed table)
+    std: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "method": self.method, "accuracy": self.accuracy, "paper": self.paper}
+        out = {"task": self.task, "method": self.method, "accuracy": self.accuracy, "paper": self.paper}
+        if self.values is not None:
+            out.update(values={str(k): v for k, v in sorted(self.values.items())}, std=self.std)
+        return out
 
 
 def _is_percent(value: Any) -> bool:
@@ -42,8 +55,10 @@ def _is_percent(value: Any) -> bool:
 
 def validate_results(obj: Any, source: str = "results.json") -> dict[str, Any]:
     """Check `obj` against the results.json schema; CqdError naming the first problem."""
-    if not isinstance(obj, dict) or set(obj) != {"table", "synthetic", "cells"}:
-        raise CqdError(f"{source}: expected exactly the keys table, synthetic, cells; rerun `cqd-port reproduce` to rewrite it")
+    if not isinstance(obj, dict) or not set(TOP_KEYS) <= set(obj) <= set(TOP_KEYS + TOP_OPTIONAL):
+        raise CqdError(
+            f"{source}: expected the keys table, synthetic, cells (and optionally {', '.join(TOP_OPTIONAL)}); rerun `cqd-port reproduce` to rewrite it"
+        )
     if obj["table"] not in (1, 2):
         raise CqdError(f"{source}: 'table' must be 1 or 2, got {obj['table']!r}")
     if not isinstance(obj["synthetic"], bool):
@@ -53,8 +68,11 @@ def validate_results(obj: Any, source: str = "results.json") -> dict[str, Any]:
     table = paper_table(obj["table"])
     seen = set()
     for i, cell in enumerate(obj["cells"]):
-        if not isinstance(cell, dict) or set(cell) != set(CELL_KEYS):
-            raise CqdError(f"{source}: cell {i} must have exactly the keys {', '.join(CELL_KEYS)}")
+        if not isinstance(cell, dict) or not set(CELL_KEYS) <= set(cell) <= set(CELL_KEYS + CELL_OPTIONAL):
+            raise CqdError(f"{source}: cell {i} must have the keys {', '.join(CELL_KEYS)} (and optionally {', '.join(CELL_OPTIONAL)})")
+        values = cell.get("values", {})
+        if not isinstance(values, dict) or not all(_is_percent(v) for v in values.values()):
+            raise CqdError(f"{source}: cell {i} 'values' must map seeds to percentages")
         if cell["task"] not in table.tasks:
             raise CqdError(f"{source}: cell {i} has unknown task {cell['task']!r} for Table {obj['table']}")
         if cell["method"] not in table.methods:
@@ -69,17 +87,17 @@ def validate_results(obj: Any, source: str = "results.json") -> dict[str, Any]:
     return obj
 
 
-def results_object(table: int, synthetic: bool, cells: list[Cell]) -> dict[str, Any]:
-    """The results.json content for `cells` (validated)."""
-    obj = {"table": table, "synthetic": synthetic, "cells": [c.to_dict() for c in cells]}
+def results_object(table: int, synthetic: bool, cells: list[Cell], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The results.json content for `cells` (validated); `extra`: seeds, differences, selection."""
+    obj = {"table": table, "synthetic": synthetic, "cells": [c.to_dict() for c in cells], **(extra or {})}
     return validate_results(obj)
 
 
-def write_results(out_dir: str | Path, table: int, synthetic: bool, cells: list[Cell]) -> tuple[Path, Path]:
+def write_results(out_dir: str | Path, table: int, synthetic: bool, cells: list[Cell], extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Write results.json, then results.md made from that file (both atomically)."""
     out_dir = Path(out_dir)
     json_path = out_dir / RESULTS_JSON
-    atomic_write_json(json_path, results_object(table, synthetic, cells))
+    atomic_write_json(json_path, results_object(table, synthetic, cells, extra))
     md_path = out_dir / RESULTS_MD
     atomic_write_text(md_path, markdown_table(load_results(json_path)))
     return json_path, md_path
@@ -102,18 +120,24 @@ def _fmt(value: float | None) -> str:
 
 
 def _cell_text(cell: dict[str, Any] | None) -> str:
-    """'ours / paper (diff)' for one cell of the Markdown table."""
+    """'ours / paper (diff)' for one cell of the Markdown table ('mean ± std (n)' over several seeds).
+
+    The difference is that of the rounded numbers shown, so the cell's three numbers agree.
+    """
     if cell is None:
         return ""
     ours, paper = cell["accuracy"], cell["paper"]
+    values = cell.get("values") or {}
     if ours is None:
-        text = "not run"
+        text = "pending"
+    elif len(values) > 1:
+        text = f"**{ours:.1f} ± {cell.get('std') or 0.0:.1f}** (n={len(values)})"
     else:
         text = f"**{ours:.1f}**"
     if paper is not None:
         text += f" / {paper:.1f}"
         if ours is not None:
-            text += f" ({ours - paper:+.1f})"
+            text += f" ({round(ours, 1) - round(paper, 1):+.1f})"
     return text
 
 
@@ -130,11 +154,15 @@ def markdown_table(results: dict[str, Any]) -> str:
     lines = [f"# Table {table.number}: {table.caption}", ""]
     if results["synthetic"]:
         lines += [
-            "**SYNTHETIC DATA**: these numbers come from the CPU demo on generated images, "
+            "**SYNTHETIC DATA**: these numbers come from generated images (`cqd-port synth` or the demo), "
             "not from CUB or Stanford Cars; the paper's numbers are shown only for the shape of the comparison.",
             "",
         ]
-    lines += ["Each cell: **ours** / paper (ours - paper), per-image accuracy in percent.", ""]
+    seeds = results.get("seeds") or []
+    if len(seeds) > 1:
+        lines += [f"Each cell: **mean ± standard deviation** over seeds {', '.join(map(str, seeds))} / paper (mean - paper), per-image accuracy in percent; pending: not run yet.", ""]
+    else:
+        lines += ["Each cell: **ours** / paper (ours - paper), per-image accuracy in percent; pending: not run yet.", ""]
     if table.number == 1:
         header = ["Method", "Train", "Test", *[table.task_labels[t] for t in tasks]]
         lines.append("| " + " | ".join(header) + " |")
@@ -150,6 +178,24 @@ def markdown_table(results: dict[str, Any]) -> str:
         for t in tasks:
             row = [table.task_labels[t], *[_cell_text(by_key.get((t, m))) for m in methods]]
             lines.append("| " + " | ".join(row) + " |")
-    if table.notes:
-        lines += ["", f"Note: {table.notes}"]
+    differences = [d for d in results.get("differences") or [] if d.get("n")]
+    if differences:
+        lines += ["", "CQD - fine-tuning, paired by seed (mean, 95% t-interval over seeds):", ""]
+        for d in differences:
+            interval = f" [{d['low']:+.1f}, {d['high']:+.1f}]" if d.get("low") is not None else " (one seed: no interval)"
+            lines.append(f"- {table.task_labels.get(d['task'], d['task'])}: {d['mean']:+.1f}{interval}, n={d['n']}")
+    for entry in results.get("selection") or []:
+        if entry is (results.get("selection") or [])[0]:
+            lines += ["", "lambda and T chosen on a validation split of the training set (validation accuracy per candidate):", ""]
+        tried = ", ".join(
+            f"lambda {c['lambda']:g} T {c['T']:g}: {c['val_accuracy']:.1f}" for c in entry["candidates"] if c.get("val_accuracy") is not None
+        )
+        chosen = entry.get("chosen")
+        pick = f" -> lambda {chosen['lambda']:g}, T {chosen['T']:g}" if chosen else " (not all candidates finished)"
+        lines.append(f"- {entry['task']} / {entry['method']} (seed {entry['seed']}): {tried}{pick}")
+    notes = table.notes
+    if notes and "a_cqd" in notes and "a_cqd" not in methods:
+        notes = ""  # the note explains the a_cqd row, absent here
+    if notes:
+        lines += ["", f"Note: {notes}"]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,289 @@
+"""Launching a grid's jobs with submitit: on this node (`local`) or as SLURM jobs (`slurm`).
+
+* `local` (the default): the jobs run on this machine, as many at once as
+  there are *slots*. `--gpus 0,1` gives two slots, each job pinned to its GPU
+  with `CUDA_VISIBLE_DEVICES` by submitit's `LocalExecutor` (`--gpus 0,0,1,1`:
+  two jobs per GPU); with `--device cpu` the slots are CPU processes. With
+  one slot (no `--gpus`) the jobs run one after the other in this process,
+  sharing one decoded-data cache. Data variants are prepared first, in this
+  process; a failed job is reported when it fails, its dependents are not
+  started, the independent ones go on.
+* `slurm`: one SLURM job per data variant to prepare (the first stage) and one
+  per run, each depending (`afterok`) on the jobs of the runs it starts from or
+  distils from and of the data it reads. `submit` returns after submitting,
+  having printed and written (`<out>/slurm-jobs.json`) every job id and its
+  dependencies; `wait` follows them with a progress bar. A preempted or
+  timed-out job is requeued by submitit (`NodeJob` is `Checkpointable`) and the
+  run resumes from its last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import submitit
+
+from cqd_port.errors import CqdError
+from cqd_port.experiments.execute import execute_node, identity_mismatch, mismatch_error
+from cqd_port.experiments.methods import read_run_json
+from cqd_port.experiments.plan import Node, Schedule, run_identity
+from cqd_port.fileio import atomic_write_json
+
+if TYPE_CHECKING:
+    from cqd_port.experiments.grid import GridConfig
+
+LAUNCHERS = ("local", "slurm")
+SLURM_JOBS = "slurm-jobs.json"
+SUBMITIT_FOLDER = ".submitit"
+
+
+@dataclass
+class SlurmOptions:
+    """What each SLURM job asks for (`reproduce --partition ... --sbatch-extra ...`)."""
+
+    partition: str | None = None
+    account: str | None = None
+    time_minutes: int = 24 * 60
+    gpus_per_job: int = 1
+    cpus_per_job: int = 8
+    mem: str | None = None  # e.g. "64G"
+    extras: list[str] = field(default_factory=list)  # "--qos=high", "constraint=a100", ...
+    max_requeues: int = 5
+
+    def additional(self) -> dict[str, Any]:
+        """`--sbatch-extra` values as sbatch flags (`--qos=high` and `qos=high` alike; a bare `--exclusive` is a switch)."""
+        extra: dict[str, Any] = {}
+        for item in self.extras:
+            name, sep, value = item.lstrip("-").partition("=")
+            if not name:
+                raise CqdError(f"--sbatch-extra {item!r}: expected an sbatch option such as --qos=high")
+            extra[name.replace("-", "_")] = value if sep else True
+        return extra
+
+
+class NodeJob(submitit.helpers.Checkpointable):
+    """One node of the schedule as a submitit job; requeued as it is (the run resumes from its checkpoint)."""
+
+    def __init__(self, node: Node, schedule: Schedule, config: GridConfig, rerun: bool = False) -> None:
+        self.node = node
+        self.schedule = schedule
+        self.config = config
+        self.rerun = rerun
+
+    def __call__(self) -> dict[str, Any]:
+        return execute_node(self.node, self.schedule, self.config, rerun=self.rerun)
+
+
+def absolute(config: GridConfig) -> GridConfig:
+    """`config` with every path absolute (jobs may start in another folder)."""
+    changes = {}
+    for name in ("out", "prepared", "models", "cub_root", "cars_root", "sed_model"):
+        value = getattr(config, name)
+        if value is not None:
+            changes[name] = Path(value).resolve()
+    changes["pretrained"] = {k: Path(v).resolve() for k, v in config.pretrained.items()}
+    return replace(config, **changes)
+
+
+def node_done(node: Node, schedule: Schedule, config: GridConfig) -> bool:
+    """A prepared variant exists, or a run finished with the identity it has now."""
+    from cqd_port.data.prepare import MANIFEST
+
+    if node.kind == "prepare":
+        assert node.variant is not None
+        return (config.variant_dir(node.variant) / MANIFEST).is_file()
+    folder = Path(config.out) / node.key
+    if read_run_json(folder).get("status") != "finished":
+        return False
+    return identity_mismatch(folder, run_identity(node, schedule, config)) is None
+
+
+def check_identities(schedule: Schedule, config: GridConfig, rerun: bool) -> None:
+    """Before any job starts: a run folder holding a run made with other settings is an error (unless --rerun)."""
+    if rerun:
+        return
+    memo: dict[str, dict] = {}
+    for node in schedule.runs():
+        folder = Path(config.out) / node.key
+        if (folder / "run.json").is_file():
+            names = identity_mismatch(folder, run_identity(node, schedule, config, memo))
+            if names:
+                raise mismatch_error(folder, names)
+
+
+def _local_executor(config: GridConfig, slot: int) -> submitit.LocalExecutor:
+    executor = submitit.LocalExecutor(folder=Path(config.out) / SUBMITIT_FOLDER / "%j")
+    cpu = str(config.device) == "cpu"
+    executor.update_parameters(timeout_min=7 * 24 * 60, gpus_per_node=0 if cpu else 1, visible_gpus=() if cpu else (slot,))
+    return executor
+
+
+def launch_local(
+    schedule: Schedule,
+    config: GridConfig,
+    slots: tuple[int, ...] = (),
+    rerun: bool = False,
+    on_done: Callable[[Node, dict], None] | None = None,
+    say: Callable[[str], None] = print,
+) -> dict[str, dict]:
+    """Run every job not done on this node (see the module docstring); return the run.json of each run executed."""
+    config = absolute(config)
+    records: dict[str, dict] = {}
+    todo = [n for n in schedule.nodes.values() if rerun or not node_done(n, schedule, config)]
+    done = {k for k in schedule.nodes if k not in {n.key for n in todo}}
+    for key in done:
+        if schedule.nodes[key].kind == "run":
+            say(f"{key}: done, reused")
+    if len(slots) <= 1:
+        from cqd_port.experiments.grid import ensure_variant
+        from cqd_port.experiments.methods import DomainData
+
+        data = DomainData(lambda v: ensure_variant(v, config, False), preload=config.preload, workers=0 if config.preload else config.workers)
+        device = f"cuda:{slots[0]}" if slots and str(config.device) != "cpu" else None
+        for node in todo:
+            records[node.key] = execute_node(node, schedule, config, rerun, data=data if node.kind == "run" else None, device=device, say=say)
+            if on_done is not None:
+                on_done(node, records[node.key])
+        return records
+
+    for node in [n for n in todo if n.kind == "prepare"]:  # the data stage, here: one writer per folder
+        execute_node(node, schedule, config, rerun, say=say)
+        done.add(node.key)
+    worker_config = replace(config, progress=False)
+    pending = [n for n in todo if n.kind == "run"]
+    free = list(slots)
+    running: dict[str, tuple[Any, int]] = {}
+    failed: dict[str, str] = {}
+    try:
+        while pending or running:
+            for node in list(pending):
+                blocked = [d for d in node.depends if d in failed]
+                if blocked:
+                    pending.remove(node)
+                    failed[node.key] = f"not started: {blocked[0]} failed"
+                    say(f"{node.key}: not started ({blocked[0]} failed)")
+                    continue
+                if free and all(d in done for d in node.depends):
+                    slot = free.pop(0)
+                    job = _local_executor(config, slot).submit(NodeJob(node, schedule, worker_config, rerun))
+                    running[node.key] = (job, slot)
+                    pending.remove(node)
+                    say(f"{node.key}: started on {'cpu' if str(config.device) == 'cpu' else f'GPU {slot}'} (job {job.job_id})")
+            if not running:
+                if pending:
+                    raise CqdError(f"runs {', '.join(n.key for n in pending)} wait for runs that cannot finish; check their run.json")
+                break
+            time.sleep(0.2)
+            for key, (job, slot) in list(running.items()):
+                if not job.done():
+                    continue
+                del running[key]
+                free.append(slot)
+                try:
+                    records[key] = job.result()
+                except Exception as exc:  # the job's own error, with its log
+                    message = str(exc).strip().splitlines()
+                    failed[key] = message[-1] if message else type(exc).__name__
+                    say(f"{key}: FAILED ({failed[key]}); log: {job.paths.stderr}")
+                    continue
+                done.add(key)
+                if on_done is not None:
+                    on_done(schedule.nodes[key], records[key])
+    except BaseException:
+        for job, _ in running.values():
+            job.cancel(check=False)
+        raise
+    if failed:
+        first = next(iter(failed))
+        raise CqdError(f"{len(failed)} run(s) did not finish, first {first}: {failed[first]}; fix it and rerun the same command to resume")
+    return records
+
+
+# --------------------------------------------------------------------------- SLURM
+
+
+def _active_jobs(job_ids: list[str]) -> set[str]:
+    """Which of `job_ids` SLURM still holds (pending or running), via squeue; none when squeue is unavailable."""
+    if not job_ids:
+        return set()
+    try:
+        result = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return set()
+    return {line.strip() for line in result.stdout.splitlines() if line.strip()} & set(job_ids)
+
+
+def submit_slurm(
+    schedule: Schedule, config: GridConfig, options: SlurmOptions, rerun: bool = False, say: Callable[[str], None] = print
+) -> dict[str, dict[str, Any]]:
+    """Submit one job per data variant to prepare and per run not done; write and return `<out>/slurm-jobs.json`.
+
+    Jobs of an earlier submission that SLURM still holds are kept (not
+    submitted twice) and serve as dependencies of the new ones.
+    """
+    config = absolute(config)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs_file = out / SLURM_JOBS
+    earlier: dict[str, dict[str, Any]] = {}
+    if jobs_file.is_file():
+        try:
+            earlier = json.loads(jobs_file.read_text(encoding="utf-8")).get("jobs", {})
+        except (OSError, ValueError):
+            earlier = {}
+    still = _active_jobs([str(j["job_id"]) for j in earlier.values()])
+    try:
+        executor = submitit.SlurmExecutor(folder=out / SUBMITIT_FOLDER / "%j", max_num_timeout=options.max_requeues)
+    except RuntimeError as exc:
+        raise CqdError(f"--launcher slurm: {exc} (run `cqd-port reproduce` on a SLURM login node, or use --launcher local)") from None
+    worker_config = replace(config, progress=False)
+    jobs: dict[str, dict[str, Any]] = {}
+    for node in schedule.nodes.values():
+        if node.key in earlier and str(earlier[node.key]["job_id"]) in still:
+            jobs[node.key] = earlier[node.key]
+            continue
+        if not rerun and node_done(node, schedule, config):
+            continue
+        after = [str(jobs[d]["job_id"]) for d in node.depends if d in jobs]
+        gpus = 0 if node.kind == "prepare" or str(config.device) == "cpu" else options.gpus_per_job
+        parameters: dict[str, Any] = {
+            "job_name": f"cqd-{node.key}".replace("/", "-"),
+            "time": options.time_minutes,
+            "cpus_per_task": options.cpus_per_job,
+            "gpus_per_node": gpus,
+            "ntasks_per_node": 1,
+            "signal_delay_s": 120,
+            "dependency": f"afterok:{':'.join(after)}" if after else None,
+            "additional_parameters": options.additional(),
+        }
+        for name, value in (("partition", options.partition), ("account", options.account), ("mem", options.mem)):
+            if value:
+                parameters[name] = value
+        executor.update_parameters(**parameters)
+        job = executor.submit(NodeJob(node, schedule, worker_config, rerun))
+        jobs[node.key] = {"job_id": str(job.job_id), "kind": node.kind, "depends": [d for d in node.depends if d in jobs], "after": after}
+        say(f"{node.key}: job {job.job_id}" + (f" (afterok {', '.join(after)})" if after else ""))
+    atomic_write_json(jobs_file, {"out": str(out), "jobs": jobs})
+    return jobs
+
+
+def wait_for_jobs(schedule: Schedule, config: GridConfig, jobs: dict[str, dict[str, Any]], progress: bool = True, poll_seconds: float = 30.0) -> None:
+    """Follow submitted jobs until SLURM holds none of them, with a bar of finished runs."""
+    from rich.progress import Progress
+
+    config = absolute(config)
+    runs = [n for n in schedule.runs()]
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("runs finished", total=len(runs))
+        while True:
+            finished = sum(1 for n in runs if read_run_json(Path(config.out) / n.key).get("status") == "finished")
+            bar.update(task, completed=finished)
+            if finished == len(runs) or not _active_jobs([str(j["job_id"]) for j in jobs.values()]):
+                return
+            time.sleep(poll_seconds)
