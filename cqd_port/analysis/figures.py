@@ -189,6 +189,8 @@ def results_bars(
 
     The paper's number for the same cell is drawn as a black marker with a
     hatched outline bar behind the measured one, so the gap reads directly.
+    A cell measured over several seeds (`std` in results.json) is drawn at its
+    mean with an error bar of one standard deviation.
     """
     tasks: list[str] = []
     for cell in cells:
@@ -201,7 +203,7 @@ def results_bars(
     by_key = {(str(c["task"]), str(c["method"])): c for c in cells}
     drawn_paper_label = False
     for m, method in enumerate(methods):
-        xs, measured, papers, paper_xs = [], [], [], []
+        xs, measured, spread, papers, paper_xs = [], [], [], [], []
         for t, task in enumerate(tasks):
             cell = by_key.get((task, method))
             if cell is None:
@@ -211,6 +213,7 @@ def results_bars(
             if accuracy is not None:
                 xs.append(x)
                 measured.append(float(accuracy))
+                spread.append(float(cell.get("std") or 0.0))
             paper = cell.get("paper")
             if paper is not None:
                 paper_xs.append(x)
@@ -219,6 +222,8 @@ def results_bars(
         if paper_xs:
             ax.bar(paper_xs, papers, width=width, fill=False, hatch="///", edgecolor=colour, linewidth=0.6)
         ax.bar(xs, measured, width=width * 0.6, color=colour, label=METHOD_LABELS.get(method, method))
+        if any(spread):
+            ax.errorbar(xs, measured, yerr=spread, fmt="none", ecolor="black", elinewidth=0.8, capsize=2, zorder=4)
         if paper_xs:
             ax.scatter(paper_xs, papers, marker="_", s=120, color="black", zorder=3,
                        label=None if drawn_paper_label else "paper (hatched bar, black mark)")

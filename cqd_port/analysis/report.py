@@ -140,6 +140,26 @@ def read_history(path: str | os.PathLike[str]) -> History:
     return history
 
 
+def recollect(results_dir: Path) -> bool:
+    """Rewrite results.json/md from the run folders when the folder says how its grid was asked for (grid.json).
+
+    So `report` after SLURM jobs finished (or while they run) shows what has
+    finished, without the original command. False when there is no grid.json.
+    """
+    from cqd_port.experiments.collect import collect_results, read_grid_json
+
+    grid = read_grid_json(results_dir)
+    if grid is None:
+        return False
+    config = grid["config"]
+    if Path(config.out).resolve() != Path(results_dir).resolve():  # the folder was moved: its runs are here now
+        from dataclasses import replace
+
+        config = replace(config, out=Path(results_dir))
+    collect_results(grid["table"], grid["options"], grid["seeds"], grid["select"], config)
+    return True
+
+
 def make_report(config: ReportConfig) -> ReportResult:
     """Write the Table bar chart and the training-curve figures for a results folder."""
     from cqd_port.analysis.figures import results_bars, training_curves
@@ -150,6 +170,7 @@ def make_report(config: ReportConfig) -> ReportResult:
     results_dir = Path(config.results_dir)
     if not results_dir.is_dir():
         raise CqdError(f"results folder {results_dir} does not exist; run `cqd-port reproduce` or `cqd-port demo` first")
+    recollect(results_dir)
     results = load_results(results_dir / RESULTS_JSON)
     cells = results["cells"]
     if not cells:
