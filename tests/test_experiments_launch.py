@@ -27,7 +27,6 @@ from cqd_port.errors import CqdError
 from cqd_port.experiments.execute import EXECUTIONS, LOCK, RunLock
 from cqd_port.experiments.grid import GridConfig, describe_plan, plan_grid, run_grid
 from cqd_port.experiments.results import load_results
-from cqd_port.experiments.tasks import TABLE1_TASKS
 from cqd_port.models.vgg import init_state, vgg_m_specs
 from matconvnet_weights.convert import save_checkpoint
 

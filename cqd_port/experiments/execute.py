@@ -179,7 +179,7 @@ def _clear(folder: Path) -> None:
 
 
 def slot_device(config: GridConfig) -> str:
-    """The device of a job: the CPU with `--device cpu`, else the device the launcher pinned (CUDA_VISIBLE_DEVICES)."""
+    """The device of a launched job: the CPU with `--device cpu`, else the GPU the launcher pinned (CUDA_VISIBLE_DEVICES)."""
     if str(config.device) == "cpu":
         return "cpu"
     if os.environ.get("CUDA_VISIBLE_DEVICES"):
@@ -228,4 +228,4 @@ def execute_node(
         seeded = replace(config, seed=node.seed)
         if data is None:
             data = DomainData(lambda v: ensure_variant(v, seeded, False), preload=config.preload, workers=0 if config.preload else config.workers)
-        return execute_run(run, seeded, data, device=device or slot_device(config), progress=config.progress)
+        return execute_run(run, seeded, data, device=device or config.device, progress=config.progress)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import submitit
 
 from cqd_port.errors import CqdError
-from cqd_port.experiments.execute import execute_node, identity_mismatch, mismatch_error
+from cqd_port.experiments.execute import execute_node, identity_mismatch, mismatch_error, slot_device
 from cqd_port.experiments.methods import read_run_json
 from cqd_port.experiments.plan import Node, Schedule, run_identity
 from cqd_port.fileio import atomic_write_json
@@ -77,7 +77,7 @@ class NodeJob(submitit.helpers.Checkpointable):
         self.rerun = rerun
 
     def __call__(self) -> dict[str, Any]:
-        return execute_node(self.node, self.schedule, self.config, rerun=self.rerun)
+        return execute_node(self.node, self.schedule, self.config, rerun=self.rerun, device=slot_device(self.config))
 
 
 def absolute(config: GridConfig) -> GridConfig:
@@ -145,7 +145,7 @@ def launch_local(
         from cqd_port.experiments.methods import DomainData
 
         data = DomainData(lambda v: ensure_variant(v, config, False), preload=config.preload, workers=0 if config.preload else config.workers)
-        device = f"cuda:{slots[0]}" if slots and str(config.device) != "cpu" else None
+        device = f"cuda:{slots[0]}" if slots and str(config.device) != "cpu" else config.device
         for node in todo:
             records[node.key] = execute_node(node, schedule, config, rerun, data=data if node.kind == "run" else None, device=device, say=say)
             if on_done is not None:
