@@ -116,6 +116,12 @@ def test_identity_mismatch_is_refused_then_rerun(tiny, tmp_path):
     assert record["epochs"] == 2
     cell = next(c for c in load_results(outcome.results_json)["cells"] if (c["task"], c["method"]) == ("local_cub", "fine_tuning"))
     assert cell["accuracy"] == pytest.approx(record["accuracy"])
+    from cqd_port.analysis.report import recollect
+
+    before = outcome.results_json.read_text()
+    outcome.results_json.unlink()
+    assert recollect(tmp_path / "runs")  # `cqd-port report` collects again from grid.json and the run folders
+    assert outcome.results_json.read_text() == before
 
 
 def test_killed_run_resumes_over_its_stale_lock_and_dry_run_says_so(tiny, tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ it is distilled towards, not how well it does.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -246,15 +247,17 @@ def test_reproduce_missing_weights_and_data(cli, tiny, grid_run, tmp_path):
     assert not (tmp_path / "o2").exists()
 
 
-def test_demo_wiring_on_minimal_sizes(tmp_path):
+def test_demo_wiring_on_minimal_sizes(tmp_path, capsys):
     from cqd_port.experiments.demo import DemoConfig, run_demo
 
     config = DemoConfig(
         out=tmp_path / "demo", classes=2, train_per_class=3, test_per_class=2, draw_size=64, pretrain_classes=2,
         pretrain_per_class=3, pretrain_epochs=1, epochs=1, batch_size=4, tasks=["edge_cars"],
-        methods=["fine_tuning", "cqd"], progress=False, workers=0, select={"lambda": (20.0, 200.0)},
+        methods=["fine_tuning", "cqd"], progress=True, workers=0, select={"lambda": (20.0, 200.0)},
     )  # fmt: skip
     outcome = run_demo(config)
+    printed = capsys.readouterr().out  # not a terminal: one line per finished run, no bars
+    assert re.search(r"^\[5/5\] edge_cars/cqd: \d+\.\d% \(\d+ m \d\d s\)$", printed, re.M), printed
     results = load_results(outcome.results_json)
     assert results["synthetic"] is True
     filled = [(c["task"], c["method"]) for c in results["cells"] if c["accuracy"] is not None]
@@ -304,3 +307,14 @@ def test_demo_standin_is_the_same_on_every_run(tmp_path):
         weights.append(torch.load(pretrain_standin(config, progress=False), weights_only=True)["state_dict"])
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
+
+
+def test_demo_verdict_within_one_image_is_a_tie():
+    from cqd_port.experiments.demo import verdict
+
+    one_image = 100 / 360
+    percent = lambda images: 100 * images / 360  # noqa: E731
+    assert verdict(percent(197), percent(196), one_image).startswith("ties")  # 54.7 vs 54.4: "+0.3" is one image
+    assert verdict(percent(196), percent(197), one_image).startswith("ties")
+    assert verdict(percent(198), percent(196), one_image) == "beats"
+    assert verdict(percent(194), percent(196), one_image) == "does NOT beat"

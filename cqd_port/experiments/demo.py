@@ -274,9 +274,9 @@ def cqd_vs_fine_tuning(results: dict[str, Any]) -> list[tuple[str, float | None,
 
 
 def verdict(value: float, reference: float, one_image: float) -> str:
-    """'beats', 'ties' or 'does NOT beat', from the rounded percentages shown; within one test image is a tie."""
-    difference = round(value, 1) - round(reference, 1)
-    if abs(difference) <= one_image + 1e-9:
+    """'beats', 'ties' or 'does NOT beat': a difference of at most one test image (`one_image` points) is a tie."""
+    difference = value - reference
+    if abs(difference) <= one_image * (1 + 1e-6):
         return "ties (within one test image)"
     return "beats" if difference > 0 else "does NOT beat"
 
