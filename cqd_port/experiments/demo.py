@@ -258,7 +258,8 @@ def run_demo(config: DemoConfig) -> DemoOutcome:
                 shown = f"{acc:.1f}%" if acc is not None else "done"
                 print(f"[{done}/{len(keys)}] {key}: {shown} ({int(seconds // 60)} m {seconds % 60:02.0f} s)", flush=True)
 
-        outcome = run_grid(plan, grid, on_run=on_run, seeds=config.seeds, select=config.select)
+        # rerun: a demo folder made with other settings (an older version, other --epochs) is retrained, not refused
+        outcome = run_grid(plan, grid, on_run=on_run, seeds=config.seeds, select=config.select, rerun=True)
     seconds = time.perf_counter() - started
     report = demo_report(outcome.results_json, outcome.markdown, config, seconds)
     return DemoOutcome(outcome.results_json, outcome.results_md, report, seconds, timings)

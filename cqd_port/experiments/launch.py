@@ -135,7 +135,7 @@ def launch_local(
     """Run every job not done on this node (see the module docstring); return the run.json of each run executed."""
     config = absolute(config)
     records: dict[str, dict] = {}
-    todo = [n for n in schedule.nodes.values() if rerun or not node_done(n, schedule, config)]
+    todo = [n for n in schedule.nodes.values() if not node_done(n, schedule, config)]  # a run made with other settings is not done
     done = {k for k in schedule.nodes if k not in {n.key for n in todo}}
     for key in done:
         if schedule.nodes[key].kind == "run":
@@ -248,7 +248,7 @@ def submit_slurm(
         if node.key in earlier and str(earlier[node.key]["job_id"]) in still:
             jobs[node.key] = earlier[node.key]
             continue
-        if not rerun and node_done(node, schedule, config):
+        if node_done(node, schedule, config):
             continue
         after = [str(jobs[d]["job_id"]) for d in node.depends if d in jobs]
         gpus = 0 if node.kind == "prepare" or str(config.device) == "cpu" else options.gpus_per_job
