@@ -220,7 +220,7 @@ def run_demo(config: DemoConfig) -> DemoOutcome:
 
     import sys
 
-    from cqd_port.experiments.grid import ensure_variant, plan_grid, run_grid, run_status
+    from cqd_port.experiments.grid import ensure_variant, plan_grid, progress_line, run_grid, run_status
 
     if config.image_size < 32:
         raise CqdError(f"demo image size {config.image_size} is too small for VGG-M; use 32 or more")
@@ -254,9 +254,7 @@ def run_demo(config: DemoConfig) -> DemoOutcome:
             done = sum(1 for k in keys if run_status(grid, k) == "finished")
             bar.update(task, completed=done, last=f"{key} {acc:.1f}%" if acc is not None else key)
             if config.progress and not terminal:  # a log file, CI, nohup: one line per finished run
-                seconds = float(record.get("seconds") or 0.0)
-                shown = f"{acc:.1f}%" if acc is not None else "done"
-                print(f"[{done}/{len(keys)}] {key}: {shown} ({int(seconds // 60)} m {seconds % 60:02.0f} s)", flush=True)
+                print(progress_line(done, len(keys), key, record), flush=True)
 
         # rerun: a demo folder made with other settings (an older version, other --epochs) is retrained, not refused
         outcome = run_grid(plan, grid, on_run=on_run, seeds=config.seeds, select=config.select, rerun=True)

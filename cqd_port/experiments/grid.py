@@ -370,6 +370,14 @@ def check_inputs(plan: GridPlan, config: GridConfig) -> None:
             raise _no_raw_data(folder, concrete, config)
 
 
+def progress_line(done: int, total: int, key: str, record: dict) -> str:
+    """`[12/44] res_cub/cqd: 54.7% (1 m 02 s)`: the line printed when a run finishes."""
+    seconds = float(record.get("seconds") or 0.0)
+    accuracy = record.get("accuracy")
+    shown = f"{accuracy:.1f}%" if accuracy is not None else "done"
+    return f"[{done}/{total}] {key}: {shown} ({int(seconds // 60)} m {int(seconds % 60):02d} s)"
+
+
 def run_grid(
     plan: GridPlan,
     config: GridConfig,
@@ -395,8 +403,7 @@ def run_grid(
     check_identities(schedule, config, rerun)
     Path(config.out).mkdir(parents=True, exist_ok=True)
     write_grid_json(config.out, plan.table, plan.options, seeds, select, absolute(config))
-    total = len(schedule.runs())
-    counter = iter(range(1, total + 1))
+    keys = [n.key for n in schedule.runs()]
 
     def on_done(node, record: dict) -> None:
         if node.kind != "run":
@@ -404,9 +411,8 @@ def run_grid(
         if on_run is not None:
             on_run(node.key, record)
         elif config.progress:
-            accuracy = record.get("accuracy")
-            shown = f"{accuracy:.1f}%" if accuracy is not None else "done"
-            print(f"[{next(counter)}/{total}] {node.key}: {shown} ({record.get('seconds', 0.0):.0f} s)", flush=True)
+            done = sum(1 for k in keys if run_status(config, k) == "finished")
+            print(progress_line(done, len(keys), node.key, record), flush=True)
 
     say = print if config.progress else (lambda _message: None)
     records = launch_local(schedule, config, config.gpus, rerun, on_done=on_done, say=say)
