@@ -22,6 +22,10 @@ TOL_MOMENTUM = 1e-4
 """SGD momentum buffers of the training replay."""
 TOL_NETWORK_GRADIENT = 1e-4
 """Input and parameter derivatives back-propagated through a whole network."""
+TOL_TPS_WARPED = 1e-9
+"""The release's thin-plate-spline warp in double precision (`tps_*.mat`, release-parity README)."""
+TOL_EXACT = 0.0
+"""Integer results that must match exactly: saved uint8 images, landing maps, control points."""
 
 
 @dataclass
