@@ -48,6 +48,9 @@ def register(app: typer.Typer) -> None:
         tasks: Optional[list[str]] = typer.Option(None, "--tasks", help="Only these tasks (comma-separated or repeated)."),
         methods: Optional[list[str]] = typer.Option(None, "--methods", help="Only these methods (comma-separated or repeated)."),
         augmentation_classes: str = typer.Option("2k", "--augmentation-classes", help="A+B classifier: 2k (released code) or k."),
+        lowres_kernel: str = typer.Option("bilinear", "--lowres-kernel", help="Low-resolution variants: bilinear (the specification) or bicubic (the release's imresize defaults; prepared into <variant>-bicubic)."),
+        a_cqd_start: str = typer.Option("a_model", "--a-cqd-start", help="A-CQD's student starts from a_model (the paper's text) or imagenet (the released script: the same run as CQD)."),
+        vd_vd_lambda: Optional[float] = typer.Option(None, "--vd-vd-lambda", help="Lambda of Table 2's vgg-vd -> vgg-vd (default 200, the release's run_CQD.m; the paper: 50)."),
         tf32: bool = typer.Option(False, "--tf32", help="Allow TF32 on Ampere+ GPUs (MatConvNet computed in strict float32)."),
         workers: int = typer.Option(4, "--workers", help="Image-loading worker processes."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print every cell, the runs it needs and the data, then stop."),
@@ -55,7 +58,7 @@ def register(app: typer.Typer) -> None:
         """Train and evaluate every cell of the paper's Table 1 or 2; write results.json and results.md."""
         from cqd_port.experiments.grid import GridConfig, describe_plan, plan_grid, run_grid
 
-        plan = plan_grid(table, _split(tasks), _split(methods), epochs, augmentation_classes)
+        plan = plan_grid(table, _split(tasks), _split(methods), epochs, augmentation_classes, a_cqd_start, vd_vd_lambda)
         edges_methods = {"sed": None, "opencv": "edges_opencv", "sobel": "edges_sobel"}
         if edges_detector not in edges_methods:
             raise CqdError(f"--edges-detector {edges_detector}: use sed (the paper's), opencv or sobel")
@@ -71,6 +74,7 @@ def register(app: typer.Typer) -> None:
             gpus=_gpus(gpus),
             tf32=tf32,
             workers=workers,
+            lowres_kernel=lowres_kernel,
         )
         if dry_run:
             typer.echo("\n".join(describe_plan(plan, config)))
@@ -85,10 +89,14 @@ def register(app: typer.Typer) -> None:
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per run (default: the demo's tuned value)."),
         sed_model: Optional[Path] = typer.Option(None, "--sed-model", help="The SED toolbox's modelBsds.mat for the edge columns (default: Sobel edges)."),
         device: str = typer.Option("cpu", "--device", help="cpu (the demo's target), auto, cuda or cuda:N."),
+        lowres_kernel: str = typer.Option("bilinear", "--lowres-kernel", help="Low-resolution columns: bilinear (the specification) or bicubic (the release)."),
+        a_cqd_start: str = typer.Option("a_model", "--a-cqd-start", help="A-CQD from a_model (the paper's text) or imagenet (the released script)."),
     ) -> None:
         """Table 1's whole grid end to end on SYNTHETIC data, small images and a narrow VGG-M, on a CPU."""
         from cqd_port.experiments.demo import DemoConfig, run_demo
 
-        config = DemoConfig(out=out, epochs=epochs or DemoConfig.epochs, sed_model=sed_model, device=device)
+        config = DemoConfig(
+            out=out, epochs=epochs or DemoConfig.epochs, sed_model=sed_model, device=device, lowres_kernel=lowres_kernel, a_cqd_start=a_cqd_start
+        )
         outcome = run_demo(config)
         typer.echo(outcome.report)

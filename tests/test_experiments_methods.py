@@ -291,3 +291,39 @@ def test_demo_standin_is_the_same_on_every_run(tmp_path):
         weights.append(torch.load(pretrain_standin(config, progress=False), weights_only=True)["state_dict"])
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
+
+
+def test_bicubic_lowres_kernel_has_its_own_folder_and_is_recorded(tiny, tmp_path):
+    from cqd_port.errors import CqdError
+    from cqd_port.experiments.notes import LOWRES_BICUBIC
+
+    config = replace(_config(tiny, tmp_path / "runs"), prepared=tmp_path / "prepared", lowres_kernel="bicubic")
+    plan = plan_grid(1, ["res_cub"], ["fine_tuning"], epochs=1)
+    outcome = run_grid(plan, config)
+    manifest = json.loads((tmp_path / "prepared/cub/lowres-bicubic/manifest.json").read_text())
+    assert manifest["parameters"]["lowres_kernel"] == "bicubic"
+    assert not (tmp_path / "prepared/cub/lowres").exists()  # the bilinear default's folder is never touched
+    record = json.loads((tmp_path / "runs/res_cub/fine_tuning/run.json").read_text())
+    assert record["lowres_kernel"] == "bicubic" and record["test"] == "cub/lowres-bicubic"
+    assert record["notes"] == [LOWRES_BICUBIC]
+    results = load_results(outcome.results_json)
+    assert results["settings"]["lowres_kernel"] == "bicubic"
+    assert results["cells"][0]["notes"] == [LOWRES_BICUBIC]
+    assert "[1] " + LOWRES_BICUBIC in outcome.markdown
+    # The same --out with the default kernel is refused: a bicubic run is never reused as a bilinear one.
+    with pytest.raises(CqdError, match="another --out"):
+        run_grid(plan, replace(config, lowres_kernel="bilinear"))
+
+
+def test_reproduce_dry_run_threads_the_release_options(cli, tiny, tmp_path):
+    _, _, models = tiny
+    common = ("reproduce", "--tasks", "res_cub", "--models", models, "--prepared", tmp_path / "p", "--out", tmp_path / "o", "--dry-run")
+    release = cli(*common, "--lowres-kernel", "bicubic", "--a-cqd-start", "imagenet")
+    assert release.exit_code == 0, release.stderr
+    assert "cub/lowres-bicubic" in release.stdout and str(tmp_path / "p/cub/lowres-bicubic") in release.stdout
+    assert "res_cub / a_cqd -> res_cub/cqd  (shared run)" in release.stdout  # the release's A-CQD is CQD
+    default = cli(*common)
+    assert "cub/lowres-bicubic" not in default.stdout and "res_cub / a_cqd -> res_cub/a_cqd" in default.stdout
+    for option, value in (("--lowres-kernel", "lanczos3"), ("--a-cqd-start", "staged")):
+        bad = cli(*common, option, value)
+        assert bad.exit_code == 2 and option in bad.stderr and "Traceback" not in bad.stderr

@@ -68,6 +68,8 @@ class DemoConfig:
     methods: list[str] | None = None
     progress: bool = True
     workers: int = 2
+    lowres_kernel: str = "bilinear"  # "bicubic": the release's imresize defaults for the low-res columns
+    a_cqd_start: str = "a_model"  # "imagenet": A-CQD as the released script ran it (= CQD)
 
 
 @dataclass
@@ -208,6 +210,7 @@ def grid_config(config: DemoConfig, standin: Path) -> GridConfig:
         edges_method="edges" if config.sed_model else "edges_sobel",
         prepare_config=degradation_settings(config.image_size),
         batch_size=config.batch_size,
+        lowres_kernel=config.lowres_kernel,
     )
 
 
@@ -228,7 +231,7 @@ def run_demo(config: DemoConfig) -> DemoOutcome:
     say("stand-in pretrained model: reduced VGG-M trained on separate synthetic data ...")
     standin = pretrain_standin(config, config.progress)
 
-    plan = plan_grid(1, config.tasks, config.methods, config.epochs)
+    plan = plan_grid(1, config.tasks, config.methods, config.epochs, a_cqd_start=config.a_cqd_start)
     grid = grid_config(config, standin)
     for variant in plan.variants():
         ensure_variant(variant, grid, config.progress)

@@ -18,6 +18,9 @@ Methods (paper Section 4, 'Methods', and the released code):
 | cqd | B | B | ImageNet, new fc8 | softmax-log + lambda * distillation from the A model |
 | a_cqd | B | B | the whole A model | same as cqd |
 
+`a_cqd_start="imagenet"` (`--a-cqd-start imagenet`) runs A-CQD as the released
+script did: from ImageNet, which makes it CQD itself (the grid shares the run).
+
 Data augmentation as released concatenates the class lists of the two
 domains, so `fc8` is 2k-way while the labels of both domains stay in 1..k
 (outputs k+1..2k are never a target); the test takes the argmax over the
@@ -69,6 +72,10 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 AUGMENTATION_CLASSES = ("2k", "k")
+A_MODEL = "a_model"
+A_CQD_STARTS = (A_MODEL, IMAGENET)
+"""Where A-CQD's student starts: the A model (the paper's text, the default) or ImageNet (the released
+`run_CQD.m`, whose flags make A-CQD the same computation as CQD; the grid then shares CQD's run)."""
 
 
 @dataclass(frozen=True)
@@ -301,6 +308,7 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
     A finished run (run.json status 'finished') is returned as it is.
     """
     from cqd_port.data.batches import paired_records
+    from cqd_port.experiments.notes import run_notes, uses_lowres
     from cqd_port.experiments.networks import finetune_network, load_pretrained, trained_network
     from cqd_port.train.device import select_device
     from cqd_port.train.evaluate import evaluate
@@ -311,7 +319,15 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
 
     out = Path(config.out)
     folder = out / run.key
+    train_labels = [config.concrete(v).label for v in run.train]
+    test_label = config.concrete(run.test).label
     record = read_run_json(folder)
+    if record and (record.get("train"), record.get("test")) != (train_labels, test_label):
+        # e.g. a run on cub/lowres found where this grid wants cub/lowres-bicubic: never reuse it silently
+        raise CqdError(
+            f"{folder} holds a run on {' + '.join(record.get('train') or []) or '-'} -> {record.get('test')}, "
+            f"not on {' + '.join(train_labels) or '-'} -> {test_label}; use another --out folder"
+        )
     if record.get("status") == "finished":
         return record
     device = device or config.device
@@ -324,12 +340,14 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
         "method": run.method,
         "arch": run.arch,
         "status": "running",
-        "train": [config.concrete(v).label for v in run.train],
-        "test": config.concrete(run.test).label,
+        "train": train_labels,
+        "test": test_label,
         "init": run.init,
         "teacher": run.teacher,
         "description": replace(run, batch_size=batch_size).describe(),
         "synthetic": bool(config.synthetic) or _synthetic_data(run, config),
+        "lowres_kernel": config.lowres_kernel if uses_lowres(run, config) else None,
+        "notes": run_notes(run, config),  # where the run's settings are an interpretation
     }
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / RUN_JSON, record)

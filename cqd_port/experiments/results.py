@@ -1,10 +1,14 @@
 """results.json and the Markdown table made from it.
 
 `results.json` is the one record of a grid's outcome:
-`{"table": 1, "synthetic": false, "cells": [{"task", "method", "accuracy", "paper"}]}`
+`{"table": 1, "synthetic": false, "settings": {...}, "cells": [{"task", "method", "accuracy", "paper", "notes"}]}`
 with accuracies in percent (`accuracy` null for a cell not run yet, `paper`
-null where the paper has no number). Tables and figures are always made from
-this file, never from live objects, so they can be remade without rerunning
+null where the paper has no number). `settings` (optional) records the
+choices where the paper, the release and the specification differ
+(`lowres_kernel`, `a_cqd_start`, ...); a cell's `notes` (optional, a list of
+sentences) say where its setting is an interpretation, and results.md prints
+them as numbered footnotes. Tables and figures are always made from this
+file, never from live objects, so they can be remade without rerunning
 anything.
 """
 
@@ -23,6 +27,9 @@ from cqd_port.fileio import atomic_write_json, atomic_write_text
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 CELL_KEYS = ("task", "method", "accuracy", "paper")
+OPTIONAL_CELL_KEYS = ("notes",)
+TOP_KEYS = ("table", "synthetic", "cells")
+OPTIONAL_TOP_KEYS = ("settings",)
 
 
 @dataclass(frozen=True)
@@ -31,9 +38,13 @@ class Cell:
     method: str
     accuracy: float | None  # percent, None when not run
     paper: float | None  # percent, None where the paper has no entry
+    notes: tuple[str, ...] = ()  # where the cell's setting is an interpretation, one sentence each
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "method": self.method, "accuracy": self.accuracy, "paper": self.paper}
+        out: dict[str, Any] = {"task": self.task, "method": self.method, "accuracy": self.accuracy, "paper": self.paper}
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
 
 
 def _is_percent(value: Any) -> bool:
@@ -42,8 +53,13 @@ def _is_percent(value: Any) -> bool:
 
 def validate_results(obj: Any, source: str = "results.json") -> dict[str, Any]:
     """Check `obj` against the results.json schema; CqdError naming the first problem."""
-    if not isinstance(obj, dict) or set(obj) != {"table", "synthetic", "cells"}:
-        raise CqdError(f"{source}: expected exactly the keys table, synthetic, cells; rerun `cqd-port reproduce` to rewrite it")
+    if not isinstance(obj, dict) or not set(TOP_KEYS) <= set(obj) <= set(TOP_KEYS + OPTIONAL_TOP_KEYS):
+        raise CqdError(f"{source}: expected the keys table, synthetic, cells (and optionally settings); rerun `cqd-port reproduce` to rewrite it")
+    settings = obj.get("settings", {})
+    if not isinstance(settings, dict) or not all(
+        isinstance(k, str) and (v is None or isinstance(v, (str, int, float, bool))) for k, v in settings.items()
+    ):
+        raise CqdError(f"{source}: 'settings' must map names to plain values")
     if obj["table"] not in (1, 2):
         raise CqdError(f"{source}: 'table' must be 1 or 2, got {obj['table']!r}")
     if not isinstance(obj["synthetic"], bool):
@@ -53,8 +69,11 @@ def validate_results(obj: Any, source: str = "results.json") -> dict[str, Any]:
     table = paper_table(obj["table"])
     seen = set()
     for i, cell in enumerate(obj["cells"]):
-        if not isinstance(cell, dict) or set(cell) != set(CELL_KEYS):
-            raise CqdError(f"{source}: cell {i} must have exactly the keys {', '.join(CELL_KEYS)}")
+        if not isinstance(cell, dict) or not set(CELL_KEYS) <= set(cell) <= set(CELL_KEYS + OPTIONAL_CELL_KEYS):
+            raise CqdError(f"{source}: cell {i} must have the keys {', '.join(CELL_KEYS)} (and optionally notes)")
+        notes = cell.get("notes", [])
+        if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+            raise CqdError(f"{source}: cell {i} 'notes' must be a list of sentences")
         if cell["task"] not in table.tasks:
             raise CqdError(f"{source}: cell {i} has unknown task {cell['task']!r} for Table {obj['table']}")
         if cell["method"] not in table.methods:
@@ -69,17 +88,22 @@ def validate_results(obj: Any, source: str = "results.json") -> dict[str, Any]:
     return obj
 
 
-def results_object(table: int, synthetic: bool, cells: list[Cell]) -> dict[str, Any]:
-    """The results.json content for `cells` (validated)."""
-    obj = {"table": table, "synthetic": synthetic, "cells": [c.to_dict() for c in cells]}
+def results_object(table: int, synthetic: bool, cells: list[Cell], settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The results.json content for `cells` (validated); `settings` recorded when given."""
+    obj: dict[str, Any] = {"table": table, "synthetic": synthetic}
+    if settings:
+        obj["settings"] = dict(settings)
+    obj["cells"] = [c.to_dict() for c in cells]
     return validate_results(obj)
 
 
-def write_results(out_dir: str | Path, table: int, synthetic: bool, cells: list[Cell]) -> tuple[Path, Path]:
+def write_results(
+    out_dir: str | Path, table: int, synthetic: bool, cells: list[Cell], settings: dict[str, Any] | None = None
+) -> tuple[Path, Path]:
     """Write results.json, then results.md made from that file (both atomically)."""
     out_dir = Path(out_dir)
     json_path = out_dir / RESULTS_JSON
-    atomic_write_json(json_path, results_object(table, synthetic, cells))
+    atomic_write_json(json_path, results_object(table, synthetic, cells, settings))
     md_path = out_dir / RESULTS_MD
     atomic_write_text(md_path, markdown_table(load_results(json_path)))
     return json_path, md_path
@@ -101,10 +125,13 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def _cell_text(cell: dict[str, Any] | None) -> str:
-    """'ours / paper (diff)' for one cell of the Markdown table."""
+def _cell_text(cell: dict[str, Any] | None, footnotes: dict[str, int] | None = None) -> str:
+    """'ours / paper (diff) [n]' for one cell of the Markdown table; [n] numbers its notes in `footnotes`."""
     if cell is None:
         return ""
+    marks = ""
+    if footnotes is not None and cell.get("notes"):
+        marks = " " + "".join(f"[{footnotes.setdefault(n, len(footnotes) + 1)}]" for n in cell["notes"])
     ours, paper = cell["accuracy"], cell["paper"]
     if ours is None:
         text = "not run"
@@ -114,7 +141,7 @@ def _cell_text(cell: dict[str, Any] | None) -> str:
         text += f" / {paper:.1f}"
         if ours is not None:
             text += f" ({ours - paper:+.1f})"
-    return text
+    return text + marks
 
 
 def markdown_table(results: dict[str, Any]) -> str:
@@ -134,22 +161,28 @@ def markdown_table(results: dict[str, Any]) -> str:
             "not from CUB or Stanford Cars; the paper's numbers are shown only for the shape of the comparison.",
             "",
         ]
-    lines += ["Each cell: **ours** / paper (ours - paper), per-image accuracy in percent.", ""]
+    lines += ["Each cell: **ours** / paper (ours - paper), per-image accuracy in percent; [n]: the footnote on its setting.", ""]
+    footnotes: dict[str, int] = {}
     if table.number == 1:
         header = ["Method", "Train", "Test", *[table.task_labels[t] for t in tasks]]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         for m in methods:
             desc, train, test = table.method_labels[m]
-            row = [desc, train, test, *[_cell_text(by_key.get((t, m))) for t in tasks]]
+            row = [desc, train, test, *[_cell_text(by_key.get((t, m)), footnotes) for t in tasks]]
             lines.append("| " + " | ".join(row) + " |")
     else:
         header = ["f -> g", *[" -> ".join(table.method_labels[m][1:]) for m in methods]]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         for t in tasks:
-            row = [table.task_labels[t], *[_cell_text(by_key.get((t, m))) for m in methods]]
+            row = [table.task_labels[t], *[_cell_text(by_key.get((t, m)), footnotes) for m in methods]]
             lines.append("| " + " | ".join(row) + " |")
+    if footnotes:
+        lines += ["", "Settings that are an interpretation (the paper, the released code and the specification differ or are silent):", ""]
+        lines += [f"[{number}] {text}" for text, number in footnotes.items()]
+    if results.get("settings"):
+        lines += ["", "Settings: " + ", ".join(f"{k} = {v}" for k, v in results["settings"].items())]
     if table.notes:
         lines += ["", f"Note: {table.notes}"]
     return "\n".join(lines) + "\n"
