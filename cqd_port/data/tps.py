@@ -215,6 +215,9 @@ def tps_map(coefficients: np.ndarray, center: np.ndarray, rows: np.ndarray, cols
     rows = np.asarray(rows, dtype=np.float64)
     cols = np.asarray(cols, dtype=np.float64)
     k = len(center)
+    coefficients = np.asarray(coefficients, dtype=np.float64)
+    if coefficients.shape != (k + 3, 2):
+        raise CqdError(f"TPS coefficients must have shape ({k + 3}, 2) for {k} control points, got {coefficients.shape}")
     weights, affine = coefficients[:k], coefficients[k:]
     out = np.empty((2, len(rows), len(cols)))
     for axis in range(2):
@@ -266,7 +269,7 @@ def _fill_holes(with_holes: np.ndarray, mapped: np.ndarray, max_half_width: int)
     hole = ~mapped
     if not hole.any() or max_half_width < 1:
         return out
-    out_h, out_w, channels = with_holes.shape
+    channels = with_holes.shape[2]
     pad = max_half_width
     values = np.pad(with_holes, ((pad, pad), (pad, pad), (0, 0)))
     valid = np.pad(mapped, pad)  # outside the canvas counts as a hole: the window is clipped
