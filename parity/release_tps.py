@@ -30,16 +30,10 @@ from cqd_port.data.tps import PLACEMENTS, TpsConfig, control_points, distortion_
 from cqd_port.errors import CqdError
 from cqd_port.imresize import matlab_uint8
 from parity.compare import TOL_EXACT, TOL_TPS_WARPED, ComparisonRow, compare, failed_row
+from parity.references import _struct as _case_struct  # a 1x1 struct, possibly inside a 1x1 cell
 from parity.references import cell_list, load_mat, mat_float, mat_ints, mat_string
 
 _FIELDS = ("image", "center", "target", "interp", "outDim", "warped", "warped_with_holes", "map", "saved")
-
-
-def _case_struct(value: Any) -> Any:
-    # Each case is a 1x1 struct, possibly inside a 1x1 cell.
-    while isinstance(value, np.ndarray) and value.dtype == object and value.size == 1:
-        value = value.flat[0]
-    return value
 
 
 def _check_case(struct: Any, group: str, index: int, placement: str) -> list[ComparisonRow]:
