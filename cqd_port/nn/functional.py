@@ -130,6 +130,19 @@ def pool(
     any padding smaller than the window works, as in MatConvNet. Max pooling
     padded only at the bottom/right runs as PyTorch's ceil mode when that
     gives the same windows (no padded copy of the input).
+
+    Ties: when a window holds several equal maxima, MatConvNet's backward
+    sends the whole gradient to the FIRST of them in column-major order
+    (y varies fastest: down a column, then right), while PyTorch's
+    `max_pool2d` picks the first in row-major order (x fastest). Real images
+    (saturated sky, black borders, flat walls) tie all the time. When a
+    gradient is needed, the max pool therefore runs PyTorch's kernel on the
+    H/W-transposed view (window, stride and padding swapped to match) and
+    transposes the result back: PyTorch's row-major scan of the transposed
+    map is MatConvNet's column-major scan of the original, so the gradient
+    lands on MatConvNet's pixel (checked by `ops_pool_ties.mat` and
+    `ref_vggm_tiny_flat.mat`). The forward values are the same either way, so
+    without autograd (evaluation) the untransposed path runs: no copy at all.
     """
     _check_nchw(x, "pool")
     ph, pw = as_pair(pool, "pool size")
@@ -144,14 +157,13 @@ def pool(
         raise CqdError(f"pool: window {ph}x{pw} larger than the padded input {h + pt + pb}x{w + pl + pr}")
     symmetric = pt == pb and pl == pr and 2 * pt <= ph and 2 * pl <= pw
     if method == "max":
-        if symmetric:
-            return F.max_pool2d(x, (ph, pw), (sy, sx), (pt, pl))
-        if pt == 0 and pl == 0 and h >= ph and w >= pw and _ceil_mode_matches(h, w, (ph, pw), (sy, sx), (pb, pr)):
-            # Padding only at the bottom/right (VGG-M's pool2): PyTorch's ceil mode adds the same
-            # border windows, clipped to the input (= -inf padding), without copying the input.
-            return F.max_pool2d(x, (ph, pw), (sy, sx), ceil_mode=True)
-        x = F.pad(x, (pl, pr, pt, pb), value=float("-inf"))
-        return F.max_pool2d(x, (ph, pw), (sy, sx))
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            # No backward: which of several equal maxima is picked cannot change the output.
+            return _max_pool_row_major(x, (ph, pw), (sy, sx), (pt, pb, pl, pr), symmetric)
+        # Backward: run PyTorch's pool on the H/W-transposed view, whose row-major scan is the
+        # original's column-major scan, so ties go to MatConvNet's first maximum (see docstring).
+        out_t = _max_pool_row_major(x.transpose(2, 3), (pw, ph), (sx, sy), (pl, pr, pt, pb), symmetric)
+        return out_t.transpose(2, 3)
     if symmetric:
         return F.avg_pool2d(x, (ph, pw), (sy, sx), (pt, pl), count_include_pad=False)
     # Asymmetric: window sums over zero padding, divided by the count of real pixels in each window.
@@ -159,6 +171,20 @@ def pool(
     ones = F.pad(x.new_ones(1, 1, h, w), (pl, pr, pt, pb))
     counts = F.avg_pool2d(ones, (ph, pw), (sy, sx), divisor_override=1)
     return sums / counts
+
+
+def _max_pool_row_major(x: torch.Tensor, pool: Pair, stride: Pair, pad: Quad, symmetric: bool) -> torch.Tensor:
+    """PyTorch's max pooling with MatConvNet's padding; ties go to the first maximum in row-major order."""
+    (ph, pw), (sy, sx), (pt, pb, pl, pr) = pool, stride, pad
+    h, w = x.shape[2:]
+    if symmetric:
+        return F.max_pool2d(x, (ph, pw), (sy, sx), (pt, pl))
+    if pt == 0 and pl == 0 and h >= ph and w >= pw and _ceil_mode_matches(h, w, (ph, pw), (sy, sx), (pb, pr)):
+        # Padding only at the bottom/right (VGG-M's pool2): PyTorch's ceil mode adds the same
+        # border windows, clipped to the input (= -inf padding), without copying the input.
+        return F.max_pool2d(x, (ph, pw), (sy, sx), ceil_mode=True)
+    x = F.pad(x, (pl, pr, pt, pb), value=float("-inf"))
+    return F.max_pool2d(x, (ph, pw), (sy, sx))
 
 
 def _ceil_mode_matches(h: int, w: int, pool: Pair, stride: Pair, pad_end: Pair) -> bool:
