@@ -4,7 +4,9 @@ One training step (`sgd_step`) is: forward in train mode (dropout on), the
 summed objective, backward, one `MatConvNetSGD` update with the actual batch
 size. The epoch loop (`train`) reshuffles the training set every epoch with a
 generator seeded from `(seed, epoch)`, uses the last partial batch (as
-`cnn_train_dag` does), seeds dropout from `(seed, epoch)` as well, evaluates
+`cnn_train_dag` does), sets the momentum to zero at the start of every epoch
+(as `cnn_train_dag`'s `process_epoch`; `momentum_reset_each_epoch=False`
+carries it over), seeds dropout from `(seed, epoch)` as well, evaluates
 on the test set in test mode, appends to the history and writes the run
 folder: `checkpoint.pt` (atomic, every epoch), `history.json`,
 `net-train.pdf` and, at the end, `evaluation.json`. A rerun on the same
@@ -46,7 +48,7 @@ EVALUATION_NAME = "evaluation.json"
 
 # Options that change the numbers a run produces: a checkpoint made with other
 # values cannot be continued. (`epochs` may grow: the run then goes on.)
-_RESUME_KEYS = ("batch_size", "schedule", "momentum", "weight_decay", "seed", "label_range")
+_RESUME_KEYS = ("batch_size", "schedule", "momentum", "weight_decay", "seed", "label_range", "momentum_reset_each_epoch")
 
 
 class TrainingDiverged(CqdError):
@@ -64,7 +66,10 @@ class TrainConfig:
     folder says which); `tf32` allows TF32 on CUDA (off: strict fp32 like
     MatConvNet); `eval_batch_size` defaults to `batch_size`;
     `evaluate_every_epoch` False evaluates after the last epoch only; `plot`
-    False skips `net-train.pdf`, `plot_title` heads it.
+    False skips `net-train.pdf`, `plot_title` heads it. `momentum_reset_each_epoch` sets the momentum
+    to zero at the start of every epoch, as the release's `cnn_train_dag.m`
+    does (its `process_epoch` starts each epoch with fresh zero momentum);
+    False carries it over the epoch boundary, as `torch.optim.SGD` would.
     """
 
     epochs: int = 30
@@ -82,6 +87,7 @@ class TrainConfig:
     evaluate_every_epoch: bool = True
     plot: bool = True
     plot_title: str = ""  # heads net-train.pdf: which run, which task, SYNTHETIC data
+    momentum_reset_each_epoch: bool = True
 
     def __post_init__(self) -> None:
         self.schedule = validate_schedule(self.schedule)
@@ -296,6 +302,8 @@ def train(
         epoch_task = bar.add_task("epochs", total=config.epochs, completed=start_epoch - 1, info="")
         for epoch in range(start_epoch, config.epochs + 1):
             lr = learning_rate(config.schedule, epoch)
+            if config.momentum_reset_each_epoch:
+                optimizer.reset_momentum()  # cnn_train_dag's process_epoch: each epoch starts at zero momentum
             batches = epoch_batches(n_train, config.batch_size, config.seed, epoch)
             loader = DataLoader(
                 train_set,
