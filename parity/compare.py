@@ -26,6 +26,9 @@ TOL_TPS_WARPED = 1e-9
 """The release's thin-plate-spline warp in double precision (`tps_*.mat`, release-parity README)."""
 TOL_EXACT = 0.0
 """Integer results that must match exactly: saved uint8 images, landing maps, control points."""
+TOL_UPDATE = 1e-4
+"""A training step's parameter update (after minus before): it is `lr * lrMult * momentum`, so the
+momentum buffers' tolerance; float32 storage rounding is discounted (see `compare_update`)."""
 
 
 @dataclass
@@ -113,3 +116,44 @@ def failed_row(group: str, case: str, quantity: str, tol: float, note: str) -> C
 def join_notes(a: str, b: str) -> str:
     """Two notes of a row, `a; b` (just `b` when `a` is empty)."""
     return f"{a}; {b}" if a else b
+
+
+def compare_update(
+    case: str,
+    quantity: str,
+    before: np.ndarray | torch.Tensor,
+    after: np.ndarray | torch.Tensor,
+    ref_before: np.ndarray | torch.Tensor,
+    ref_after: np.ndarray | torch.Tensor,
+    tol: float = TOL_UPDATE,
+    group: str = "",
+    note: str = "",
+) -> ComparisonRow:
+    """Compare one step's parameter update (`after - before`) with the reference's update.
+
+    Comparing parameters cannot see a step that moves a parameter by less
+    than the tolerance times its magnitude (a bias moved by 1e-6 next to
+    values of 0.2 passes at 1e-5 even if it was not updated at all); the
+    update itself can. Both updates are differences of float32 parameters,
+    so each carries the rounding of its stored result, at most half a unit
+    in the last place (ulp) of the parameter: the part of `|got - ref|`
+    within one float32 ulp of the parameter is discounted element by element,
+    and the rest is taken relative to `max|ref update|`. `max_abs` reports the
+    raw difference. A reference update of zero everywhere falls back to the
+    absolute error, as `relative_error`.
+    """
+    arrays = [_as_float64(v) for v in (before, after, ref_before, ref_after)]
+    if len({a.shape for a in arrays}) != 1:
+        shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
+        return ComparisonRow(group, case, quantity, math.nan, math.nan, tol, join_notes(note, f"shapes differ: {shapes}"))
+    got, ref = arrays[1] - arrays[0], arrays[3] - arrays[2]
+    if ref.size == 0:
+        return ComparisonRow(group, case, quantity, 0.0, 0.0, tol, note)
+    diff = np.abs(got - ref)
+    if np.isnan(diff).any():
+        return ComparisonRow(group, case, quantity, math.nan, math.nan, tol, join_notes(note, "NaN in the result"))
+    storage = np.maximum(np.spacing(np.abs(arrays[3]).astype(np.float32)), np.spacing(np.abs(arrays[1]).astype(np.float32)))
+    excess = float(np.maximum(diff - storage.astype(np.float64), 0.0).max())
+    scale = float(np.abs(ref).max())
+    rel = excess / scale if scale > 0 else excess
+    return ComparisonRow(group, case, quantity, float(diff.max()), rel, tol, note)

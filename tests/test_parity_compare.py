@@ -53,3 +53,20 @@ def test_passed_is_rel_within_tol():
     assert ComparisonRow("g", "c", "q", 0.0, TOL_NETWORK_GRADIENT, TOL_NETWORK_GRADIENT).passed
     assert not ComparisonRow("g", "c", "q", 0.0, 2 * TOL_MOMENTUM, TOL_MOMENTUM).passed
     assert TOL_DEFAULT < TOL_MOMENTUM and TOL_DEFAULT < TOL_NETWORK_GRADIENT
+
+
+def test_update_comparison_discounts_float32_storage_rounding_only():
+    from parity.compare import compare_update
+
+    before = np.float32([0.2, -0.3, 0.1])
+    update = np.float64([1e-6, -2e-6, 5e-7])
+    after = (before.astype(np.float64) + update).astype(np.float32)  # stored: rounded to float32
+    # the reference's own float32 rounding of the same update passes, though it is ~1% of the update
+    same = compare_update("s", "update", before, after, before, after, 1e-4)
+    assert same.passed and same.rel == 0
+    one_ulp = np.nextafter(after, np.float32(1))
+    assert compare_update("s", "update", before, one_ulp, before, after, 1e-4).passed
+    # an update that was not applied is all error; so is one 10% too large
+    assert compare_update("s", "update", before, before, before, after, 1e-4).rel > 0.5
+    too_big = (before.astype(np.float64) + 1.1 * update).astype(np.float32)
+    assert not compare_update("s", "update", before, too_big, before, after, 1e-4).passed
