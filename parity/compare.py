@@ -61,13 +61,41 @@ def _as_float64(value: np.ndarray | torch.Tensor | float) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
 
-def relative_error(got: np.ndarray | torch.Tensor | float, ref: np.ndarray | torch.Tensor | float) -> tuple[float, float]:
-    """(max|got - ref|, max|got - ref| / max|ref|), computed in float64.
+NEAR_ZERO_FRACTION = 1e-6
+"""A reference whose largest magnitude is below this fraction of its *context* (the largest
+reference of the same kind in the same check: every gradient of a network, every tensor of an
+operator case) is near zero, e.g. a batch-norm backward whose terms cancel to float32 noise or to
+denormals. Its error is then taken relative to `NEAR_ZERO_FRACTION * context` instead of its own
+tiny maximum, which would print 1e+42 for a reference of denormals. Legitimately small tensors stay
+fully relative: in the shipped references the smallest network gradient is 8e-6 of the largest,
+the smallest operator gradient 1e-2 of its case."""
 
-    A reference that is all zeros has no scale: the relative error is then the
-    absolute error (zero when `got` is zero too), so an exactly-zero gradient
-    that the port reproduces passes and a non-zero one is measured absolutely.
-    Empty tensors compare equal. NaN anywhere gives NaN.
+
+def scale_floor(context: float) -> float:
+    """The smallest scale a relative error is divided by, for a reference with this context."""
+    return NEAR_ZERO_FRACTION * float(context)
+
+
+def largest_magnitude(*values: np.ndarray | torch.Tensor | float) -> float:
+    """max |v| over all the given tensors (0 for none or only empty ones): a comparison's context."""
+    largest = 0.0
+    for value in values:
+        array = _as_float64(value)
+        if array.size:
+            largest = max(largest, float(np.nanmax(np.abs(array))))
+    return largest
+
+
+def relative_error(
+    got: np.ndarray | torch.Tensor | float, ref: np.ndarray | torch.Tensor | float, context: float = 0.0
+) -> tuple[float, float]:
+    """(max|got - ref|, max|got - ref| / scale), computed in float64.
+
+    scale = max(max|ref|, `scale_floor(context)`) (see `NEAR_ZERO_FRACTION`).
+    A reference that is all zeros with no context has no scale: the relative
+    error is then the absolute error (zero when `got` is zero too), so an
+    exactly-zero gradient that the port reproduces passes and a non-zero one
+    is measured absolutely. Empty tensors compare equal. NaN anywhere gives NaN.
     """
     got64, ref64 = _as_float64(got), _as_float64(ref)
     if got64.shape != ref64.shape:
@@ -78,7 +106,7 @@ def relative_error(got: np.ndarray | torch.Tensor | float, ref: np.ndarray | tor
     if np.isnan(diff).any():
         return math.nan, math.nan
     max_abs = float(diff.max())
-    scale = float(np.abs(ref64).max())
+    scale = max(float(np.abs(ref64).max()), scale_floor(context))
     rel = max_abs / scale if scale > 0 else max_abs
     return max_abs, rel
 
@@ -91,20 +119,24 @@ def compare(
     tol: float = TOL_DEFAULT,
     group: str = "",
     note: str = "",
+    context: float = 0.0,
 ) -> ComparisonRow:
     """Compare `got` with `ref` (same shape and layout) and return the table row.
 
     Both are converted to float64 before subtracting, so the measure itself
     adds no rounding. A shape mismatch is a failed row (NaN errors, the two
     shapes in the note), not an exception: the suite reports it next to the
-    other rows.
+    other rows. `context` (see `NEAR_ZERO_FRACTION`) floors the scale of a
+    near-zero reference; the note says when it did.
     """
     try:
-        max_abs, rel = relative_error(got, ref)
+        max_abs, rel = relative_error(got, ref, context)
     except ValueError as exc:
         return ComparisonRow(group, case, quantity, math.nan, math.nan, tol, join_notes(note, str(exc)))
     if math.isnan(rel):
         note = join_notes(note, "NaN in the result")
+    elif 0 < largest_magnitude(ref) < scale_floor(context):
+        note = join_notes(note, f"near-zero reference: error relative to {NEAR_ZERO_FRACTION:.0e} x its context")
     return ComparisonRow(group, case, quantity, max_abs, rel, tol, note)
 
 

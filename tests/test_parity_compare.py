@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from parity.compare import TOL_DEFAULT, TOL_MOMENTUM, TOL_NETWORK_GRADIENT, ComparisonRow, compare, relative_error
@@ -70,3 +71,18 @@ def test_update_comparison_discounts_float32_storage_rounding_only():
     assert compare_update("s", "update", before, before, before, after, 1e-4).rel > 0.5
     too_big = (before.astype(np.float64) + 1.1 * update).astype(np.float32)
     assert not compare_update("s", "update", before, too_big, before, after, 1e-4).passed
+
+
+def test_near_zero_reference_is_measured_against_a_floor_of_its_context():
+    from parity.compare import NEAR_ZERO_FRACTION
+
+    denormals = np.full(4, 1e-44)  # a batch-norm backward whose terms cancelled: noise and denormals
+    got = np.full(4, 1e-12)
+    assert relative_error(got, denormals)[1] > 1e30  # against its own maximum: meaningless
+    max_abs, rel = relative_error(got, denormals, context=1.0)
+    assert max_abs == pytest.approx(1e-12) and rel == pytest.approx(1e-12 / NEAR_ZERO_FRACTION)
+    row = compare("bnorm", "dzdx", got, denormals, 1e-5, context=1.0)
+    assert row.passed and "near-zero" in row.note
+    assert not compare("bnorm", "dzdx", np.full(4, 1e-3), denormals, 1e-5, context=1.0).passed
+    # a reference above the floor stays fully relative
+    assert relative_error(np.float64([1.1e-3]), np.float64([1e-3]), context=1.0)[1] == pytest.approx(0.1)
