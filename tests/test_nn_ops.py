@@ -275,9 +275,12 @@ def test_max_pool_every_padding_path_equals_explicit_minus_inf_padding() -> None
                 want = torch.nn.functional.max_pool2d(padded, pool_size, stride)
                 assert got.shape == want.shape, (h, w, pad, pool_size, stride)
                 assert torch.equal(got, want)
+                # the backward scatters in the H/W-swapped layout (MatConvNet's tie order), so the
+                # definition does too: same windows, same accumulation order, bit-identical
+                want_t = torch.nn.functional.max_pool2d(padded.transpose(2, 3), pool_size[::-1], stride[::-1])
                 g = torch.randn(got.shape, generator=gen, dtype=torch.float64)
                 (gx,) = torch.autograd.grad(got, x, g)
-                (wx,) = torch.autograd.grad(want, x, g)
+                (wx,) = torch.autograd.grad(want_t.transpose(2, 3), x, g)
                 assert torch.equal(gx, wx)
 
 
