@@ -17,6 +17,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from parity.compare import ComparisonRow
 from parity.runner import LRN_CHOICES, ParityReport, run_parity
@@ -39,8 +40,8 @@ def report_table(report: ParityReport) -> Table:
     for row in report.rows:
         table.add_row(*_cells(row))
     for folder in report.missing:
-        table.add_row(folder.label, "(whole folder)", "", "", "", "", "[bold yellow]NOT RUN[/bold yellow]",
-                      folder.message())
+        table.add_row(Text(folder.label), "(whole folder)", "", "", "", "", "[bold yellow]NOT RUN[/bold yellow]",
+                      Text(folder.message()))  # Text: a path's brackets are not markup
     return table
 
 
@@ -54,7 +55,7 @@ def parity(
         None, "--reference-dir", help="Folder of reference .mat files, searched recursively (repeatable); "
         "replaces the defaults: the packaged parity/reference/, ../shared/parity and ../shared/release-parity."),
     model: Optional[Path] = typer.Option(None, "--model", help="A network (.mat or converted .pt) to check against --reference."),
-    reference: Optional[Path] = typer.Option(None, "--reference", help="One reference file (ref_*.mat from export_reference.m)."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="One reference file of any kind (ref_*.mat from export_reference.m, ops_*, train_*, tps_*, sed_*...)."),
     lrn: str = typer.Option("auto", "--lrn", help=f"LRN power function: {' | '.join(LRN_CHOICES)} "
                             "(auto: each file's provenance.lrn)."),
     failures_only: bool = typer.Option(False, "--failures-only", help="Print only the rows that fail."),
