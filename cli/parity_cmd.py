@@ -55,7 +55,7 @@ def parity(
         None, "--reference-dir", help="Folder of reference .mat files, searched recursively (repeatable); "
         "replaces the defaults: the packaged parity/reference/, ../shared/parity and ../shared/release-parity."),
     model: Optional[Path] = typer.Option(None, "--model", help="A network (.mat or converted .pt) to check against --reference."),
-    reference: Optional[Path] = typer.Option(None, "--reference", help="One reference file of any kind (ref_*.mat from export_reference.m, ops_*, train_*, tps_*, sed_*...)."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="One reference file of any kind (ref_*.mat from export_reference.m, or ops_*, train_*, tps_*, sed_*)."),
     lrn: str = typer.Option("auto", "--lrn", help=f"LRN power function: {' | '.join(LRN_CHOICES)} "
                             "(auto: each file's provenance.lrn)."),
     failures_only: bool = typer.Option(False, "--failures-only", help="Print only the rows that fail."),
