@@ -119,7 +119,7 @@ def pretrain_standin(config: DemoConfig, progress: bool) -> Path:
     import torch
     from rich.progress import Progress
 
-    from cqd_port.data.batches import ImageFolderDataset, preload
+    from cqd_port.data.batches import ImageFolderDataset
     from cqd_port.data.prepare import read_dataset
     from cqd_port.experiments.methods import FINAL_MODEL
     from cqd_port.models.network import SimpleNetwork
@@ -139,9 +139,10 @@ def pretrain_standin(config: DemoConfig, progress: bool) -> Path:
             Path(config.out) / "data" / f"pretrain-{style}", style, config.pretrain_classes, config.pretrain_per_class, 0, config.draw_size, seed
         )
         index = read_dataset("cub", root)
-        decoded = preload(ImageFolderDataset(index, index.records, size, zero))
-        images.append(decoded.images)
-        labels.append(decoded.label_tensor + offset * config.pretrain_classes)
+        decoded = ImageFolderDataset(index, index.records, size, zero).to_store()
+        inputs, targets = decoded.batch(torch.arange(len(decoded)))
+        images.append(inputs)
+        labels.append(targets + offset * config.pretrain_classes)
     x_all = torch.cat(images)
     y_all = torch.cat(labels)
     average = x_all.mean(dim=(0, 2, 3))

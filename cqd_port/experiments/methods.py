@@ -44,6 +44,7 @@ from cqd_port.fileio import atomic_write_json
 
 if TYPE_CHECKING:
     from cqd_port.data.records import DatasetIndex, ImageRecord
+    from cqd_port.data.store import ImageStore
     from cqd_port.models.network import SimpleNetwork
     from cqd_port.experiments.grid import GridConfig
 
@@ -173,20 +174,24 @@ def input_normalization(meta: dict[str, Any], image_size: int | None = None) -> 
 
 
 class DomainData:
-    """Prepared data variants as datasets, cached for the life of a grid.
+    """Prepared data variants as `ImageStore`s, cached for the life of a grid.
 
     `ensure(variant)` returns the prepared folder of a variant, preparing it
-    when missing (see `cqd_port.experiments.grid.ensure_variant`). With
-    `preload`, each (variant, records, size, average) is decoded once into a
-    tensor and reused by every later run.
+    when missing (see `cqd_port.experiments.grid.ensure_variant`). Each
+    (variant, records, size) is decoded once into a store (memory-mapped in
+    the variant's `store/` folder, keyed by its sources and settings, so later
+    runs and other processes reuse it) and kept for every later run; a
+    model's average image is attached per use, not stored. `preload` and
+    `workers` are accepted for old callers: every run reads stores now.
     """
 
-    def __init__(self, ensure: Callable[[DataVariant], Path], preload: bool = False, workers: int = 0) -> None:
+    STORE_FOLDER = "store"
+
+    def __init__(self, ensure: Callable[[DataVariant], Path], preload: bool = True, workers: int = 0, progress: bool = False) -> None:
         self._ensure = ensure
-        self._preload = preload
-        self._workers = workers
+        self._progress = progress
         self._indices: dict[DataVariant, DatasetIndex] = {}
-        self._datasets: dict[tuple, torch.utils.data.Dataset] = {}
+        self._stores: dict[tuple, ImageStore] = {}
 
     def index(self, variant: DataVariant) -> DatasetIndex:
         """The variant's prepared index (read once)."""
@@ -196,45 +201,22 @@ class DomainData:
             self._indices[variant] = read_prepared(self._ensure(variant))
         return self._indices[variant]
 
-    def dataset(
-        self, variant: DataVariant, records: list[ImageRecord], image_size: tuple[int, int], average: np.ndarray
-    ) -> torch.utils.data.Dataset:
-        """`records` of the variant as network inputs (decoded once and kept when preloading)."""
-        from cqd_port.data.batches import ImageFolderDataset, preload
+    def dataset(self, variant: DataVariant, records: list[ImageRecord], image_size: tuple[int, int], average: np.ndarray) -> ImageStore:
+        """`records` of the variant as a store of network inputs with `average` subtracted per batch."""
+        from cqd_port.data.store import build_store
 
-        key = (variant, tuple(r.path for r in records), image_size, average.tobytes())
-        if key in self._datasets:
-            return self._datasets[key]
-        dataset = ImageFolderDataset(self.index(variant), records, image_size, average)
-        if self._preload:
-            dataset = preload(dataset, workers=self._workers)
-            self._datasets[key] = dataset
-        return dataset
-
-
-class ConcatDomains(torch.utils.data.Dataset):
-    """Items of several datasets one after the other, positions renumbered (A+B training set)."""
-
-    def __init__(self, parts: list[torch.utils.data.Dataset]) -> None:
-        self.parts = parts
-        self.offsets = np.cumsum([0, *[len(p) for p in parts]])
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def __getitem__(self, position: int) -> tuple[Any, Any, int]:
-        part = int(np.searchsorted(self.offsets, position, side="right") - 1)
-        image, label, _ = self.parts[part][position - int(self.offsets[part])]
-        return image, label, position
-
-
-def _concat(datasets: list[torch.utils.data.Dataset]) -> torch.utils.data.Dataset:
-    """A+B training set: one dataset of both domains (positions renumbered)."""
-    from cqd_port.data.batches import PreloadedDataset
-
-    if all(isinstance(d, PreloadedDataset) for d in datasets):
-        return PreloadedDataset(torch.cat([d.images for d in datasets]), torch.cat([d.label_tensor for d in datasets]))
-    return ConcatDomains(datasets)
+        key = (variant, tuple(r.path for r in records), tuple(image_size))
+        if key not in self._stores:
+            index = self.index(variant)
+            self._stores[key] = build_store(
+                index.root,
+                [r.path for r in records],
+                [r.label for r in records],
+                image_size,
+                cache_dir=Path(index.root) / self.STORE_FOLDER,
+                progress=self._progress,
+            )
+        return self._stores[key].with_average(average)
 
 
 def read_run_json(folder: Path) -> dict[str, Any]:
@@ -309,6 +291,7 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
     """
     from cqd_port.data.batches import paired_records
     from cqd_port.experiments.notes import run_notes, uses_lowres
+    from cqd_port.data.store import ImageStore
     from cqd_port.experiments.networks import finetune_network, load_pretrained, trained_network
     from cqd_port.train.device import select_device
     from cqd_port.train.evaluate import evaluate
@@ -358,7 +341,7 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
         index = data.index(run.test)
         test_set = data.dataset(run.test, index.test_records(), size, average)
         dev = select_device(device)
-        evaluation = evaluate(model.to(dev), test_set, batch_size=batch_size, device=dev)
+        evaluation = evaluate(model.to(dev), test_set, batch_size=batch_size, device=dev, tf32=config.tf32)
         evaluation.save(folder / EVALUATION_NAME)
         record.update(status="finished", accuracy=evaluation.accuracy, seconds=time.perf_counter() - started)
         atomic_write_json(folder / RUN_JSON, record)
@@ -389,14 +372,16 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
         t_size, t_average = input_normalization(teacher.meta, None)
         teacher_set = data.dataset(a_variant, a_records, t_size, t_average)
         dev = select_device(device)
-        logits = teacher_logits(teacher.to(dev), teacher_set, out / run.teacher / TEACHER_CACHE, batch_size=max(batch_size, 32), device=dev)
+        logits = teacher_logits(
+            teacher.to(dev), teacher_set, out / run.teacher / TEACHER_CACHE, batch_size=max(batch_size, 32), device=dev, tf32=config.tf32
+        )
         del teacher
     else:
         parts = []
         for variant in run.train:
             index = data.index(variant)
             parts.append(data.dataset(variant, index.train_records(), size, average))
-        train_set = parts[0] if len(parts) == 1 else _concat(parts)
+        train_set = parts[0] if len(parts) == 1 else ImageStore.concat(parts)
 
     schedule = shorten_schedule(get_schedule(run.hyper.schedule), run.hyper.epochs, config.lr_scale)
     train_config = TrainConfig(
@@ -405,7 +390,6 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
         schedule=schedule,
         seed=config.seed,
         device=device,
-        num_workers=0 if config.preload else config.workers,
         label_range=(0, k) if run.class_factor != 1 else None,
         lrn_mode=config.lrn_mode,
         tf32=config.tf32,
