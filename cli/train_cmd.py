@@ -26,9 +26,9 @@ def _gpus(text: Optional[str]) -> tuple[int, ...]:
         gpus = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise CqdError(f"--gpus {text}: expected GPU numbers separated by commas, e.g. --gpus 0,1") from None
-    if any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
-        raise CqdError(f"--gpus {text}: GPU numbers must be distinct and non-negative")
-    return gpus
+    if any(g < 0 for g in gpus):
+        raise CqdError(f"--gpus {text}: GPU numbers must be non-negative")
+    return gpus  # a number given twice runs two processes on that GPU (VGG-M at batch 128 needs well under 10 GB)
 
 
 def register(app: typer.Typer) -> None:
@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
         edges_detector: str = typer.Option("sed", "--edges-detector", help="sed: the toolbox's edgesDetect, as the release (the paper's edges); opencv: OpenCV's detector, NOT the paper's edges; sobel: model-free, NOT the paper's."),
         out: Optional[Path] = typer.Option(None, "--out", help="Run folders and results (default runs/table1 or runs/table2)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-        gpus: Optional[str] = typer.Option(None, "--gpus", help="Run independent runs in parallel, one process per GPU, e.g. 0,1 (with --device cpu: that many CPU processes)."),
+        gpus: Optional[str] = typer.Option(None, "--gpus", help="Run independent runs in parallel, one process per entry, e.g. 0,1, or 0,0,1,1 for two runs per GPU (with --device cpu: that many CPU processes)."),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per run (paper: 30); the schedule is squeezed to fit."),
         tasks: Optional[list[str]] = typer.Option(None, "--tasks", help="Only these tasks (comma-separated or repeated)."),
         methods: Optional[list[str]] = typer.Option(None, "--methods", help="Only these methods (comma-separated or repeated)."),

@@ -81,3 +81,20 @@ def test_concat_subset_and_datasets_become_stores():
 
     store = as_image_store(Items())
     assert store.labels.tolist() == [0, 1, 0] and store.batch([0])[0].max() == 2.0
+
+
+def test_stored_average_image_matches_matconvnet_and_the_mean_colour_does_not(parity_dir):
+    # ref_vggm_tiny.mat: MatConvNet's input = image - averageImage, with net_vggm_tiny's full 224x224x3 average.
+    from cqd_port.experiments.methods import input_normalization
+    from matconvnet_weights.simplenn import read_network
+    from parity.compare import relative_error
+    from parity.references import read_network_reference
+
+    ref = read_network_reference(parity_dir / "ref_vggm_tiny.mat")
+    meta = read_network(parity_dir / "net_vggm_tiny.mat").meta
+    errors = {}
+    for mode in ("stored", "colour"):
+        size, average = input_normalization(meta, average=mode)
+        store = ImageStore(ref.image.float(), torch.zeros(ref.image.shape[0], dtype=torch.long), average)
+        errors[mode] = relative_error(store.batch(torch.arange(ref.image.shape[0]))[0], ref.input)[1]
+    assert errors["stored"] <= 1e-6 and errors["colour"] > 1e-3, errors

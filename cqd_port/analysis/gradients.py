@@ -112,9 +112,9 @@ def preprocessing_from_meta(meta: dict[str, Any] | None, source: str = "the mode
 
     Delegates to the training side (`cqd_port.experiments.methods.input_normalization`)
     so the maps are taken at exactly the inputs the model was trained on: as
-    the released `getBatch`, images are resized to `imageSize(1:2)` (224 x 224
-    when the meta has none) and the average *colour* of `averageImage` is
-    subtracted (a full H x W x 3 average image is reduced to its mean colour).
+    the released `imdb_get_batch`, images are resized to `imageSize(1:2)` (224 x 224
+    when the meta has none) and `averageImage` is subtracted as stored (a full
+    H x W x 3 average image pixel by pixel, a colour as a colour).
     """
     from cqd_port.experiments.methods import input_normalization
 

@@ -224,10 +224,10 @@ def _decode(path: Path, image_size: tuple[int, int], box: Sequence[float] | None
     from cqd_port.data.images import read_image_rgb
 
     image = read_image_rgb(path)
-    if box is not None:  # 1-based inclusive x1 y1 x2 y2, clipped to the image
-        h, w = image.shape[:2]
-        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
-        image = image[max(0, y1 - 1) : min(h, y2), max(0, x1 - 1) : min(w, x2)]
+    if box is not None:  # MATLAB im(y1:y2, x1:x2, :), as the cropped domain was made
+        from cqd_port.data.degrade import crop_to_box
+
+        image = crop_to_box(image, box)
     if dtype == "uint8":
         if image.shape[:2] != tuple(image_size):
             raise _SizeMismatch(f"{path} is {image.shape[0]}x{image.shape[1]}, not {image_size[0]}x{image_size[1]}")

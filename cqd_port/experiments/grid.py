@@ -177,8 +177,10 @@ class GridConfig:
     stands in for the ImageNet model (the demo's pretrained stand-in); when
     absent the file is looked up in `models`. `lr_scale` multiplies the
     released schedule (the demo's short runs); the input size and average
-    colour come from the model's meta; `preload` decodes every image once into a
-    tensor (the demo); a missing data variant is prepared from `cub_root` /
+    image come from the model's meta (`average_image` "stored": subtracted as
+    stored, as the release; "colour": its mean colour); every run reads its
+    images from tensor stores (`cqd_port.data.store`; `preload` and `workers`
+    no longer matter there); a missing data variant is prepared from `cub_root` /
     `cars_root` (with `prepare_config` as extra `DegradationConfig` fields).
     `lowres_kernel` makes the low-resolution variants with "bilinear" (the
     user's specification, default) or "bicubic" (the release; its own
@@ -205,6 +207,7 @@ class GridConfig:
     edges_method: str | None = None  # what `edges` variants are made with; None: `edges`, the paper's SED (needs sed_model)
     prepare_config: dict | None = None  # extra DegradationConfig fields
     batch_size: int | None = None  # overrides the paper's batch size (the demo's small data)
+    average_image: str = "stored"  # "colour": the mean colour of averageImage (cqd-port's old behaviour)
     lowres_kernel: str = "bilinear"  # low-res variants: "bilinear" (the user's specification) or "bicubic" (the release)
 
     def __post_init__(self) -> None:

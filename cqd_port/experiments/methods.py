@@ -152,25 +152,37 @@ FINAL_MODEL = "final.pt"
 TEACHER_CACHE = "teacher-logits"
 
 
-def input_normalization(meta: dict[str, Any], image_size: int | None = None) -> tuple[tuple[int, int], np.ndarray]:
-    """Input side and average colour the network expects, from its `meta.normalization`.
+AVERAGE_MODES = ("stored", "colour")
 
-    As the released code (`getBatch` of the B-CNN/CQD code): images are resized
-    to `imageSize(1:2)` and the network's average *colour*
-    `mean(mean(averageImage, 1), 2)` is subtracted; a full HxWx3 average image
-    is reduced to its mean colour for that reason. `image_size` overrides the
-    size (the demo's reduced networks carry their own in meta anyway).
+
+def input_normalization(
+    meta: dict[str, Any], image_size: int | None = None, average: str = "stored"
+) -> tuple[tuple[int, int], np.ndarray]:
+    """Input side and average image the network expects, from its `meta.normalization`.
+
+    As the released `imdb_get_batch`: images are resized to `imageSize(1:2)`
+    and the model's `averageImage` is subtracted AS STORED (`average="stored"`):
+    a 1x1x3 colour stays a colour, a full HxWx3 image (imagenet-vgg-m.mat's
+    224x224x3) is subtracted pixel by pixel. `average="colour"` subtracts its
+    mean colour `mean(mean(averageImage, 1), 2)` instead (what cqd-port did
+    before; the B-CNN code's habit). A full image whose size is not the input
+    size can only be used as its mean colour. `image_size` overrides the size
+    (the demo's reduced networks carry their own in meta anyway).
     """
+    if average not in AVERAGE_MODES:
+        raise CqdError(f"unknown average mode '{average}'; use one of {', '.join(AVERAGE_MODES)}")
     norm = meta.get("normalization", {}) or {}
     size = norm.get("imageSize") or [224, 224]
     hw = (int(image_size), int(image_size)) if image_size else (int(size[0]), int(size[1]))
     avg = norm.get("averageImage")
     if avg is None:
-        avg_colour = np.zeros((1, 1, 3), dtype=np.float32)
-    else:
-        avg = np.asarray(avg, dtype=np.float32)
-        avg_colour = avg.reshape(-1, 3).mean(axis=0).reshape(1, 1, 3) if avg.size != 3 else avg.reshape(1, 1, 3)
-    return hw, avg_colour.astype(np.float32)
+        return hw, np.zeros((1, 1, 3), dtype=np.float32)
+    avg = np.asarray(avg, dtype=np.float32)
+    if avg.size == 3:
+        return hw, avg.reshape(1, 1, 3)
+    if average == "stored" and avg.ndim == 3 and avg.shape == (*hw, 3):
+        return hw, avg.copy()
+    return hw, avg.reshape(-1, 3).mean(axis=0).reshape(1, 1, 3).astype(np.float32)
 
 
 class DomainData:
@@ -217,6 +229,10 @@ class DomainData:
                 progress=self._progress,
             )
         return self._stores[key].with_average(average)
+
+
+def _average_mode(config: Any) -> str:
+    return str(getattr(config, "average_image", "stored"))
 
 
 def read_run_json(folder: Path) -> dict[str, Any]:
@@ -337,7 +353,7 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
 
     if not run.trains:  # no adaptation: the A model on B's test images
         model = _load_trained(out / run.init, config.lrn_mode)
-        size, average = input_normalization(model.meta, None)
+        size, average = input_normalization(model.meta, None, _average_mode(config))
         index = data.index(run.test)
         test_set = data.dataset(run.test, index.test_records(), size, average)
         dev = select_device(device)
@@ -359,7 +375,7 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
         network = trained_network(out / run.init / FINAL_MODEL)
         num_classes = int(network.state["fc8.weight"].shape[0])
     model = network.build(config.lrn_mode)
-    size, average = input_normalization(network.meta, None)
+    size, average = input_normalization(network.meta, None, _average_mode(config))
 
     # data: B (or A, or A+B) training images, paired with A's for the teacher
     test_set = data.dataset(run.test, test_index.test_records(), size, average)
@@ -369,7 +385,7 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
         a_records, b_records = paired_records(data.index(a_variant), data.index(run.train[0]), train=True)
         train_set = data.dataset(run.train[0], b_records, size, average)
         teacher = _load_trained(out / run.teacher, config.lrn_mode)
-        t_size, t_average = input_normalization(teacher.meta, None)
+        t_size, t_average = input_normalization(teacher.meta, None, _average_mode(config))
         teacher_set = data.dataset(a_variant, a_records, t_size, t_average)
         dev = select_device(device)
         logits = teacher_logits(
