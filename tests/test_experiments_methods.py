@@ -17,7 +17,11 @@ import torch
 
 import cqd_port.train.trainer as trainer_module
 from cqd_port.data.batches import ImageFolderDataset
-from cqd_port.data.prepare import read_prepared
+from cqd_port.data.degrade import crop_to_box
+from cqd_port.data.images import read_image_rgb
+from cqd_port.data.prepare import read_dataset, read_prepared
+from cqd_port.imresize import imresize
+from cqd_port.layout import image_to_nchw
 from cqd_port.data.synth import make_synthetic_dataset
 from cqd_port.experiments.grid import GridConfig, plan_grid, run_grid
 from cqd_port.experiments.methods import input_normalization
@@ -168,12 +172,19 @@ def test_cqd_teacher_logits_aligned_by_index(grid_run):
     index_b = read_prepared(config.variant_dir(DataVariant("cub", "original")))
     b_train = index_b.train_records()
     assert logits.shape == (len(b_train), CLASSES)
-    a_by_path = {r.path: r for r in index_a.train_records()}
+    raw = read_dataset("cub", config.cub_root)
+    raw_by_path = {r.path: r for r in raw.records}
+    assert {r.path for r in index_a.train_records()} == {r.path for r in b_train}
     with torch.no_grad():
         for i, record in enumerate(b_train):  # row i: the teacher on the A (localized) view of B's image i
-            image = ImageFolderDataset(index_a, [a_by_path[record.path]], size, average)[0][0]
-            expected = teacher(image[None]).reshape(-1)
+            # domain A as the release fed it: the NATIVE image cropped to the box, resized in single precision
+            original = raw_by_path[record.path]
+            crop = crop_to_box(read_image_rgb(raw.resolve(original)), original.box).astype(np.float32)
+            image = image_to_nchw(imresize(crop, size=size, method="bicubic").astype(np.float32) - average)
+            expected = teacher(image).reshape(-1)
             assert torch.allclose(logits[i], expected, atol=1e-4), f"row {i} ({record.path})"
+            prepared = ImageFolderDataset(index_a, [r for r in index_a.train_records() if r.path == record.path], size, average)[0][0]
+            assert not torch.equal(prepared[None], image)  # not the re-encoded 64 px JPEG of domain A
     assert torch.equal(calls["local_cub/a_cqd"]["teacher_logits"], logits)  # cached once, reused
     assert list((Path(config.out) / "local_cub/upper_bound/teacher-logits").glob("*.pt"))
 

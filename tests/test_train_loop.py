@@ -190,6 +190,9 @@ def test_resume_with_other_options_is_refused(tmp_path):
     train(tiny_net(), Blobs(14, 1), None, config(epochs=1), Objective(), tmp_path, progress=False)
     with pytest.raises(CqdError, match="batch_size"):
         train(tiny_net(), Blobs(14, 1), None, config(epochs=2, batch_size=4), Objective(), tmp_path, progress=False)
+    for key, value in (("lrn_mode", "matconvnet-cpu"), ("tf32", True), ("momentum_reset_each_epoch", False)):
+        with pytest.raises(CqdError, match=key):
+            train(tiny_net(), Blobs(14, 1), None, config(epochs=2, **{key: value}), Objective(), tmp_path, progress=False)
 
 
 def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):

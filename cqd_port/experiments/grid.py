@@ -178,7 +178,9 @@ class GridConfig:
     absent the file is looked up in `models`. `lr_scale` multiplies the
     released schedule (the demo's short runs); the input size and average
     image come from the model's meta (`average_image` "stored": subtracted as
-    stored, as the release; "colour": its mean colour); every run reads its
+    stored, as the release; "colour": its mean colour); `domain_a` "native"
+    reads domain A and the full images at native resolution, resized on the fly
+    in single precision, as the release ("prepared": their 224 JPEGs); every run reads its
     images from tensor stores (`cqd_port.data.store`; `preload` and `workers`
     no longer matter there); a missing data variant is prepared from `cub_root` /
     `cars_root` (with `prepare_config` as extra `DegradationConfig` fields).
@@ -208,6 +210,7 @@ class GridConfig:
     prepare_config: dict | None = None  # extra DegradationConfig fields
     batch_size: int | None = None  # overrides the paper's batch size (the demo's small data)
     average_image: str = "stored"  # "colour": the mean colour of averageImage (cqd-port's old behaviour)
+    domain_a: str = "native"  # "prepared": domain A from its prepared 224 JPEGs (cqd-port's old behaviour)
     lowres_kernel: str = "bilinear"  # low-res variants: "bilinear" (the user's specification) or "bicubic" (the release)
 
     def __post_init__(self) -> None:
@@ -422,7 +425,7 @@ def run_grid(plan: GridPlan, config: GridConfig, on_run: Callable[[str, dict], N
         records = _run_parallel(plan, config, on_run)
     else:
         device = slot_device(config, config.gpus[0]) if config.gpus else config.device
-        data = DomainData(lambda v: ensure_variant(v, config, config.progress), preload=config.preload, workers=0 if config.preload else config.workers)
+        data = DomainData(lambda v: ensure_variant(v, config, config.progress), domain_a=config.domain_a)
         total = len(plan.runs)
         for number, (key, run) in enumerate(plan.runs.items(), start=1):
             status = run_status(config, key)
@@ -456,7 +459,7 @@ def _worker(run: RunSpec, config: GridConfig, device: str) -> dict:
     from cqd_port.experiments.methods import DomainData, execute_run
 
     config = replace(config, progress=False)
-    data = DomainData(lambda v: ensure_variant(v, config, False), preload=config.preload, workers=0)
+    data = DomainData(lambda v: ensure_variant(v, config, False), domain_a=config.domain_a)
     return execute_run(run, config, data, device=device, progress=False)
 
 

@@ -185,6 +185,10 @@ def input_normalization(
     return hw, avg.reshape(-1, 3).mean(axis=0).reshape(1, 1, 3).astype(np.float32)
 
 
+NATIVE_DEGRADATIONS = ("original", "localized")
+"""Variants the release read at native resolution and resized on the fly (domain A, the full CUB images)."""
+
+
 class DomainData:
     """Prepared data variants as `ImageStore`s, cached for the life of a grid.
 
@@ -193,15 +197,34 @@ class DomainData:
     (variant, records, size) is decoded once into a store (memory-mapped in
     the variant's `store/` folder, keyed by its sources and settings, so later
     runs and other processes reuse it) and kept for every later run; a
-    model's average image is attached per use, not stored. `preload` and
-    `workers` are accepted for old callers: every run reads stores now.
+    model's average image is attached per use, not stored.
+
+    With `domain_a="native"` (the release's pipeline, issue 8 section 3) the
+    `original` and `localized` variants (domain A, the full CUB images) are
+    read from the dataset's own images at NATIVE resolution (cropped to the
+    box for `localized` or a `box` source) and resized to the network's input
+    in single precision, bicubic with antialiasing, unrounded, once, as float32;
+    `domain_a="prepared"` reads their prepared 224 JPEGs (cqd-port's old
+    behaviour). Degraded variants are always the prepared uint8 files, as the
+    release's `save_images.m` wrote them. `preload` and `workers` are accepted
+    for old callers.
     """
 
     STORE_FOLDER = "store"
 
-    def __init__(self, ensure: Callable[[DataVariant], Path], preload: bool = True, workers: int = 0, progress: bool = False) -> None:
+    def __init__(
+        self,
+        ensure: Callable[[DataVariant], Path],
+        preload: bool = True,
+        workers: int = 0,
+        progress: bool = False,
+        domain_a: str = "native",
+    ) -> None:
+        if domain_a not in ("native", "prepared"):
+            raise CqdError(f"unknown domain_a '{domain_a}'; use native or prepared")
         self._ensure = ensure
         self._progress = progress
+        self._domain_a = domain_a
         self._indices: dict[DataVariant, DatasetIndex] = {}
         self._stores: dict[tuple, ImageStore] = {}
 
@@ -220,15 +243,44 @@ class DomainData:
         key = (variant, tuple(r.path for r in records), tuple(image_size))
         if key not in self._stores:
             index = self.index(variant)
+            root, boxes, dtype = index.root, None, "auto"
+            native = self._native_source(variant, index) if self._domain_a == "native" else None
+            if native is not None:
+                root, by_path, crop = native
+                boxes = [by_path[r.path] for r in records] if crop else None
+                dtype = "float32"
             self._stores[key] = build_store(
-                index.root,
+                root,
                 [r.path for r in records],
                 [r.label for r in records],
                 image_size,
+                boxes=boxes,
+                dtype=dtype,
                 cache_dir=Path(index.root) / self.STORE_FOLDER,
                 progress=self._progress,
             )
         return self._stores[key].with_average(average)
+
+    @staticmethod
+    def _native_source(variant: DataVariant, index: DatasetIndex) -> tuple[Path, dict[str, Any], bool] | None:
+        """(dataset root, boxes by path, crop?) for a native-resolution variant, from its prepared folder's settings."""
+        from cqd_port.data.prepare import PARAMS_FILE, read_dataset
+
+        if variant.degradation not in NATIVE_DEGRADATIONS:
+            return None
+        params_path = Path(index.root) / PARAMS_FILE
+        try:
+            params = json.loads(params_path.read_text(encoding="utf-8"))
+            data_root = Path(params["data_root"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise CqdError(f"{params_path} is missing or unreadable; delete {index.root} and rerun to prepare it again") from None
+        raw = read_dataset(variant.dataset, data_root)
+        by_path = {r.path: r.box for r in raw.records}
+        missing = [r.path for r in index.records if r.path not in by_path]
+        if missing:
+            raise CqdError(f"{data_root} no longer has {missing[0]} (listed in {index.root}); point the grid at the dataset it was prepared from")
+        crop = variant.degradation == "localized" or params.get("source") == "box"
+        return data_root, by_path, crop
 
 
 def _average_mode(config: Any) -> str:

@@ -68,6 +68,9 @@ _RESUME_KEYS = (
     "momentum_reset_each_epoch",
 )
 
+_BEFORE_THE_SETTING = {"momentum_reset_each_epoch": False}
+"""What a checkpoint written before a setting existed ran with."""
+
 BatchOrder = Callable[[int, int], list[list[int]]]
 """`batch_order(epoch, num_items)` -> the epoch's batches of item indices (default `epoch_batches`)."""
 
@@ -249,8 +252,7 @@ def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> lis
 def _check_resume(saved: Mapping[str, Any], current: Mapping[str, Any], path: Path) -> None:
     for key in _RESUME_KEYS:
         # A checkpoint from before a setting existed ran with that setting's old behaviour.
-        old_default = {"momentum_reset_each_epoch": False, "tf32": False}.get(key, current[key])
-        before = saved.get(key, old_default) if key in ("momentum_reset_each_epoch", "tf32") else saved.get(key, current[key])
+        before = saved.get(key, _BEFORE_THE_SETTING.get(key, current[key]))
         if before != current[key]:
             raise CqdError(
                 f"{path} was made with {key}={before!r}, this run has {key}={current[key]!r}; "
