@@ -90,7 +90,8 @@ class TrainConfig:
     folder says which, and a resume must match it); `tf32` allows TF32 on
     CUDA (off: strict fp32 like MatConvNet); `eval_batch_size` defaults to
     `batch_size`; `evaluate_every_epoch` False evaluates after the last epoch
-    only; `plot` False skips `net-train.pdf`, `plot_every` N > 0 also draws it
+    only; `plot` False skips `net-train.pdf`, `plot_title` heads it,
+    `plot_every` N > 0 also draws it
     every N epochs (default: at the end only); `momentum_reset_each_epoch`
     False carries the momentum over epoch boundaries (not the release's
     behaviour). `num_workers` is accepted for old callers and ignored: the
