@@ -90,8 +90,3 @@ def run_cli(*args: str) -> CliResult:
 @pytest.fixture
 def cli():
     return run_cli
-
-
-@pytest.fixture
-def release_parity_dir() -> Path:
-    return _require(SHARED / "release-parity")
