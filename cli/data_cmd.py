@@ -27,7 +27,7 @@ def prepare(
     ),
     source: Optional[str] = typer.Option(None, "--source", help="box or full: override the image the degradation starts from"),
     sed_model: Optional[Path] = typer.Option(None, "--sed-model", help="edges: the SED toolbox's modelBsds.mat (the paper's edges); edges_opencv: OpenCV's model.yml.gz (not the paper's)"),
-    lowres_method: Optional[str] = typer.Option(None, "--lowres-method", help="bilinear or bicubic (the default is DegradationConfig's)"),
+    lowres_kernel: Optional[str] = typer.Option(None, "--lowres-kernel", help="bilinear (default: the user's specification) or bicubic (the release's imresize defaults); bicubic goes to <degradation>-bicubic"),
     lowres_path: Optional[str] = typer.Option(None, "--lowres-path", help="code (image->50->224) or paper (image->224->50->224)"),
     seed: int = typer.Option(0, "--seed", help="dataset-level seed of the random degradations (distorted)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
@@ -40,8 +40,8 @@ def prepare(
     changes: dict = {"seed": seed}
     if sed_model is not None:
         changes["sed_model"] = str(sed_model)
-    if lowres_method is not None:
-        changes["lowres_method"] = lowres_method
+    if lowres_kernel is not None:
+        changes["lowres_kernel"] = lowres_kernel
     if lowres_path is not None:
         changes["lowres_path"] = lowres_path
     config = replace(DegradationConfig(), **changes)

@@ -1,8 +1,11 @@
 """`cqd-port parity`: compare the port with MatConvNet's reference numbers.
 
 Thin: parses options, calls `parity.runner.run_parity`, prints the table.
-Exit codes: 0 when every comparison passes, 1 when one fails (or nothing
-could be compared), 2 for a user error (missing file or directory, bad option).
+Exit codes: 0 when every comparison passes and nothing was left out, 1 when
+one fails (or nothing could be compared), 2 for a user error (missing file or
+directory, bad option), 3 when everything that ran passed but a default
+reference folder was not found (or a found file was not run): an incomplete
+check is never reported as success.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from parity.compare import ComparisonRow
 from parity.runner import LRN_CHOICES, ParityReport, run_parity
@@ -23,15 +27,21 @@ def _fmt(value: float) -> str:
     return "nan" if math.isnan(value) else f"{value:.2e}"
 
 
+EXIT_INCOMPLETE = 3
+
+
 def report_table(report: ParityReport) -> Table:
-    """The parity table: one row per compared tensor."""
-    table = Table(title="MatConvNet parity", show_lines=False)
+    """The parity table: one row per compared tensor, one per default folder not found."""
+    table = Table(title="Parity with MatConvNet and the released CQD code", show_lines=False)
     for column, justify in (("group", "left"), ("case / layer", "left"), ("quantity", "left"),
                             ("max abs error", "right"), ("relative error", "right"),
                             ("tolerance", "right"), ("result", "center"), ("note", "left")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for row in report.rows:
         table.add_row(*_cells(row))
+    for folder in report.missing:
+        table.add_row(Text(folder.label), "(whole folder)", "", "", "", "", "[bold yellow]NOT RUN[/bold yellow]",
+                      Text(folder.message()))  # Text: a path's brackets are not markup
     return table
 
 
@@ -42,10 +52,10 @@ def _cells(row: ComparisonRow) -> list[str]:
 
 def parity(
     reference_dir: Optional[list[Path]] = typer.Option(
-        None, "--reference-dir", help="Folder of ops_/ref_/train_*.mat files (repeatable). "
-        "Default: the packaged parity/reference/ and ../shared/parity."),
+        None, "--reference-dir", help="Folder of reference .mat files, searched recursively (repeatable); "
+        "replaces the defaults: the packaged parity/reference/, ../shared/parity and ../shared/release-parity."),
     model: Optional[Path] = typer.Option(None, "--model", help="A network (.mat or converted .pt) to check against --reference."),
-    reference: Optional[Path] = typer.Option(None, "--reference", help="One reference file (ref_*.mat from export_reference.m)."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="One reference file of any kind (ref_*.mat from export_reference.m, or ops_*, train_*, tps_*, sed_*)."),
     lrn: str = typer.Option("auto", "--lrn", help=f"LRN power function: {' | '.join(LRN_CHOICES)} "
                             "(auto: each file's provenance.lrn)."),
     failures_only: bool = typer.Option(False, "--failures-only", help="Print only the rows that fail."),
@@ -63,7 +73,7 @@ def parity(
             reference=reference,
             progress=lambda label: status.update(f"parity: {label}"),
         )
-    shown = ParityReport(rows=report.failures(), not_run=report.not_run) if failures_only else report
+    shown = ParityReport(rows=report.failures(), not_run=report.not_run, missing=report.missing) if failures_only else report
     console.print(report_table(shown))
     if report.lrn_modes:
         console.print("LRN mode:")
@@ -79,7 +89,14 @@ def parity(
     if not report.rows:
         summary += " (nothing was compared)"
     console.print(summary, markup=False)
-    raise typer.Exit(0 if report.passed else 1)
+    if report.missing:
+        console.print("[bold yellow]INCOMPLETE: this was not the whole parity check.[/bold yellow]")
+        for folder in report.missing:
+            console.print(f"  {folder.message()}", markup=False)
+        console.print("  Run from a checkout with ../shared beside it, or pass --reference-dir for each folder.", markup=False)
+    if not report.passed:
+        raise typer.Exit(1)
+    raise typer.Exit(0 if report.complete else EXIT_INCOMPLETE)
 
 
 def register(app: typer.Typer) -> None:

@@ -29,7 +29,7 @@ def _gpus(text: Optional[str]) -> tuple[int, ...]:
         raise CqdError(f"--gpus {text}: expected GPU numbers separated by commas, e.g. --gpus 0,1") from None
     if any(g < 0 for g in gpus):
         raise CqdError(f"--gpus {text}: GPU numbers must be non-negative")
-    return gpus
+    return gpus  # a number given twice runs two processes on that GPU (VGG-M at batch 128 needs well under 10 GB)
 
 
 def register(app: typer.Typer) -> None:
@@ -63,6 +63,9 @@ def register(app: typer.Typer) -> None:
         tasks: Optional[list[str]] = typer.Option(None, "--tasks", help="Only these tasks (comma-separated or repeated)."),
         methods: Optional[list[str]] = typer.Option(None, "--methods", help="Only these methods (comma-separated or repeated)."),
         augmentation_classes: str = typer.Option("2k", "--augmentation-classes", help="A+B classifier: 2k (released code) or k."),
+        lowres_kernel: str = typer.Option("bilinear", "--lowres-kernel", help="Low-resolution variants: bilinear (the specification) or bicubic (the release's imresize defaults; prepared into <variant>-bicubic)."),
+        a_cqd_start: str = typer.Option("a_model", "--a-cqd-start", help="A-CQD's student starts from a_model (the paper's text) or imagenet (the released script: the same run as CQD)."),
+        vd_vd_lambda: Optional[float] = typer.Option(None, "--vd-vd-lambda", help="Lambda of Table 2's vgg-vd -> vgg-vd (default 200, the release's run_CQD.m; the paper: 50)."),
         tf32: bool = typer.Option(False, "--tf32", help="Allow TF32 on Ampere+ GPUs (MatConvNet computed in strict float32)."),
         workers: int = typer.Option(4, "--workers", help="Image-loading worker processes."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print every cell, the runs it needs and the data, then stop."),
@@ -74,7 +77,7 @@ def register(app: typer.Typer) -> None:
 
         if launcher not in LAUNCHERS:
             raise CqdError(f"--launcher {launcher}: use local or slurm")
-        plan = plan_grid(table, _split(tasks), _split(methods), epochs, augmentation_classes)
+        plan = plan_grid(table, _split(tasks), _split(methods), epochs, augmentation_classes, a_cqd_start, vd_vd_lambda)
         edges_methods = {"sed": None, "opencv": "edges_opencv", "sobel": "edges_sobel"}
         if edges_detector not in edges_methods:
             raise CqdError(f"--edges-detector {edges_detector}: use sed (the paper's), opencv or sobel")
@@ -92,6 +95,7 @@ def register(app: typer.Typer) -> None:
             gpus=_gpus(gpus),
             tf32=tf32,
             workers=workers,
+            lowres_kernel=lowres_kernel,
         )
         if dry_run:
             typer.echo("\n".join(describe_plan(plan, config)))
@@ -119,12 +123,22 @@ def register(app: typer.Typer) -> None:
         select: Optional[list[str]] = typer.Option(
             None, "--select", help="lambda/T candidates chosen on validation (default lambda=20,50,200; 'none': the paper's lambda)."
         ),
+        lowres_kernel: str = typer.Option("bilinear", "--lowres-kernel", help="Low-resolution columns: bilinear (the specification) or bicubic (the release)."),
+        a_cqd_start: str = typer.Option("a_model", "--a-cqd-start", help="A-CQD from a_model (the paper's text) or imagenet (the released script)."),
     ) -> None:
         """Table 1's whole grid end to end on SYNTHETIC data, small images and a narrow VGG-M, on a CPU."""
         from cqd_port.experiments.demo import DemoConfig, run_demo
         from cqd_port.experiments.plan import parse_seeds, parse_select
 
-        config = DemoConfig(out=out, epochs=epochs or DemoConfig.epochs, sed_model=sed_model, device=device, seeds=parse_seeds(seeds))
+        config = DemoConfig(
+            out=out,
+            epochs=epochs or DemoConfig.epochs,
+            sed_model=sed_model,
+            device=device,
+            seeds=parse_seeds(seeds),
+            lowres_kernel=lowres_kernel,
+            a_cqd_start=a_cqd_start,
+        )
         if select == ["none"]:
             config.select = None
         elif select:

@@ -67,3 +67,16 @@ def image_to_nchw(image: np.ndarray) -> torch.Tensor:
 def bias_vector(array: ArrayLike) -> torch.Tensor:
     """A MatConvNet bias (Cout x 1, 1 x Cout or Cout) -> a 1-D tensor of length Cout."""
     return _to_tensor(array.reshape(-1))
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True when an NCHW tensor is stored channels-last (NHWC in memory) and not plain NCHW.
+
+    Kernels that keep their operands in one memory format avoid the slow mixed-stride passes.
+    """
+    return x.shape[1] > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """`torch.channels_last` for a channels-last NCHW tensor, `torch.contiguous_format` otherwise."""
+    return torch.channels_last if is_channels_last(x) else torch.contiguous_format

@@ -22,6 +22,13 @@ TOL_MOMENTUM = 1e-4
 """SGD momentum buffers of the training replay."""
 TOL_NETWORK_GRADIENT = 1e-4
 """Input and parameter derivatives back-propagated through a whole network."""
+TOL_TPS_WARPED = 1e-9
+"""The release's thin-plate-spline warp in double precision (`tps_*.mat`, release-parity README)."""
+TOL_EXACT = 0.0
+"""Integer results that must match exactly: saved uint8 images, landing maps, control points."""
+TOL_UPDATE = 1e-4
+"""A training step's parameter update (after minus before): it is `lr * lrMult * momentum`, so the
+momentum buffers' tolerance; float32 storage rounding is discounted (see `compare_update`)."""
 
 
 @dataclass
@@ -54,13 +61,41 @@ def _as_float64(value: np.ndarray | torch.Tensor | float) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
 
-def relative_error(got: np.ndarray | torch.Tensor | float, ref: np.ndarray | torch.Tensor | float) -> tuple[float, float]:
-    """(max|got - ref|, max|got - ref| / max|ref|), computed in float64.
+NEAR_ZERO_FRACTION = 1e-6
+"""A reference whose largest magnitude is below this fraction of its *context* (the largest
+reference of the same kind in the same check: every gradient of a network, every tensor of an
+operator case) is near zero, e.g. a batch-norm backward whose terms cancel to float32 noise or to
+denormals. Its error is then taken relative to `NEAR_ZERO_FRACTION * context` instead of its own
+tiny maximum, which would print 1e+42 for a reference of denormals. Legitimately small tensors stay
+fully relative: in the shipped references the smallest network gradient is 8e-6 of the largest,
+the smallest operator gradient 1e-2 of its case."""
 
-    A reference that is all zeros has no scale: the relative error is then the
-    absolute error (zero when `got` is zero too), so an exactly-zero gradient
-    that the port reproduces passes and a non-zero one is measured absolutely.
-    Empty tensors compare equal. NaN anywhere gives NaN.
+
+def scale_floor(context: float) -> float:
+    """The smallest scale a relative error is divided by, for a reference with this context."""
+    return NEAR_ZERO_FRACTION * float(context)
+
+
+def largest_magnitude(*values: np.ndarray | torch.Tensor | float) -> float:
+    """max |v| over all the given tensors (0 for none or only empty ones): a comparison's context."""
+    largest = 0.0
+    for value in values:
+        array = _as_float64(value)
+        if array.size:
+            largest = max(largest, float(np.nanmax(np.abs(array))))
+    return largest
+
+
+def relative_error(
+    got: np.ndarray | torch.Tensor | float, ref: np.ndarray | torch.Tensor | float, context: float = 0.0
+) -> tuple[float, float]:
+    """(max|got - ref|, max|got - ref| / scale), computed in float64.
+
+    scale = max(max|ref|, `scale_floor(context)`) (see `NEAR_ZERO_FRACTION`).
+    A reference that is all zeros with no context has no scale: the relative
+    error is then the absolute error (zero when `got` is zero too), so an
+    exactly-zero gradient that the port reproduces passes and a non-zero one
+    is measured absolutely. Empty tensors compare equal. NaN anywhere gives NaN.
     """
     got64, ref64 = _as_float64(got), _as_float64(ref)
     if got64.shape != ref64.shape:
@@ -71,7 +106,7 @@ def relative_error(got: np.ndarray | torch.Tensor | float, ref: np.ndarray | tor
     if np.isnan(diff).any():
         return math.nan, math.nan
     max_abs = float(diff.max())
-    scale = float(np.abs(ref64).max())
+    scale = max(float(np.abs(ref64).max()), scale_floor(context))
     rel = max_abs / scale if scale > 0 else max_abs
     return max_abs, rel
 
@@ -84,20 +119,24 @@ def compare(
     tol: float = TOL_DEFAULT,
     group: str = "",
     note: str = "",
+    context: float = 0.0,
 ) -> ComparisonRow:
     """Compare `got` with `ref` (same shape and layout) and return the table row.
 
     Both are converted to float64 before subtracting, so the measure itself
     adds no rounding. A shape mismatch is a failed row (NaN errors, the two
     shapes in the note), not an exception: the suite reports it next to the
-    other rows.
+    other rows. `context` (see `NEAR_ZERO_FRACTION`) floors the scale of a
+    near-zero reference; the note says when it did.
     """
     try:
-        max_abs, rel = relative_error(got, ref)
+        max_abs, rel = relative_error(got, ref, context)
     except ValueError as exc:
         return ComparisonRow(group, case, quantity, math.nan, math.nan, tol, join_notes(note, str(exc)))
     if math.isnan(rel):
         note = join_notes(note, "NaN in the result")
+    elif 0 < largest_magnitude(ref) < scale_floor(context):
+        note = join_notes(note, f"near-zero reference: error relative to {NEAR_ZERO_FRACTION:.0e} x its context")
     return ComparisonRow(group, case, quantity, max_abs, rel, tol, note)
 
 
@@ -109,3 +148,44 @@ def failed_row(group: str, case: str, quantity: str, tol: float, note: str) -> C
 def join_notes(a: str, b: str) -> str:
     """Two notes of a row, `a; b` (just `b` when `a` is empty)."""
     return f"{a}; {b}" if a else b
+
+
+def compare_update(
+    case: str,
+    quantity: str,
+    before: np.ndarray | torch.Tensor,
+    after: np.ndarray | torch.Tensor,
+    ref_before: np.ndarray | torch.Tensor,
+    ref_after: np.ndarray | torch.Tensor,
+    tol: float = TOL_UPDATE,
+    group: str = "",
+    note: str = "",
+) -> ComparisonRow:
+    """Compare one step's parameter update (`after - before`) with the reference's update.
+
+    Comparing parameters cannot see a step that moves a parameter by less
+    than the tolerance times its magnitude (a bias moved by 1e-6 next to
+    values of 0.2 passes at 1e-5 even if it was not updated at all); the
+    update itself can. Both updates are differences of float32 parameters,
+    so each carries the rounding of its stored result, at most half a unit
+    in the last place (ulp) of the parameter: the part of `|got - ref|`
+    within one float32 ulp of the parameter is discounted element by element,
+    and the rest is taken relative to `max|ref update|`. `max_abs` reports the
+    raw difference. A reference update of zero everywhere falls back to the
+    absolute error, as `relative_error`.
+    """
+    arrays = [_as_float64(v) for v in (before, after, ref_before, ref_after)]
+    if len({a.shape for a in arrays}) != 1:
+        shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
+        return ComparisonRow(group, case, quantity, math.nan, math.nan, tol, join_notes(note, f"shapes differ: {shapes}"))
+    got, ref = arrays[1] - arrays[0], arrays[3] - arrays[2]
+    if ref.size == 0:
+        return ComparisonRow(group, case, quantity, 0.0, 0.0, tol, note)
+    diff = np.abs(got - ref)
+    if np.isnan(diff).any():
+        return ComparisonRow(group, case, quantity, math.nan, math.nan, tol, join_notes(note, "NaN in the result"))
+    storage = np.maximum(np.spacing(np.abs(arrays[3]).astype(np.float32)), np.spacing(np.abs(arrays[1]).astype(np.float32)))
+    excess = float(np.maximum(diff - storage.astype(np.float64), 0.0).max())
+    scale = float(np.abs(ref).max())
+    rel = excess / scale if scale > 0 else excess
+    return ComparisonRow(group, case, quantity, float(diff.max()), rel, tol, note)

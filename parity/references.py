@@ -1,11 +1,15 @@
 """Readers for the MatConvNet reference files described in `../shared/parity/FORMAT.md`.
 
-Three kinds of file, told apart by their name:
+Kinds of file, told apart by their name (`reference_kind`):
 
 - `ops_*.mat`: single operators (`cases`, a cell array of structs);
 - `ref_*.mat`: one whole network, layer by layer (`x`, `dzdx`, `dzdw` cells);
 - `train_*.mat`: SGD steps of CQD training (replayed by `parity.train_reference`;
-  here they are only found and their provenance read).
+  here they are only found and their provenance read);
+- the released CQD pipeline's files (../shared/release-parity), read by their
+  own checkers: `train_epochs_*.mat` (`parity.release_train`), `tps_*.mat`
+  (`parity.release_tps`) and `sed_*.mat` (`parity.release_sed`, with the
+  `sed_model_*.mat` beside them, which is a model, not a reference).
 
 Files are read with scipy (`squeeze_me=False`, `struct_as_record=False`): scipy's
 `squeeze_me=True` would drop *every* singleton dimension, whereas MATLAB only
@@ -29,6 +33,8 @@ from cqd_port.layout import bias_vector, filters_to_oihw, mcn_to_nchw
 from cqd_port.nn.lrn import LRN_MODES
 
 OPS_PREFIX, NETWORK_PREFIX, TRAIN_PREFIX = "ops_", "ref_", "train_"
+# The released CQD pipeline's references (../shared/release-parity/README.md).
+TRAIN_EPOCHS_PREFIX, TPS_PREFIX, SED_PREFIX, SED_MODEL_PREFIX = "train_epochs_", "tps_", "sed_", "sed_model_"
 
 
 # --------------------------------------------------------------------------- MAT-file plumbing
@@ -304,12 +310,27 @@ def read_train_provenance(path: str | Path) -> Provenance:
     return read_provenance(load_mat(path), path)
 
 
+# Kinds of reference file, by name prefix; the longer prefix wins (`train_epochs_` before `train_`).
+# `sed_model_*.mat` is not a reference: it is the edge-detector model for the `sed_*` files beside it.
+_KINDS_BY_PREFIX = (
+    (SED_MODEL_PREFIX, None),
+    (TRAIN_EPOCHS_PREFIX, "train_epochs"),
+    (OPS_PREFIX, "ops"),
+    (NETWORK_PREFIX, "ref"),
+    (TRAIN_PREFIX, "train"),
+    (TPS_PREFIX, "tps"),
+    (SED_PREFIX, "sed"),
+)
+REFERENCE_KINDS = ("ops", "ref", "train", "train_epochs", "tps", "sed")
+
+
 def reference_kind(path: str | Path) -> str | None:
-    """'ops', 'ref' or 'train' from the file name; None for any other file (e.g. `net_*.mat`)."""
+    """The kind of reference file from its name (one of `REFERENCE_KINDS`); None for any other
+    file (`net_*.mat`, `sed_model_*.mat`, ...)."""
     name = Path(path).name
     if not name.endswith(".mat"):
         return None
-    for prefix, kind in ((OPS_PREFIX, "ops"), (NETWORK_PREFIX, "ref"), (TRAIN_PREFIX, "train")):
+    for prefix, kind in _KINDS_BY_PREFIX:
         if name.startswith(prefix):
             return kind
     return None
@@ -317,20 +338,30 @@ def reference_kind(path: str | Path) -> str | None:
 
 @dataclass
 class ReferenceFiles:
-    """Reference files found in a set of directories, by kind, in a stable order."""
+    """Reference files found in a set of directories, by kind (`REFERENCE_KINDS`), in a stable order."""
 
-    ops: list[Path] = field(default_factory=list)
-    refs: list[Path] = field(default_factory=list)
-    trains: list[Path] = field(default_factory=list)
+    by_kind: dict[str, list[Path]] = field(default_factory=lambda: {kind: [] for kind in REFERENCE_KINDS})
+
+    @property
+    def ops(self) -> list[Path]:
+        return self.by_kind["ops"]
+
+    @property
+    def refs(self) -> list[Path]:
+        return self.by_kind["ref"]
+
+    @property
+    def trains(self) -> list[Path]:
+        return self.by_kind["train"]
 
     def all(self) -> list[Path]:
-        return [*self.ops, *self.refs, *self.trains]
+        return [path for kind in REFERENCE_KINDS for path in self.by_kind[kind]]
 
 
 def find_reference_files(directories: list[Path]) -> ReferenceFiles:
-    """Every `ops_*`, `ref_*`, `train_*` .mat file in `directories`, sorted by name.
+    """Every reference .mat file in `directories` and their subfolders, by kind, sorted by name.
 
-    A file name present in several directories is taken once, from the first
+    A file name present in several places is taken once, from the first
     directory that has it (the packaged `parity/reference/` copies of the
     `ops_*.mat` files and the originals in `../shared/parity` are the same data).
     """
@@ -340,12 +371,12 @@ def find_reference_files(directories: list[Path]) -> ReferenceFiles:
         directory = Path(directory)
         if not directory.is_dir():
             raise CqdError(f"reference directory not found: {directory} (pass an existing --reference-dir)")
-        for path in sorted(directory.glob("*.mat")):
+        for path in sorted(directory.rglob("*.mat"), key=lambda p: (len(p.relative_to(directory).parts), str(p))):
             kind = reference_kind(path)
             if kind is None or path.name in seen:
                 continue
             seen.add(path.name)
-            {"ops": found.ops, "ref": found.refs, "train": found.trains}[kind].append(path)
-    for paths in (found.ops, found.refs, found.trains):
+            found.by_kind[kind].append(path)
+    for paths in found.by_kind.values():
         paths.sort(key=lambda p: p.name)
     return found

@@ -13,7 +13,18 @@ and returns one `ComparisonRow` per compared tensor:
   and `<net>_dag.mat` when present), layer by layer: every activation
   `x{i+1}`, every input derivative `dzdx{i}` and parameter derivative
   `dzdw{i}`, with one backward pass from the output projected on `dzdy`;
-- `train_*.mat`: replayed by `parity.train_reference.run_train_reference`.
+- `train_*.mat`: replayed by `parity.train_reference.run_train_reference`;
+- the released CQD pipeline's references (../shared/release-parity), each by
+  its own checker, imported when needed: `train_epochs_*.mat` by
+  `parity.release_train.check_train_epochs_reference`, `tps_*.mat` by
+  `parity.release_tps.check_tps_reference`, `sed_*.mat` by
+  `parity.release_sed.check_sed_reference` with the `sed_model_*.mat` beside it.
+
+A check that cannot run (a checker module missing, a file it cannot read, a
+crash in the library) is a FAILED row with the error in its note, never a
+traceback that hides the rest of the table. When run with the default
+folders, a default folder that is not found is reported (`ParityReport.missing`):
+the suite then did not check everything, and says so.
 
 Precision: everything runs in float32, the precision MatConvNet computed
 the references in and the precision the library trains and evaluates in
@@ -32,6 +43,7 @@ wrong one makes the LRN rows fail, which is how the suite shows it can fail.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -45,9 +57,18 @@ from cqd_port.layout import image_to_nchw
 from cqd_port.nn import bnorm, conv, distill_loss, dropout, lrn, pool, relu, softmax, softmaxlog_loss
 from matconvnet_weights.convert import load_model
 from matconvnet_weights.simplenn import SIMPLENN_TYPES
-from parity.compare import TOL_DEFAULT, TOL_NETWORK_GRADIENT, ComparisonRow, compare, failed_row, join_notes
+from parity.compare import (
+    TOL_DEFAULT,
+    TOL_NETWORK_GRADIENT,
+    ComparisonRow,
+    compare,
+    failed_row,
+    join_notes,
+    largest_magnitude,
+)
 from parity.references import (
     LRN_MODES,
+    SED_MODEL_PREFIX,
     NetworkReference,
     OpCase,
     find_reference_files,
@@ -75,11 +96,33 @@ class NotRun:
 
 
 @dataclass
+class MissingFolder:
+    """A default reference folder that was not found, so none of its references ran."""
+
+    label: str
+    """How the folder is named to the user (`../shared/parity`)."""
+    holds: str
+    """What it holds, i.e. what was not checked."""
+    looked_in: list[Path] = field(default_factory=list)
+
+    def message(self) -> str:
+        where = ", ".join(str(p) for p in self.looked_in)
+        return f"not found: {self.label} (looked in {where}): {self.holds} not run"
+
+
+@dataclass
 class ParityReport:
     rows: list[ComparisonRow] = field(default_factory=list)
     not_run: list[NotRun] = field(default_factory=list)
     lrn_modes: dict[str, str] = field(default_factory=dict)
     """The LRN mode each group ran with (for the files where LRN takes part)."""
+    missing: list[MissingFolder] = field(default_factory=list)
+    """Default reference folders that were not found (only when run with the defaults)."""
+
+    @property
+    def complete(self) -> bool:
+        """False when a default folder was missing or a found file was not run."""
+        return not self.missing and not self.not_run
 
     @property
     def n_passed(self) -> int:
@@ -101,24 +144,49 @@ class ParityReport:
 # --------------------------------------------------------------------------- where the references are
 
 
-def default_reference_dirs() -> list[Path]:
-    """The packaged `parity/reference/` and `../shared/parity`, where present.
+# The default folders beside the checkout (../shared/<name>) and what each holds.
+SHARED_REFERENCE_FOLDERS = (
+    ("parity", "MatConvNet's network and training references (ref_*, train_*; and ops_* not packaged)"),
+    ("release-parity", "the released CQD pipeline's references (train_epochs_*, tps_*, sed_*)"),
+)
 
-    `../shared/parity` is looked up relative to the current working directory
-    and to the repository root (the checkout this package was imported from);
-    the same directory reached both ways is listed once.
+
+@dataclass
+class DefaultFolder:
+    label: str
+    holds: str
+    candidates: list[Path]
+
+    @property
+    def path(self) -> Path | None:
+        """The first candidate that exists, or None."""
+        return next((c for c in self.candidates if c.is_dir()), None)
+
+
+def default_reference_folders() -> list[DefaultFolder]:
+    """The packaged `parity/reference/`, `../shared/parity` and `../shared/release-parity`.
+
+    `../shared` is looked up relative to the current working directory and to
+    the repository root (the checkout this package was imported from; for an
+    installed package, the folder above site-packages, which rarely has it).
     """
-    candidates = [
-        PACKAGED_REFERENCE_DIR,
-        Path.cwd().parent / "shared" / "parity",
-        REPOSITORY_ROOT.parent / "shared" / "parity",
-    ]
+    folders = [DefaultFolder("parity/reference (packaged)", "the packaged operator references (ops_*)", [PACKAGED_REFERENCE_DIR])]
+    for name, holds in SHARED_REFERENCE_FOLDERS:
+        candidates = [Path.cwd().parent / "shared" / name, REPOSITORY_ROOT.parent / "shared" / name]
+        unique = list({c.resolve(): c for c in reversed(candidates)}.values())[::-1]
+        folders.append(DefaultFolder(f"../shared/{name}", holds, unique))
+    return folders
+
+
+def default_reference_dirs() -> list[Path]:
+    """The default folders that exist (`default_reference_folders`), each listed once."""
     dirs: list[Path] = []
     seen: set[Path] = set()
-    for candidate in candidates:
-        if candidate.is_dir() and candidate.resolve() not in seen:
-            seen.add(candidate.resolve())
-            dirs.append(candidate)
+    for folder in default_reference_folders():
+        path = folder.path
+        if path is not None and path.resolve() not in seen:
+            seen.add(path.resolve())
+            dirs.append(path)
     return dirs
 
 
@@ -129,7 +197,8 @@ def _resolve_lrn(lrn: str, file_lrn: str) -> str:
 
 
 def network_layouts(reference_path: Path, network_name: str) -> list[Path]:
-    """The network file a reference names, looked up beside it, plus its other layouts.
+    """The network file a reference names, looked up beside it, then in a sibling
+    `parity/` folder, plus its other layouts.
 
     CqdError when the named file is missing. `net_X.mat` brings along
     `net_X_oldformat.mat` and `net_X_dag.mat` from the same folder when they
@@ -140,11 +209,13 @@ def network_layouts(reference_path: Path, network_name: str) -> list[Path]:
             f"reference file {reference_path} names no network (provenance.network is empty); "
             "run it with --model NET.mat --reference REF.mat"
         )
-    primary = reference_path.parent / network_name
-    if not primary.is_file():
+    beside = reference_path.parent / network_name
+    sibling = reference_path.parent.parent / "parity" / network_name  # release-parity/ref_x -> parity/net_x
+    primary = next((p for p in (beside, sibling) if p.is_file()), None)
+    if primary is None:
         raise CqdError(
-            f"network file {primary} (named by {reference_path.name} in provenance.network) not found; "
-            "put it beside the reference file or use --model/--reference"
+            f"network file {network_name} (named by {reference_path.name} in provenance.network) not found "
+            f"beside it or in {sibling.parent}; put it there or use --model/--reference"
         )
     layouts = [primary]
     for suffix in NETWORK_LAYOUT_SUFFIXES[1:]:
@@ -200,12 +271,14 @@ def run_op_case(case: OpCase, group: str, lrn_mode: str) -> list[ComparisonRow]:
         raise
     except Exception as exc:  # a library defect: a failed row, not a crash
         return [failed_row(group, case.name, "y", TOL_DEFAULT, f"{case.op} raised {type(exc).__name__}: {exc}")]
+    if not isinstance(y, torch.Tensor):
+        return [failed_row(group, case.name, "y", TOL_DEFAULT, f"{case.op} returned {type(y).__name__}, not a tensor")]
 
     ref_y = t["y"]
     rows = []
     # Same numbers, possibly another shape (a per-image loss as N vs MatConvNet's 1x1x1xN).
     got_y = y.reshape(ref_y.shape) if y.numel() == ref_y.numel() else y
-    rows.append(compare(case.name, "y", got_y, ref_y, TOL_DEFAULT, group, note))
+    rows.append(compare(case.name, "y", got_y, ref_y, TOL_DEFAULT, group, note, largest_magnitude(t["x"], ref_y)))
     if "dzdx" not in t:
         return rows  # forward-only case (bnorm in test mode)
 
@@ -215,8 +288,12 @@ def run_op_case(case: OpCase, group: str, lrn_mode: str) -> list[ComparisonRow]:
     elif dzdy.numel() == y.numel():
         dzdy = dzdy.reshape(y.shape)
     inputs = [x, *extra.values()]
-    grads = torch.autograd.grad(y, inputs, grad_outputs=dzdy, allow_unused=True)
+    try:
+        grads = torch.autograd.grad(y, inputs, grad_outputs=dzdy, allow_unused=True)
+    except Exception as exc:  # a library defect in the backward: failed rows, not a crash
+        return rows + [failed_row(group, case.name, "dzdx", TOL_DEFAULT, f"{case.op} backward raised {type(exc).__name__}: {exc}")]
     by_name = dict(zip(["x", *extra.keys()], grads))
+    context = largest_magnitude(*(t[k] for k in ("dzdy", "dzdx", "dzdw", "dzdb") if k in t))
     for key, ref_key, quantity in (("x", "dzdx", "dzdx"), ("w", "dzdw", "dzdw"), ("b", "dzdb", "dzdb")):
         if ref_key not in t or (ref_key == "dzdb" and t[ref_key].numel() == 0):
             continue
@@ -224,7 +301,7 @@ def run_op_case(case: OpCase, group: str, lrn_mode: str) -> list[ComparisonRow]:
         if grad is None:
             rows.append(failed_row(group, case.name, quantity, TOL_DEFAULT, "no gradient reached this input"))
         else:
-            rows.append(compare(case.name, quantity, grad, t[ref_key], TOL_DEFAULT, group, note))
+            rows.append(compare(case.name, quantity, grad, t[ref_key], TOL_DEFAULT, group, note, context))
     return rows
 
 
@@ -268,8 +345,12 @@ def compare_network(model: torch.nn.Module, ref: NetworkReference, group: str) -
     params = dict(model.state_dict(keep_vars=True))
     dtype = next((p.dtype for p in params.values() if p.is_floating_point()), torch.float32)
     x = ref.input.to(dtype).clone().requires_grad_(True)
+    rows: list[ComparisonRow] = []
     with torch.enable_grad():
-        outputs = model.forward(x, return_all=True)
+        try:
+            outputs = model.forward(x, return_all=True)
+        except Exception as exc:  # a library defect: a failed row, not a traceback
+            return [failed_row(group, "network", "forward", TOL_DEFAULT, f"the forward pass raised {type(exc).__name__}: {exc}")]
         names = list(outputs.keys())
         tensors = list(outputs.values())
         for tensor in tensors:
@@ -281,12 +362,20 @@ def compare_network(model: torch.nn.Module, ref: NetworkReference, group: str) -
         dzdy = ref.dzdy.to(final.dtype)
         backward_ran = dzdy.shape == final.shape and final.requires_grad
         if backward_ran:
-            final.backward(dzdy)
-
-    rows: list[ComparisonRow] = []
-    if not backward_ran:
-        rows.append(failed_row(group, "network", "dzdy", TOL_NETWORK_GRADIENT,
-                               f"no backward pass: model output {tuple(final.shape)} vs reference dzdy {tuple(dzdy.shape)}"))
+            try:
+                final.backward(dzdy)
+            except Exception as exc:  # the gradient rows below then fail with "no gradient"
+                backward_ran = False
+                rows.append(failed_row(group, "network", "backward", TOL_NETWORK_GRADIENT,
+                                       f"the backward pass raised {type(exc).__name__}: {exc}"))
+        elif dzdy.shape != final.shape:
+            rows.append(failed_row(group, "network", "dzdy", TOL_NETWORK_GRADIENT,
+                                   f"no backward pass: model output {tuple(final.shape)} vs reference dzdy {tuple(dzdy.shape)}"))
+        else:
+            rows.append(failed_row(group, "network", "dzdy", TOL_NETWORK_GRADIENT, "no backward pass: the output needs no gradient"))
+    # contexts for near-zero references (parity.compare.NEAR_ZERO_FRACTION): all activations, all gradients
+    activation_context = largest_magnitude(*ref.x)
+    gradient_context = largest_magnitude(ref.dzdy, *ref.dzdx, *(g for layer in ref.dzdw for g in layer.values()))
     average = _average_image(model)
     if average is not None:
         # The reader's averageImage against the reference's own normalization: input = image - averageImage.
@@ -309,12 +398,12 @@ def compare_network(model: torch.nn.Module, ref: NetworkReference, group: str) -
             want = SIMPLENN_TYPES.get(ref.types[i], ref.types[i])
             if specs[i].type != want:
                 note = join_notes(note, f"model type '{specs[i].type}' vs '{ref.types[i]}'")
-        rows.append(compare(case, "y", tensors[i], ref.x[i + 1], TOL_DEFAULT, group, note))
+        rows.append(compare(case, "y", tensors[i], ref.x[i + 1], TOL_DEFAULT, group, note, activation_context))
         input_tensor = x if i == 0 else tensors[i - 1]
         if input_tensor.grad is None:
             rows.append(failed_row(group, case, "dzdx", TOL_NETWORK_GRADIENT, join_notes(note, "no gradient reached this layer's input")))
         else:
-            rows.append(compare(case, "dzdx", input_tensor.grad, ref.dzdx[i], TOL_NETWORK_GRADIENT, group, note))
+            rows.append(compare(case, "dzdx", input_tensor.grad, ref.dzdx[i], TOL_NETWORK_GRADIENT, group, note, gradient_context))
         for suffix, ref_grad in ref.dzdw[i].items():
             quantity = {"weight": "dzdw", "bias": "dzdb"}.get(suffix, f"dzd{suffix}")
             param = params.get(f"{names[i]}.{suffix}")
@@ -322,7 +411,7 @@ def compare_network(model: torch.nn.Module, ref: NetworkReference, group: str) -
                 why = f"no parameter '{names[i]}.{suffix}'" if param is None else "no gradient for this parameter"
                 rows.append(failed_row(group, case, quantity, TOL_NETWORK_GRADIENT, join_notes(note, why)))
             else:
-                rows.append(compare(case, quantity, param.grad, ref_grad, TOL_NETWORK_GRADIENT, group, note))
+                rows.append(compare(case, quantity, param.grad, ref_grad, TOL_NETWORK_GRADIENT, group, note, gradient_context))
     return rows
 
 
@@ -344,9 +433,16 @@ def run_network_reference(
         group = f"{reference.name} / {network.name}"
         if progress is not None:
             progress(group)
-        model = load_model(network, lrn_mode=lrn_mode)  # the project's own loader, in test mode
-        rows.extend(compare_network(model, ref, group))
         modes[group] = lrn_mode
+        if model_path is not None:  # the user's own file: a user error if it cannot be read
+            rows.extend(compare_network(load_model(network, lrn_mode=lrn_mode), ref, group))
+            continue
+        try:  # a layout the reader fails on is a parity failure, and must not hide the other layouts
+            model = load_model(network, lrn_mode=lrn_mode)  # the project's own loader, in test mode
+        except Exception as exc:
+            rows.append(failed_row(group, "network", "read", TOL_DEFAULT, f"cannot load {network.name}: {type(exc).__name__}: {exc}"))
+            continue
+        rows.extend(compare_network(model, ref, group))
     return rows, modes
 
 
@@ -368,6 +464,44 @@ def run_train_file(path: Path) -> tuple[list[ComparisonRow], NotRun | None]:
         return [failed_row(path.name, "replay", "all steps", TOL_DEFAULT, note)], None
 
 
+# --------------------------------------------------------------------------- the release's references
+
+# kind -> (module, function): the checkers of ../shared/release-parity, imported when a file needs them.
+RELEASE_CHECKERS = {
+    "train_epochs": ("parity.release_train", "check_train_epochs_reference"),
+    "tps": ("parity.release_tps", "check_tps_reference"),
+    "sed": ("parity.release_sed", "check_sed_reference"),
+}
+
+
+def sed_model_beside(path: Path) -> Path:
+    """The `sed_model_*.mat` beside a `sed_*.mat` reference (the model its edge maps were computed with)."""
+    models = sorted(path.parent.glob(f"{SED_MODEL_PREFIX}*.mat"))
+    if len(models) != 1:
+        found = "none" if not models else ", ".join(m.name for m in models)
+        raise CqdError(f"{path.name} needs exactly one {SED_MODEL_PREFIX}*.mat beside it in {path.parent}, found {found}")
+    return models[0]
+
+
+def run_release_file(path: Path, kind: str) -> list[ComparisonRow]:
+    """Check one release reference with its checker (`RELEASE_CHECKERS`).
+
+    A checker that cannot be imported is one failed row naming it; errors
+    raised by the checker propagate to `_run_file`, which makes them a failed
+    row too.
+    """
+    module_name, function_name = RELEASE_CHECKERS[kind]
+    try:
+        checker = getattr(importlib.import_module(module_name), function_name)
+    except Exception as exc:  # ImportError, AttributeError, or an error while importing it
+        return [failed_row(path.name, "checker", kind, TOL_DEFAULT,
+                           f"{module_name}.{function_name} is not available: {type(exc).__name__}: {exc}")]
+    rows = list(checker(path, sed_model_beside(path)) if kind == "sed" else checker(path))
+    if not rows:
+        return [failed_row(path.name, "checker", kind, TOL_DEFAULT, f"{module_name}.{function_name} compared nothing")]
+    return rows
+
+
 # --------------------------------------------------------------------------- the whole suite
 
 
@@ -378,14 +512,19 @@ def run_parity(
     reference: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
 ) -> ParityReport:
-    """Run every reference file in `reference_dirs` (default: `default_reference_dirs()`).
+    """Run every reference file in `reference_dirs` and their subfolders.
 
-    `reference` alone runs just that `ref_*.mat` (or `ops_*`/`train_*` file)
-    with the network its provenance names; `model` with `reference` compares
-    that network file (a MatConvNet `.mat` or a converted `.pt`) with that
-    reference: the check for a user's own conversion. `lrn` is "auto" (each
-    file's `provenance.lrn`), "exact" or "matconvnet-cpu". `progress` is
-    called with a label before each file or network is run.
+    Default (`reference_dirs` None): the `default_reference_folders()`; one
+    that is missing is listed in `report.missing` (the report is then not
+    `complete`). `reference` alone runs just that file (any kind) with the
+    network its provenance names; `model` with `reference` compares that
+    network file (a MatConvNet `.mat` or a converted `.pt`) with that
+    `ref_*.mat`: the check for a user's own conversion. In that single-file
+    mode a user error (missing or unreadable file) is raised as `CqdError`;
+    in folder mode every file that cannot be checked is a failed row, so one
+    bad file never hides the others. `lrn` is "auto" (each file's
+    `provenance.lrn`), "exact" or "matconvnet-cpu". `progress` is called
+    with a label before each file or network is run.
     """
     if lrn not in LRN_CHOICES:
         raise CqdError(f"unknown --lrn '{lrn}' (use one of {', '.join(LRN_CHOICES)})")
@@ -400,55 +539,81 @@ def run_parity(
         kind = reference_kind(ref_path)
         if model is not None and kind != "ref":
             raise CqdError(f"--reference {ref_path.name} must be a ref_*.mat whole-network reference to go with --model")
-        _run_file(report, ref_path, kind or "ref", lrn, Path(model) if model is not None else None, progress)
+        _run_file(report, ref_path, kind or "ref", lrn, Path(model) if model is not None else None, progress, strict=True)
         return report
 
-    dirs = [Path(d) for d in reference_dirs] if reference_dirs is not None else default_reference_dirs()
+    if reference_dirs is not None:
+        dirs = [Path(d) for d in reference_dirs]
+    else:
+        dirs = []
+        for folder in default_reference_folders():
+            path = folder.path
+            if path is None:
+                report.missing.append(MissingFolder(folder.label, folder.holds, folder.candidates))
+            elif path.resolve() not in {d.resolve() for d in dirs}:
+                dirs.append(path)
     if not dirs:
         raise CqdError("no reference directory found (no parity/reference/ or ../shared/parity); pass --reference-dir DIR")
     files = find_reference_files(dirs)
     if not files.all():
         raise CqdError(
-            f"no reference files (ops_*.mat, ref_*.mat, train_*.mat) in {', '.join(str(d) for d in dirs)}; "
-            "pass --reference-dir DIR"
+            f"no reference files ({', '.join(f'{k}_*.mat' for k in files.by_kind)}) in "
+            f"{', '.join(str(d) for d in dirs)}; pass --reference-dir DIR"
         )
-    for kind, paths in (("ops", files.ops), ("ref", files.refs), ("train", files.trains)):
+    for kind, paths in files.by_kind.items():
         for path in paths:
-            _run_file(report, path, kind, lrn, None, progress)
+            _run_file(report, path, kind, lrn, None, progress, strict=False)
     return report
 
 
-def _run_file(report: ParityReport, path: Path, kind: str, lrn: str, model: Path | None, progress: Progress | None) -> None:
-    if kind == "ops":
-        if progress is not None:
-            progress(path.name)
-        rows, mode = run_ops_file(path, lrn)
-        report.rows.extend(rows)
-        if mode is not None:
-            report.lrn_modes[path.name] = mode
-    elif kind == "ref":
-        rows, modes = run_network_reference(path, lrn, model, progress)
-        report.rows.extend(rows)
-        report.lrn_modes.update(modes)
-    else:
-        if progress is not None:
-            progress(path.name)
-        rows, not_run = run_train_file(path)
-        report.rows.extend(rows)
-        if not_run is not None:
-            report.not_run.append(not_run)
+def _run_file(
+    report: ParityReport, path: Path, kind: str, lrn: str, model: Path | None, progress: Progress | None, strict: bool
+) -> None:
+    """Run one file into `report`. Anything it raises becomes a failed row naming the file and the
+    error, except a user error (`CqdError`) in `strict` (single-file) mode, which the CLI prints."""
+    if progress is not None and kind != "ref":
+        progress(path.name)
+    try:
+        if kind == "ops":
+            rows, mode = run_ops_file(path, lrn)
+            report.rows.extend(rows)
+            if mode is not None:
+                report.lrn_modes[path.name] = mode
+        elif kind == "ref":
+            rows, modes = run_network_reference(path, lrn, model, progress)
+            report.rows.extend(rows)
+            report.lrn_modes.update(modes)
+        elif kind == "train":
+            rows, not_run = run_train_file(path)
+            report.rows.extend(rows)
+            if not_run is not None:
+                report.not_run.append(not_run)
+        else:
+            report.rows.extend(run_release_file(path, kind))
+    except CqdError as exc:
+        if strict:
+            raise
+        report.rows.append(failed_row(path.name, "file", kind, TOL_DEFAULT, f"not checked: {exc}"))
+    except Exception as exc:
+        report.rows.append(failed_row(path.name, "file", kind, TOL_DEFAULT, f"the check crashed: {type(exc).__name__}: {exc}"))
 
 
 __all__ = [
     "LRN_CHOICES",
+    "RELEASE_CHECKERS",
+    "DefaultFolder",
+    "MissingFolder",
     "NotRun",
     "ParityReport",
     "compare_network",
     "default_reference_dirs",
+    "default_reference_folders",
     "network_layouts",
     "run_network_reference",
     "run_op_case",
     "run_ops_file",
     "run_parity",
+    "run_release_file",
     "run_train_file",
+    "sed_model_beside",
 ]

@@ -26,7 +26,7 @@ import torch
 
 from cqd_port.errors import CqdError
 from cqd_port.layout import bias_vector, filters_to_oihw, mcn_to_nchw
-from parity.compare import TOL_DEFAULT, TOL_MOMENTUM, ComparisonRow, compare, failed_row
+from parity.compare import TOL_DEFAULT, TOL_MOMENTUM, TOL_UPDATE, ComparisonRow, compare, compare_update, failed_row
 from parity.references import mat_float, mat_floats
 
 _PARAM_KINDS = ("weight", "bias")
@@ -70,9 +70,13 @@ def run_train_reference(path: str | Path) -> list[ComparisonRow]:
 
     Rows per step: the two losses before the step (tolerance `TOL_DEFAULT`),
     every momentum buffer after it (`TOL_MOMENTUM`), every parameter after it
-    (`TOL_DEFAULT`, relative to the parameter's own magnitude, since the
-    parameters are stored in float32 and one update is small next to their
-    rounding).
+    (`TOL_DEFAULT`, relative to the parameter's own magnitude) and every
+    parameter's update, after minus before (`TOL_UPDATE`, relative to the
+    reference's update, float32 storage rounding discounted by
+    `compare_update`): a step that moves a parameter by less than the
+    parameter tolerance is invisible to the parameter row, not to the update
+    row. Each side's update is taken from its own parameters before the step
+    (ours: the model's; the reference's: `initial`, then the previous `after`).
     """
     from cqd_port.models.network import SimpleNetwork
     from cqd_port.train.objective import Objective
@@ -110,11 +114,13 @@ def run_train_reference(path: str | Path) -> list[ComparisonRow]:
         raise CqdError(f"training reference {path}: per-step fields have different numbers of steps")
 
     rows: list[ComparisonRow] = []
+    ref_before = initial.state
     for step, (inputs, labels, teacher, loss, after, momentum_after) in enumerate(zip(*steps), start=1):
         case = f"step{step}"
         x = mcn_to_nchw(np.asarray(inputs, dtype=np.float32))
         y = torch.tensor([int(round(v)) - 1 for v in mat_floats(labels)], dtype=torch.long)
         v = mcn_to_nchw(np.asarray(teacher, dtype=np.float32))
+        before = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
         stats = sgd_step(model, optimizer, objective, x, y, v, learning_rates[step - 1])
         ref_loss = mat_floats(loss)
         rows.append(compare(case, "loss objective (softmaxlog)", torch.tensor(stats.softmaxlog), np.float64(ref_loss[0]), TOL_DEFAULT, group, f"LRN {lrn_mode}"))
@@ -135,4 +141,9 @@ def run_train_reference(path: str | Path) -> list[ComparisonRow]:
                 rows.append(failed_row(group, case, f"param {name}", TOL_DEFAULT, "parameter missing from 'after'"))
                 continue
             rows.append(compare(case, f"param {name}", got_state[name], after_state[name], TOL_DEFAULT, group))
+            if name not in ref_before:
+                rows.append(failed_row(group, case, f"update {name}", TOL_UPDATE, "parameter missing before this step"))
+                continue
+            rows.append(compare_update(case, f"update {name}", before[name], got_state[name], ref_before[name], after_state[name], TOL_UPDATE, group))
+        ref_before = after_state
     return rows

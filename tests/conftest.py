@@ -38,6 +38,11 @@ def real_models_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def release_parity_dir() -> Path:
+    return _require(SHARED / "release-parity")
+
+
+@pytest.fixture(scope="session")
 def imresize_cases_path() -> Path:
     return _require(SHARED / "matlab-imresize" / "imresize_cases.mat")
 

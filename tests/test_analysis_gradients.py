@@ -142,10 +142,10 @@ def test_preprocessing_from_meta_is_the_training_preprocessing():
     spec = preprocessing_from_meta({"normalization": {"imageSize": [227, 224, 3], "averageImage": [1.0, 2.0, 3.0]}})
     assert spec.image_size == (227, 224)
     assert spec.average_image.reshape(-1).tolist() == [1.0, 2.0, 3.0]
-    # A full average image is reduced to its mean colour, as the released getBatch (and our trainer) did.
+    # A full average image is subtracted as stored, as the released imdb_get_batch (and our trainer) does.
     average = np.stack([np.full((4, 4), 10.0), np.arange(16.0).reshape(4, 4), np.zeros((4, 4))], axis=2)
     spec = preprocessing_from_meta({"normalization": {"imageSize": [4, 4, 3], "averageImage": average}})
-    np.testing.assert_allclose(spec.average_image.reshape(-1), [10.0, 7.5, 0.0])
+    np.testing.assert_array_equal(spec.average_image, average.astype(np.float32))
     # No normalization: 224 x 224, nothing subtracted (the training default).
     spec = preprocessing_from_meta({"classes": []})
     assert spec.image_size == (224, 224) and not spec.average_image.any()

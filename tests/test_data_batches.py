@@ -1,4 +1,4 @@
-"""Batches: MATLAB-style resize + mean subtraction, CHW float32, loaders, preload, A/B pairing."""
+"""Batches: MATLAB-style resize + mean subtraction, CHW float32, A/B pairing (the store: test_data_store.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from cqd_port.data.batches import ImageFolderDataset, make_loader, paired_records, preload, read_image_rgb
+from cqd_port.data.batches import ImageFolderDataset, paired_records, read_image_rgb
 from cqd_port.data.records import DatasetIndex, ImageRecord
 from cqd_port.errors import CqdError
 from cqd_port.imresize import imresize
@@ -71,25 +71,6 @@ def test_bad_average_and_unreadable_image(folder, tmp_path):
         dataset[2]
 
 
-def test_loader_order_depends_on_seed_and_preload_matches(folder):
-    dataset = ImageFolderDataset(folder, folder.records, (16, 16), np.zeros((1, 1, 3), np.float32))
-
-    def order(seed):
-        return [int(i) for _, _, idx in make_loader(dataset, 2, shuffle=True, seed=seed) for i in idx]
-
-    assert order(1) == order(1)
-    assert sorted(order(1)) == [0, 1, 2, 3, 4]
-    assert any(order(s) != order(1) for s in range(2, 8))
-    assert [int(i) for _, _, idx in make_loader(dataset, 2, shuffle=False) for i in idx] == [0, 1, 2, 3, 4]
-    images, labels, positions = next(iter(make_loader(dataset, 5, shuffle=False)))
-    assert images.shape == (5, 3, 16, 16) and labels.tolist() == [0, 1, 0, 1, 0] and positions.tolist() == [0, 1, 2, 3, 4]
-    loaded = preload(dataset)
-    assert len(loaded) == 5
-    for k in range(5):
-        a, b = loaded[k], dataset[k]
-        assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
-
-
 def test_paired_records(tmp_path):
     def index(paths, labels=(0, 1, 0)):
         return DatasetIndex(tmp_path, "x", ["a", "b"], [ImageRecord(p, l, None, i < 2, i + 1) for i, (p, l) in enumerate(zip(paths, labels))])
@@ -105,12 +86,3 @@ def test_paired_records(tmp_path):
         paired_records(a, index(["a.jpg", "b.jpg", "c.jpg"], labels=(0, 1, 1)))
     with pytest.raises(CqdError, match="do not pair up"):
         paired_records(a, index(["a.jpg", "b.jpg"], labels=(0, 1)))
-
-
-def test_worker_processes_give_the_same_batches(folder):
-    dataset = ImageFolderDataset(folder, folder.records, (16, 16), np.zeros(3, np.float32))
-    serial = list(make_loader(dataset, 2, shuffle=True, seed=4, workers=0))
-    parallel = list(make_loader(dataset, 2, shuffle=True, seed=4, workers=1))
-    assert len(serial) == len(parallel) == 3
-    for (xa, ya, ia), (xb, yb, ib) in zip(serial, parallel):
-        assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ia, ib)

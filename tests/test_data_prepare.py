@@ -104,6 +104,9 @@ def test_source_override_and_box_mapping(birds, tmp_path):
     # the default source gives no suffix; --source box is refused for the degradations that crop themselves
     assert output_dir(tmp_path, "cub", "lowres", "box").name == "lowres"
     assert output_dir(tmp_path, "cars", "lowres", "box").name == "lowres-box"
+    assert output_dir(tmp_path, "cub", "lowres", None, "bicubic").name == "lowres-bicubic"
+    assert output_dir(tmp_path, "cub", "lowres", None, "bilinear").name == "lowres"
+    assert output_dir(tmp_path, "cub", "edges", None, "bicubic").name == "edges"  # the kernel is a low-res setting only
     with pytest.raises(CqdError, match="crops to the box itself"):
         prepare_dataset("cub", "localized", birds, tmp_path, source="box", config=SMALL, progress=False)
     with pytest.raises(CqdError, match="--degradation 'blur'"):
@@ -177,12 +180,12 @@ def test_unreadable_image_exit_2_and_nothing_half_written(birds, tmp_path, cli):
 
 def test_cli_prepare_prints_paths_and_says_synthetic(birds, tmp_path, cli):
     result = cli("prepare", "--dataset", "cub", "--degradation", "lowres", "--data-root", birds, "--out", tmp_path,
-                 "--source", "full", "--lowres-method", "bicubic", "--seed", "3", "--no-progress")  # fmt: skip
+                 "--source", "full", "--lowres-kernel", "bicubic", "--seed", "3", "--no-progress")  # fmt: skip
     assert result.exit_code == 0, result.stderr
-    target = tmp_path / "cub" / "lowres-full"
+    target = tmp_path / "cub" / "lowres-bicubic-full"  # its own folder: never mixed with the bilinear default
     assert str(target) in result.stdout and "SYNTHETIC" in result.stdout
     parameters = json.loads((target / "manifest.json").read_text())["parameters"]
-    assert parameters["lowres_method"] == "bicubic" and parameters["seed"] == 3 and parameters["out_size"] == 224
+    assert parameters["lowres_kernel"] == "bicubic" and parameters["seed"] == 3 and parameters["out_size"] == 224
     result = cli("prepare", "--dataset", "cub", "--degradation", "edges", "--data-root", birds, "--out", tmp_path)
     assert result.exit_code == 2 and "--sed-model" in result.stderr
 
@@ -195,13 +198,19 @@ def test_read_prepared_errors(tmp_path):
         read_prepared(tmp_path)
 
 
-def test_distorted_box_follows_the_aspect_keeping_resize_and_centre_window():
+def test_distorted_box_follows_the_aspect_keeping_resize_and_top_left_canvas():
+    from dataclasses import replace
+
     from cqd_port.data.prepare import _output_box
 
-    # 100 x 200 image -> 64 x 128 (shorter side 64), central 64 x 64 window starts at x = 33
+    # 100 x 200 image -> 64 x 128 (shorter side 64); the release's canvas is its top-left 64 x 64
     assert _output_box((1, 1, 200, 100), (100, 200), False, 64, "distorted", SMALL) == (1, 1, 64, 64)
-    assert _output_box((101, 1, 200, 100), (100, 200), False, 64, "distorted", SMALL) == (33, 1, 64, 64)
-    assert _output_box((1, 1, 50, 100), (100, 200), False, 64, "distorted", SMALL) is None  # outside the window
+    assert _output_box((1, 1, 50, 100), (100, 200), False, 64, "distorted", SMALL) == (1, 1, 32, 64)
+    assert _output_box((101, 1, 200, 100), (100, 200), False, 64, "distorted", SMALL) is None  # right of the canvas
+    # placement="center" (not the release): the central window starts at x = 33
+    centred = replace(SMALL, distortion_placement="center")
+    assert _output_box((101, 1, 200, 100), (100, 200), False, 64, "distorted", centred) == (33, 1, 64, 64)
+    assert _output_box((1, 1, 50, 100), (100, 200), False, 64, "distorted", centred) is None
     # every other degradation resizes the whole image (aspect not kept)
     assert _output_box((101, 1, 200, 100), (100, 200), False, 64, "lowres", SMALL) == (33, 1, 64, 64)
     assert _output_box((1, 1, 50, 100), (100, 200), False, 64, "lowres", SMALL) == (1, 1, 16, 64)

@@ -91,7 +91,7 @@ def test_lowres_paper_path_and_method_are_selectable():
     via224 = imresize(imresize(img, size=[224, 224], method="bicubic"), size=[50, 50], method="bilinear")
     assert np.array_equal(paper, imresize(via224, size=[224, 224], method="bilinear"))
     assert not np.array_equal(paper, degrade("lowres", img))
-    bicubic = degrade("lowres", img, config=DegradationConfig(lowres_method="bicubic"))
+    bicubic = degrade("lowres", img, config=DegradationConfig(lowres_kernel="bicubic"))
     small = imresize(img, size=[50, 50], method="bicubic")
     assert np.array_equal(bicubic, imresize(small, size=[224, 224], method="bicubic"))
 
@@ -171,9 +171,9 @@ def test_out_size_is_configurable():
 def test_config_records_every_parameter_and_validates():
     d = DegradationConfig().as_dict()
     json.dumps(d)
-    assert d["lowres_size"] == 50 and d["lowres_method"] == "bilinear" and d["lowres_path"] == "code"
+    assert d["lowres_size"] == 50 and d["lowres_kernel"] == "bilinear" and d["lowres_path"] == "code"
     assert d["distortion_sigma"] == 4.0 and d["out_size"] == 224 and d["sed_model"] is None
-    for bad in (dict(lowres_path="matlab"), dict(lowres_method="area"), dict(out_size=0), dict(distortion_region="x")):
+    for bad in (dict(lowres_path="matlab"), dict(lowres_kernel="area"), dict(out_size=0), dict(distortion_placement="x")):
         with pytest.raises(CqdError):
             DegradationConfig(**bad)
 

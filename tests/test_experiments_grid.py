@@ -67,7 +67,8 @@ def test_table2_grid():
     assert distilled.arch == "vgg-m" and distilled.teacher == vd_a.key and distilled.teacher_arch == "vgg-vd-16"
     assert distilled.hyper.lambda_ == 50.0 and distilled.batch_size == 128
     assert cell[("vggm_vggm", "cqd")].hyper.lambda_ == 200.0
-    assert cell[("vgg16_vgg16", "cqd")].hyper.lambda_ == 50.0 and cell[("vgg16_vgg16", "cqd")].batch_size == 32
+    # vgg-vd -> vgg-vd: lambda from the dataset as the release's run_CQD.m (CUB: 200); --vd-vd-lambda 50 for the paper's
+    assert cell[("vgg16_vgg16", "cqd")].hyper.lambda_ == 200.0 and cell[("vgg16_vgg16", "cqd")].batch_size == 32
     assert cell[("vgg16_vggm", "fine_tuning")].key == cell[("vggm_vggm", "fine_tuning")].key  # g = vgg-m on B, shared
 
 
@@ -109,3 +110,43 @@ def test_dry_run_lists_table2(cli, tmp_path):
 def test_bad_table_is_a_user_error(cli):
     result = cli("reproduce", "--table", "3", "--dry-run")
     assert result.exit_code == 2 and "--table 3" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_cqd_start_and_vd_vd_lambda_options():
+    paper = {(c.task, c.method): c.run for c in plan_grid(1, ["res_cub"]).cells}
+    assert paper[("res_cub", "a_cqd")] == "res_cub/a_cqd"
+    release = plan_grid(1, ["res_cub"], a_cqd_start="imagenet")
+    cells = {(c.task, c.method): c.run for c in release.cells}
+    assert cells[("res_cub", "a_cqd")] == cells[("res_cub", "cqd")] == "res_cub/cqd"  # from ImageNet it IS CQD
+    assert "res_cub/a_cqd" not in release.runs and release.a_cqd_start == "imagenet"
+    with pytest.raises(CqdError, match="a-cqd-start"):
+        plan_grid(1, a_cqd_start="scratch")
+    table2 = {(c.task, c.method): c.run for c in plan_grid(2, vd_vd_lambda=50.0).cells}
+    plan2 = plan_grid(2, vd_vd_lambda=50.0)
+    assert plan2.runs[table2[("vgg16_vgg16", "cqd")]].hyper.lambda_ == 50.0
+    assert plan2.runs[table2[("vggm_vggm", "cqd")]].hyper.lambda_ == 200.0  # only vgg-vd -> vgg-vd changes
+
+
+def test_every_interpretive_setting_is_noted_on_its_cells(tmp_path):
+    from cqd_port.experiments.grid import GridConfig
+    from cqd_port.experiments.notes import A_CQD_FROM_A, A_CQD_FROM_IMAGENET, AUGMENTATION_2K, DISTORTION_SEED, LOWRES_BILINEAR, cell_notes
+
+    config = GridConfig(out=tmp_path, edges_method="edges_sobel")
+    plan = plan_grid(1)
+    notes = {(c.task, c.method): cell_notes(c.method, plan.runs[c.run], config) for c in plan.cells}
+    assert notes[("local_cub", "upper_bound")] == ()  # nothing interpretive about it
+    for task in ("res_cub", "res_cars", "local_res_cub"):
+        assert LOWRES_BILINEAR in notes[(task, "cqd")] and LOWRES_BILINEAR in notes[(task, "no_adaptation")]
+    assert LOWRES_BILINEAR not in notes[("edge_cub", "cqd")]
+    assert any("edges_sobel" in n and "not the paper's" in n for n in notes[("edge_cars", "fine_tuning")])
+    assert DISTORTION_SEED in notes[("dist_cub", "staged")]
+    assert AUGMENTATION_2K in notes[("local_cub", "data_augmentation")]
+    assert A_CQD_FROM_A in notes[("local_cub", "a_cqd")] and A_CQD_FROM_A not in notes[("local_cub", "cqd")]
+    release = plan_grid(1, ["local_cub"], a_cqd_start="imagenet")
+    cell = next(c for c in release.cells if c.method == "a_cqd")
+    assert A_CQD_FROM_IMAGENET in cell_notes("a_cqd", release.runs[cell.run], config)
+    table2 = plan_grid(2)
+    notes2 = {(c.task, c.method): cell_notes(c.method, table2.runs[c.run], config) for c in table2.cells}
+    assert any("lambda = 200" in n and "run_CQD.m" in n for n in notes2[("vgg16_vgg16", "cqd")])
+    assert any("lambda = 50" in n and "Section 4.2" in n for n in notes2[("vgg16_vggm", "cqd")])
+    assert not any("lambda" in n for n in notes2[("vggm_vggm", "cqd")])  # the paper's and the release's 200 agree

@@ -18,7 +18,11 @@ import torch
 
 import cqd_port.train.trainer as trainer_module
 from cqd_port.data.batches import ImageFolderDataset
-from cqd_port.data.prepare import read_prepared
+from cqd_port.data.degrade import crop_to_box
+from cqd_port.data.images import read_image_rgb
+from cqd_port.data.prepare import read_dataset, read_prepared
+from cqd_port.imresize import imresize
+from cqd_port.layout import image_to_nchw
 from cqd_port.data.synth import make_synthetic_dataset
 from cqd_port.experiments.grid import GridConfig, plan_grid, run_grid
 from cqd_port.experiments.methods import input_normalization
@@ -174,12 +178,19 @@ def test_cqd_teacher_logits_aligned_by_index(grid_run):
     index_b = read_prepared(config.variant_dir(DataVariant("cub", "original")))
     b_train = index_b.train_records()
     assert logits.shape == (len(b_train), CLASSES)
-    a_by_path = {r.path: r for r in index_a.train_records()}
+    raw = read_dataset("cub", config.cub_root)
+    raw_by_path = {r.path: r for r in raw.records}
+    assert {r.path for r in index_a.train_records()} == {r.path for r in b_train}
     with torch.no_grad():
         for i, record in enumerate(b_train):  # row i: the teacher on the A (localized) view of B's image i
-            image = ImageFolderDataset(index_a, [a_by_path[record.path]], size, average)[0][0]
-            expected = teacher(image[None]).reshape(-1)
+            # domain A as the release fed it: the NATIVE image cropped to the box, resized in single precision
+            original = raw_by_path[record.path]
+            crop = crop_to_box(read_image_rgb(raw.resolve(original)), original.box).astype(np.float32)
+            image = image_to_nchw(imresize(crop, size=size, method="bicubic").astype(np.float32) - average)
+            expected = teacher(image).reshape(-1)
             assert torch.allclose(logits[i], expected, atol=1e-4), f"row {i} ({record.path})"
+            prepared = ImageFolderDataset(index_a, [r for r in index_a.train_records() if r.path == record.path], size, average)[0][0]
+            assert not torch.equal(prepared[None], image)  # not the re-encoded 64 px JPEG of domain A
     assert torch.equal(calls["local_cub/a_cqd"]["teacher_logits"], logits)  # cached once, reused
     assert list((Path(config.out) / "local_cub/upper_bound/teacher-logits").glob("*.pt"))
 
@@ -318,3 +329,38 @@ def test_demo_verdict_within_one_image_is_a_tie():
     assert verdict(percent(196), percent(197), one_image).startswith("ties")
     assert verdict(percent(198), percent(196), one_image) == "beats"
     assert verdict(percent(194), percent(196), one_image) == "does NOT beat"
+def test_bicubic_lowres_kernel_has_its_own_folder_and_is_recorded(tiny, tmp_path):
+    from cqd_port.errors import CqdError
+    from cqd_port.experiments.notes import LOWRES_BICUBIC
+
+    config = replace(_config(tiny, tmp_path / "runs"), prepared=tmp_path / "prepared", lowres_kernel="bicubic")
+    plan = plan_grid(1, ["res_cub"], ["fine_tuning"], epochs=1)
+    outcome = run_grid(plan, config)
+    manifest = json.loads((tmp_path / "prepared/cub/lowres-bicubic/manifest.json").read_text())
+    assert manifest["parameters"]["lowres_kernel"] == "bicubic"
+    assert not (tmp_path / "prepared/cub/lowres").exists()  # the bilinear default's folder is never touched
+    record = json.loads((tmp_path / "runs/res_cub/fine_tuning/run.json").read_text())
+    assert record["lowres_kernel"] == "bicubic" and record["test"] == "cub/lowres-bicubic"
+    assert record["notes"] == [LOWRES_BICUBIC]
+    results = load_results(outcome.results_json)
+    assert results["settings"]["lowres_kernel"] == "bicubic"
+    cell = next(c for c in results["cells"] if (c["task"], c["method"]) == ("res_cub", "fine_tuning"))  # results cover the whole table
+    assert cell["notes"] == [LOWRES_BICUBIC]
+    assert "[1] " + LOWRES_BICUBIC in outcome.markdown
+    # The same --out with the default kernel is refused: a bicubic run is never reused as a bilinear one.
+    with pytest.raises(CqdError, match="other settings"):
+        run_grid(plan, replace(config, lowres_kernel="bilinear"))
+
+
+def test_reproduce_dry_run_threads_the_release_options(cli, tiny, tmp_path):
+    _, _, models = tiny
+    common = ("reproduce", "--tasks", "res_cub", "--models", models, "--prepared", tmp_path / "p", "--out", tmp_path / "o", "--dry-run")
+    release = cli(*common, "--lowres-kernel", "bicubic", "--a-cqd-start", "imagenet")
+    assert release.exit_code == 0, release.stderr
+    assert "cub/lowres-bicubic" in release.stdout and str(tmp_path / "p/cub/lowres-bicubic") in release.stdout
+    assert "res_cub / a_cqd -> res_cub/cqd  (shared run)" in release.stdout  # the release's A-CQD is CQD
+    default = cli(*common)
+    assert "cub/lowres-bicubic" not in default.stdout and "res_cub / a_cqd -> res_cub/a_cqd" in default.stdout
+    for option, value in (("--lowres-kernel", "lanczos3"), ("--a-cqd-start", "staged")):
+        bad = cli(*common, option, value)
+        assert bad.exit_code == 2 and option in bad.stderr and "Traceback" not in bad.stderr

@@ -94,6 +94,19 @@ def test_schema_violations(obj, message):
         validate_results(obj)
 
 
+@pytest.mark.parametrize(
+    "obj, message",
+    [
+        ({"table": 1, "synthetic": False, "settings": {"a": [1]}, "cells": []}, "'settings'"),
+        ({"table": 1, "synthetic": False, "cells": [{"task": "res_cub", "method": "cqd", "accuracy": 1.0, "paper": None, "notes": "x"}]}, "'notes'"),
+        ({"table": 1, "synthetic": False, "extra": 1, "cells": []}, "the keys"),
+    ],
+)
+def test_settings_and_notes_schema(obj, message):
+    with pytest.raises(CqdError, match=message):
+        validate_results(obj)
+
+
 def test_corrupt_results_file(tmp_path):
     (tmp_path / "results.json").write_text("{not json")
     with pytest.raises(CqdError, match="not valid JSON"):
@@ -130,3 +143,20 @@ def test_seeds_mean_std_and_paired_difference(tmp_path):
     md = md_path.read_text()
     assert "**61.0 ± 1.0** (n=3) / 64.4 (-3.4)" in md
     assert "+2.0 [-0.5, +4.5], n=3" in md
+def test_notes_become_numbered_footnotes_and_settings_are_recorded(tmp_path):
+    lowres = "low resolution: bilinear (the user's specification)"
+    a_cqd = "A-CQD: from the A model (the paper's text)"
+    cells = [
+        Cell("res_cub", "cqd", 61.0, 64.4, notes=(lowres,)),
+        Cell("res_cub", "a_cqd", 62.0, None, notes=(lowres, a_cqd)),
+        Cell("local_cub", "cqd", 60.0, 64.4),
+    ]
+    settings = {"lowres_kernel": "bilinear", "a_cqd_start": "a_model"}
+    json_path, md_path = write_results(tmp_path, 1, False, cells, settings=settings)
+    results = load_results(json_path)
+    assert results["settings"] == settings
+    assert results["cells"][1]["notes"] == [lowres, a_cqd] and "notes" not in results["cells"][2]
+    md = md_path.read_text()
+    assert "**61.0** / 64.4 (-3.4) [1]" in md and "**62.0** [1][2]" in md
+    assert f"[1] {lowres}" in md and f"[2] {a_cqd}" in md
+    assert "lowres_kernel = bilinear" in md

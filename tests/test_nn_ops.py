@@ -34,7 +34,8 @@ def _ids(cases: list) -> list[str]:
 
 def rel(got: torch.Tensor, ref) -> float:
     ref = torch.as_tensor(np.asarray(ref, dtype=np.float64)) if not isinstance(ref, torch.Tensor) else ref.double()
-    return float((got.detach().double() - ref).abs().max() / ref.abs().max())
+    scale = float(ref.abs().max())  # an all-zero reference (ties_all_equal's y): absolute error, as parity.compare
+    return float((got.detach().double() - ref).abs().max()) / (scale if scale > 0 else 1.0)
 
 
 def vec(a) -> list[float]:
@@ -72,7 +73,7 @@ def test_conv_fully_connected_fast_path_equals_conv2d_in_float64() -> None:
     assert torch.allclose(N.conv(x, w, b), want, rtol=1e-12, atol=1e-12)
 
 
-POOL = _cases("ops_pool")
+POOL = _cases("ops_pool") + _cases("ops_pool_ties")  # ties: many exactly equal maxima per window
 
 
 @pytest.mark.parametrize("case", POOL, ids=_ids(POOL))
@@ -274,9 +275,12 @@ def test_max_pool_every_padding_path_equals_explicit_minus_inf_padding() -> None
                 want = torch.nn.functional.max_pool2d(padded, pool_size, stride)
                 assert got.shape == want.shape, (h, w, pad, pool_size, stride)
                 assert torch.equal(got, want)
+                # the backward scatters in the H/W-swapped layout (MatConvNet's tie order), so the
+                # definition does too: same windows, same accumulation order, bit-identical
+                want_t = torch.nn.functional.max_pool2d(padded.transpose(2, 3), pool_size[::-1], stride[::-1])
                 g = torch.randn(got.shape, generator=gen, dtype=torch.float64)
                 (gx,) = torch.autograd.grad(got, x, g)
-                (wx,) = torch.autograd.grad(want, x, g)
+                (wx,) = torch.autograd.grad(want_t.transpose(2, 3), x, g)
                 assert torch.equal(gx, wx)
 
 
@@ -291,3 +295,46 @@ def test_lrn_same_numbers_in_channels_last_memory(mode: str) -> None:
     ya.backward(g)
     yb.backward(g)
     assert torch.allclose(ya, yb, rtol=1e-6) and torch.allclose(a.grad, b.grad, rtol=1e-6, atol=1e-9)
+
+
+
+def _column_major_first_max_gradient(x: torch.Tensor, pool: tuple[int, int], stride: tuple[int, int],
+                                     pad: tuple[int, int, int, int], dzdy: torch.Tensor) -> torch.Tensor:
+    """MatConvNet's max-pool backward by definition: each window's gradient to its first maximum, y fastest."""
+    (ph, pw), (sy, sx), (pt, pb, pl, pr) = pool, stride, pad
+    n, c, h, w = x.shape
+    grad = torch.zeros_like(x)
+    for b in range(n):
+        for ch in range(c):
+            for oy in range(dzdy.shape[2]):
+                for ox in range(dzdy.shape[3]):
+                    best = None
+                    for ix in range(ox * sx - pl, ox * sx - pl + pw):  # x outer, y inner: column-major
+                        for iy in range(oy * sy - pt, oy * sy - pt + ph):
+                            if 0 <= iy < h and 0 <= ix < w and (best is None or x[b, ch, iy, ix] > x[b, ch, best[0], best[1]]):
+                                best = (iy, ix)
+                    grad[b, ch, best[0], best[1]] += dzdy[b, ch, oy, ox]
+    return grad
+
+
+@pytest.mark.parametrize(
+    "pool_size, stride, pad",
+    [((2, 2), (2, 2), (0, 0, 0, 0)), ((3, 3), (2, 2), (0, 1, 0, 1)), ((3, 3), (2, 2), (1, 1, 1, 1)),
+     ((3, 2), (1, 2), (1, 0, 0, 1)), ((2, 3), (2, 1), (0, 0, 2, 0))],
+)
+def test_max_pool_ties_go_to_first_maximum_in_column_major_order(pool_size, stride, pad) -> None:
+    # [[0 1] [1 0]]: row-major order (PyTorch's max_pool2d) meets the maximum first at (y0, x1),
+    # column-major order (MatConvNet: down a column, then right) at (y1, x0)
+    two = torch.tensor([[0.0, 1.0], [1.0, 0.0]]).reshape(1, 1, 2, 2).requires_grad_(True)
+    (g,) = torch.autograd.grad(N.pool(two, "max", 2, 2).sum(), two)
+    assert g.tolist() == [[[[0.0, 0.0], [1.0, 0.0]]]]
+    # few distinct values: many ties in every window, on every padding path
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randint(0, 3, (2, 2, 7, 8), generator=gen).to(torch.float64).requires_grad_(True)
+    y = N.pool(x, "max", pool_size, stride, pad)
+    dzdy = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    (got,) = torch.autograd.grad(y, x, dzdy)
+    want = _column_major_first_max_gradient(x.detach(), pool_size, stride, pad, dzdy)
+    assert torch.allclose(got, want, rtol=0, atol=1e-12)
+    with torch.no_grad():  # without autograd the untransposed path runs: same values
+        assert torch.equal(N.pool(x, "max", pool_size, stride, pad), y)

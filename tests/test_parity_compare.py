@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from parity.compare import TOL_DEFAULT, TOL_MOMENTUM, TOL_NETWORK_GRADIENT, ComparisonRow, compare, relative_error
@@ -53,3 +54,35 @@ def test_passed_is_rel_within_tol():
     assert ComparisonRow("g", "c", "q", 0.0, TOL_NETWORK_GRADIENT, TOL_NETWORK_GRADIENT).passed
     assert not ComparisonRow("g", "c", "q", 0.0, 2 * TOL_MOMENTUM, TOL_MOMENTUM).passed
     assert TOL_DEFAULT < TOL_MOMENTUM and TOL_DEFAULT < TOL_NETWORK_GRADIENT
+
+
+def test_update_comparison_discounts_float32_storage_rounding_only():
+    from parity.compare import compare_update
+
+    before = np.float32([0.2, -0.3, 0.1])
+    update = np.float64([1e-6, -2e-6, 5e-7])
+    after = (before.astype(np.float64) + update).astype(np.float32)  # stored: rounded to float32
+    # the reference's own float32 rounding of the same update passes, though it is ~1% of the update
+    same = compare_update("s", "update", before, after, before, after, 1e-4)
+    assert same.passed and same.rel == 0
+    one_ulp = np.nextafter(after, np.float32(1))
+    assert compare_update("s", "update", before, one_ulp, before, after, 1e-4).passed
+    # an update that was not applied is all error; so is one 10% too large
+    assert compare_update("s", "update", before, before, before, after, 1e-4).rel > 0.5
+    too_big = (before.astype(np.float64) + 1.1 * update).astype(np.float32)
+    assert not compare_update("s", "update", before, too_big, before, after, 1e-4).passed
+
+
+def test_near_zero_reference_is_measured_against_a_floor_of_its_context():
+    from parity.compare import NEAR_ZERO_FRACTION
+
+    denormals = np.full(4, 1e-44)  # a batch-norm backward whose terms cancelled: noise and denormals
+    got = np.full(4, 1e-12)
+    assert relative_error(got, denormals)[1] > 1e30  # against its own maximum: meaningless
+    max_abs, rel = relative_error(got, denormals, context=1.0)
+    assert max_abs == pytest.approx(1e-12) and rel == pytest.approx(1e-12 / NEAR_ZERO_FRACTION)
+    row = compare("bnorm", "dzdx", got, denormals, 1e-5, context=1.0)
+    assert row.passed and "near-zero" in row.note
+    assert not compare("bnorm", "dzdx", np.full(4, 1e-3), denormals, 1e-5, context=1.0).passed
+    # a reference above the floor stays fully relative
+    assert relative_error(np.float64([1.1e-3]), np.float64([1e-3]), context=1.0)[1] == pytest.approx(0.1)

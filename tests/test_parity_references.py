@@ -84,3 +84,19 @@ def test_find_reference_files_takes_each_name_once(tmp_path, parity_dir):
     assert found.refs == [] and found.trains == []
     with pytest.raises(CqdError, match="reference directory not found"):
         find_reference_files([tmp_path / "missing"])
+
+
+def test_find_reference_files_searches_subfolders_and_tells_kinds_apart(tmp_path, parity_dir):
+    release = tmp_path / "release-parity"
+    (release / "sed").mkdir(parents=True)
+    shutil.copy(parity_dir / "ops_pool.mat", tmp_path)
+    for name in ("train_epochs_release.mat", "tps_release.mat", "sed/sed_synth_1.mat", "sed/sed_model_synth.mat"):
+        (release / name).write_bytes(b"")
+    shutil.copy(parity_dir / "train_vggm_tiny.mat", release)
+    found = find_reference_files([tmp_path])
+    names = {kind: [p.name for p in paths] for kind, paths in found.by_kind.items()}
+    assert names == {
+        "ops": ["ops_pool.mat"], "ref": [], "train": ["train_vggm_tiny.mat"],
+        "train_epochs": ["train_epochs_release.mat"], "tps": ["tps_release.mat"],
+        "sed": ["sed_synth_1.mat"],  # sed_model_*.mat is the model for the sed_* files, not a reference
+    }

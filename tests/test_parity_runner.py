@@ -74,10 +74,139 @@ def test_a_perturbed_activation_fails_exactly_there(tmp_path, parity_dir):
     assert report.failures()[0].rel == pytest.approx(1e-2, rel=1e-3)
 
 
-def test_network_missing_beside_reference_is_a_user_error(tmp_path, parity_dir):
+def test_network_missing_beside_reference_is_a_failed_row_or_a_user_error(tmp_path, parity_dir):
     shutil.copy(parity_dir / "ref_vggvd16_tiny.mat", tmp_path)
-    with pytest.raises(CqdError, match="net_vggvd16_tiny.mat"):
-        run_parity([tmp_path])
+    report = run_parity([tmp_path])  # in a folder run, one file that cannot be checked must not hide the others
+    assert not report.passed and len(report.rows) == 1
+    assert report.rows[0].group == "ref_vggvd16_tiny.mat" and "net_vggvd16_tiny.mat" in report.rows[0].note
+    with pytest.raises(CqdError, match="net_vggvd16_tiny.mat"):  # named alone: the user's error, one line
+        run_parity(reference=tmp_path / "ref_vggvd16_tiny.mat")
+
+
+def test_network_is_found_in_a_sibling_parity_folder(tmp_path, parity_dir):
+    (tmp_path / "release-parity").mkdir()
+    (tmp_path / "parity").mkdir()
+    shutil.copy(parity_dir / "ref_vggvd16_tiny.mat", tmp_path / "release-parity")
+    shutil.copy(parity_dir / "net_vggvd16_tiny.mat", tmp_path / "parity")
+    report = run_parity([tmp_path / "release-parity"])
+    assert report.passed and {r.group for r in report.rows} == {"ref_vggvd16_tiny.mat / net_vggvd16_tiny.mat"}
+
+
+def test_missing_default_folders_are_reported_never_a_smaller_all_passed(tmp_path, monkeypatch, cli):
+    import parity.runner as runner
+
+    # an installed package run from elsewhere: no ../shared beside the current folder or the package
+    (tmp_path / "site" / "pkg").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    monkeypatch.setattr(runner, "REPOSITORY_ROOT", tmp_path / "site" / "pkg")
+    monkeypatch.chdir(tmp_path / "work")
+    report = run_parity()
+    assert [m.label for m in report.missing] == ["../shared/parity", "../shared/release-parity"]
+    assert report.passed and not report.complete  # the packaged operators pass, but that is not everything
+    assert "not found: ../shared/parity" in report.missing[0].message()
+
+    result = cli("parity")
+    assert result.exit_code == 3, result.stdout + result.stderr
+    assert "NOT RUN" in result.stdout and "INCOMPLETE" in result.stdout
+    assert "not found: ../shared/parity" in result.stdout and "not found: ../shared/release-parity" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def _write_tps_reference(folder: Path) -> Path:
+    folder.mkdir(exist_ok=True)
+    path = folder / "tps_case.mat"
+    scipy.io.savemat(path, {"cases": [[1.0]]})
+    return path
+
+
+@pytest.mark.parametrize("checker", [("parity.no_such_checker", "check"), ("json", "no_such_function")])
+def test_missing_release_checker_is_a_failed_row(tmp_path, monkeypatch, checker):
+    import parity.runner as runner
+
+    path = _write_tps_reference(tmp_path)
+    monkeypatch.setitem(runner.RELEASE_CHECKERS, "tps", checker)
+    report = run_parity([tmp_path])
+    assert not report.passed and len(report.rows) == 1
+    row = report.rows[0]
+    assert row.group == path.name and checker[0] in row.note and "not available" in row.note
+
+
+def test_crashing_release_checker_is_a_failed_row(tmp_path, monkeypatch):
+    import types
+
+    import parity.runner as runner
+
+    def check(path):
+        raise ZeroDivisionError("boom in the checker")
+
+    module = types.ModuleType("parity_fake_checker")
+    module.check = check
+    monkeypatch.setitem(__import__("sys").modules, "parity_fake_checker", module)
+    monkeypatch.setitem(runner.RELEASE_CHECKERS, "tps", ("parity_fake_checker", "check"))
+    _write_tps_reference(tmp_path)
+    shutil.copy(PACKAGED_REFERENCE_DIR / "ops_misc.mat", tmp_path)
+    report = run_parity([tmp_path])
+    failures = report.failures()
+    assert len(failures) == 1 and "ZeroDivisionError: boom in the checker" in failures[0].note
+    assert any(r.group == "ops_misc.mat" and r.passed for r in report.rows)  # the other file still ran
+
+
+def test_sed_reference_gets_the_model_beside_it(tmp_path, monkeypatch):
+    import types
+
+    import parity.runner as runner
+    from parity.compare import compare
+
+    seen = []
+
+    def check(path, model_path):
+        seen.append((path.name, model_path.name))
+        return [compare("c", "E", 1.0, 1.0, group=path.name)]
+
+    module = types.ModuleType("parity_fake_sed")
+    module.check = check
+    monkeypatch.setitem(__import__("sys").modules, "parity_fake_sed", module)
+    monkeypatch.setitem(runner.RELEASE_CHECKERS, "sed", ("parity_fake_sed", "check"))
+    (tmp_path / "sed").mkdir()
+    for name in ("sed_a.mat", "sed_b.mat", "sed_model_synth.mat"):
+        (tmp_path / "sed" / name).write_bytes(b"")
+    report = run_parity([tmp_path])
+    assert report.passed and seen == [("sed_a.mat", "sed_model_synth.mat"), ("sed_b.mat", "sed_model_synth.mat")]
+    (tmp_path / "sed" / "sed_model_synth.mat").unlink()
+    report = run_parity([tmp_path])
+    assert not report.passed and all("sed_model_*.mat" in r.note for r in report.rows)
+
+
+def test_a_crashing_backward_is_a_failed_row(parity_dir, monkeypatch):
+    import torch
+
+    def boom(self, *args, **kwargs):
+        raise RuntimeError("backward exploded")
+
+    monkeypatch.setattr(torch.Tensor, "backward", boom)
+    report = run_parity(model=parity_dir / "net_vggvd16_tiny.mat", reference=parity_dir / "ref_vggvd16_tiny.mat")
+    by_quantity = {}
+    for row in report.rows:
+        by_quantity.setdefault(row.quantity, []).append(row)
+    assert any("backward exploded" in r.note for r in by_quantity["backward"])
+    assert all(r.passed for r in by_quantity["y"])  # the forward rows are still there
+    assert by_quantity["dzdx"] and not any(r.passed for r in by_quantity["dzdx"])
+
+
+def test_parity_suite_fails_loudly_without_shared_data(tmp_path):
+    # CI without ../shared must go red, not skip the parity tests
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CQD_SHARED": str(tmp_path / "no-shared")}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         f"{Path(__file__).resolve()}::test_option_errors"],
+        env=env, capture_output=True, text=True, timeout=120, cwd=REPOSITORY_ROOT,
+    )
+    assert result.returncode == 1, result.stdout
+    assert "reference data missing" in result.stdout and "skipped" not in result.stdout
 
 
 def test_option_errors(tmp_path, parity_dir):

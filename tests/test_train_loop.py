@@ -138,10 +138,61 @@ def test_resume_after_a_crash_mid_epoch_gives_identical_weights(tmp_path, crash_
     assert not torch.equal(other.state_dict()["conv1.weight"], straight.state_dict()["conv1.weight"])
 
 
+@pytest.mark.parametrize("reset", [True, False])
+def test_momentum_reset_each_epoch_as_cnn_train_dag_and_resume_stays_exact(tmp_path, reset):
+    from cqd_port.train.checkpoint import save_training_checkpoint
+
+    teacher = torch.randn(20, K, generator=torch.Generator().manual_seed(5))
+    objective = Objective(kind="cqd", lambda_=3.0, temperature=2.0)
+    cfg = config(epochs=2, schedule=(0.01, 0.005), momentum_reset_each_epoch=reset)
+    straight = tiny_net()
+    train(straight, Blobs(20, 1), None, cfg, objective, tmp_path / "a", teacher, progress=False)
+
+    # epoch 1, then the momentum stored in its checkpoint is tampered with before epoch 2
+    train(tiny_net(), Blobs(20, 1), None, config(epochs=1, schedule=cfg.schedule, momentum_reset_each_epoch=reset),
+          objective, tmp_path / "b", teacher, progress=False)
+    ckpt_path = tmp_path / "b" / "checkpoint.pt"
+    ckpt = load_training_checkpoint(ckpt_path)
+    assert any(buf.abs().sum() > 0 for buf in ckpt.optimizer["buffers"].values())  # momentum at the end of epoch 1
+    untouched = tiny_net()
+    train(untouched, Blobs(20, 1), None, cfg, objective, tmp_path / "b", teacher, progress=False)  # resumes
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, untouched.state_dict()[key]), key  # resume is exact either way
+
+    ckpt.optimizer["buffers"] = {k: torch.full_like(v, 0.5) for k, v in ckpt.optimizer["buffers"].items()}
+    (tmp_path / "c").mkdir()
+    save_training_checkpoint(tmp_path / "c" / "checkpoint.pt", ckpt)
+    tampered = tiny_net()
+    train(tampered, Blobs(20, 1), None, cfg, objective, tmp_path / "c", teacher, progress=False)
+    same = all(torch.equal(v, tampered.state_dict()[k]) for k, v in straight.state_dict().items())
+    # reset: epoch 2 starts from zero momentum whatever the checkpoint held; carried: it starts from it
+    assert same == reset
+
+
+def test_momentum_carried_over_differs_from_reset_after_the_first_epoch(tmp_path):
+    teacher = torch.randn(20, K, generator=torch.Generator().manual_seed(5))
+    objective = Objective(kind="cqd", lambda_=3.0, temperature=2.0)
+    nets = {}
+    for reset in (True, False):
+        for epochs in (1, 2):
+            net = tiny_net()
+            cfg = config(epochs=epochs, schedule=(0.01, 0.005), momentum_reset_each_epoch=reset)
+            train(net, Blobs(20, 1), None, cfg, objective, tmp_path / f"{reset}{epochs}", teacher, progress=False)
+            nets[reset, epochs] = net.state_dict()
+    assert all(torch.equal(nets[True, 1][k], nets[False, 1][k]) for k in nets[True, 1])  # epoch 1 starts at zero anyway
+    assert not torch.equal(nets[True, 2]["conv1.weight"], nets[False, 2]["conv1.weight"])
+    with pytest.raises(CqdError, match="momentum_reset_each_epoch"):  # a run cannot switch half-way
+        train(tiny_net(), Blobs(20, 1), None, config(epochs=2, schedule=(0.01, 0.005), momentum_reset_each_epoch=False),
+              objective, tmp_path / "True1", teacher, progress=False)
+
+
 def test_resume_with_other_options_is_refused(tmp_path):
     train(tiny_net(), Blobs(14, 1), None, config(epochs=1), Objective(), tmp_path, progress=False)
     with pytest.raises(CqdError, match="batch_size"):
         train(tiny_net(), Blobs(14, 1), None, config(epochs=2, batch_size=4), Objective(), tmp_path, progress=False)
+    for key, value in (("lrn_mode", "matconvnet-cpu"), ("tf32", True), ("momentum_reset_each_epoch", False)):
+        with pytest.raises(CqdError, match=key):
+            train(tiny_net(), Blobs(14, 1), None, config(epochs=2, **{key: value}), Objective(), tmp_path, progress=False)
 
 
 def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):

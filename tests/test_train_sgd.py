@@ -82,15 +82,41 @@ def test_cqd_multipliers_match_initialize_network():
     assert mults["fc8.weight"] == Multipliers(10, 1) and mults["fc8.bias"] == Multipliers(20, 0)
 
 
-def test_released_schedules_values_and_lengths():
-    assert len(CUB_SCHEDULE) == 5 + 9 + 10 + 10 == 34
-    assert len(CARS_SCHEDULE) == 5 + 10 + 10 + 10 == 35
-    assert CUB_SCHEDULE[:6] == (0.0005,) * 6 and CUB_SCHEDULE[13] == 0.0001 and CUB_SCHEDULE[-1] == 0.00005
-    for k in range(9):
-        assert math.isclose(CUB_SCHEDULE[5 + k], 0.0005 - k * 0.00005, rel_tol=1e-12)
-    for k in range(10):
-        assert math.isclose(CARS_SCHEDULE[5 + k], 0.001 - k * 0.0001, rel_tol=1e-12)
-    assert CARS_SCHEDULE[14] == 0.0001 and CARS_SCHEDULE[15:25] == (0.0001,) * 10 and CARS_SCHEDULE[25:] == (0.00005,) * 10
+# The whole released schedules, written out epoch by epoch (run_CQD.m: CUB
+# [0.0005*ones(1,5), 0.0005:-0.00005:0.0001, 0.0001*ones(1,10), 0.00005*ones(1,10)],
+# Cars the same with 0.001 and steps of 0.0001).
+CUB_BY_EPOCH = (
+    0.0005, 0.0005, 0.0005, 0.0005, 0.0005,                                      # epochs 1-5
+    0.0005, 0.00045, 0.0004, 0.00035, 0.0003, 0.00025, 0.0002, 0.00015, 0.0001,  # 6-14: the colon ramp
+    0.0001, 0.0001, 0.0001, 0.0001, 0.0001, 0.0001, 0.0001, 0.0001, 0.0001, 0.0001,  # 15-24
+    5e-05, 5e-05, 5e-05, 5e-05, 5e-05, 5e-05, 5e-05, 5e-05, 5e-05, 5e-05,            # 25-34
+)
+CARS_BY_EPOCH = (
+    0.001, 0.001, 0.001, 0.001, 0.001,                                                       # 1-5
+    0.001, 0.0009, 0.0008, 0.0007, 0.0006, 0.0005, 0.0004, 0.0003, 0.0002, 0.0001,           # 6-15
+    0.0001, 0.0001, 0.0001, 0.0001, 0.0001, 0.0001, 0.0001, 0.0001, 0.0001, 0.0001,          # 16-25
+    5e-05, 5e-05, 5e-05, 5e-05, 5e-05, 5e-05, 5e-05, 5e-05, 5e-05, 5e-05,                    # 26-35
+)
+
+
+@pytest.mark.parametrize("schedule, by_epoch", [(CUB_SCHEDULE, CUB_BY_EPOCH), (CARS_SCHEDULE, CARS_BY_EPOCH)], ids=["cub", "cars"])
+def test_released_schedules_whole(schedule, by_epoch):
+    assert len(schedule) == len(by_epoch)
+    for epoch, want in enumerate(by_epoch, start=1):
+        # MATLAB's colon may differ from the decimal literal in the last bit (0.0003 is 0.00030000000000000003)
+        assert math.isclose(learning_rate(schedule, epoch), want, rel_tol=1e-12, abs_tol=0), epoch
+        assert learning_rate(schedule, epoch) == schedule[epoch - 1]
+    # past the end, cnn_train_dag keeps the last value: learningRate(min(epoch, numel(learningRate)))
+    for epoch in range(len(by_epoch) + 1, len(by_epoch) + 20):
+        assert learning_rate(schedule, epoch) == by_epoch[-1]
+    # the paper's 30 epochs visit exactly the first 30 entries
+    assert [learning_rate(schedule, e) for e in range(1, 31)] == list(schedule[:30])
+
+
+def test_released_schedules_colon_ramp_is_matlabs_not_accumulated():
+    # the ramp's ends are exact; accumulating -0.00005 eight times would miss 0.0001
+    assert CUB_SCHEDULE[5] == 0.0005 and CUB_SCHEDULE[13] == 0.0001
+    assert CARS_SCHEDULE[5] == 0.001 and CARS_SCHEDULE[14] == 0.0001
 
 
 def test_matlab_colon_hits_the_endpoint_and_counts_like_matlab():

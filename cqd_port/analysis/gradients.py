@@ -112,9 +112,9 @@ def preprocessing_from_meta(meta: dict[str, Any] | None, source: str = "the mode
 
     Delegates to the training side (`cqd_port.experiments.methods.input_normalization`)
     so the maps are taken at exactly the inputs the model was trained on: as
-    the released `getBatch`, images are resized to `imageSize(1:2)` (224 x 224
-    when the meta has none) and the average *colour* of `averageImage` is
-    subtracted (a full H x W x 3 average image is reduced to its mean colour).
+    the released `imdb_get_batch`, images are resized to `imageSize(1:2)` (224 x 224
+    when the meta has none) and `averageImage` is subtracted as stored (a full
+    H x W x 3 average image pixel by pixel, a colour as a colour).
     """
     from cqd_port.experiments.methods import input_normalization
 
@@ -130,12 +130,13 @@ def preprocessing_from_meta(meta: dict[str, Any] | None, source: str = "the mode
 
 
 def iterate_batches(dataset: Any, positions: Sequence[int], batch_size: int) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
-    """Batches (positions, N x C x H x W images, labels) from a dataset yielding (CHW, label, index)."""
+    """Batches (positions, N x C x H x W images, labels) from an `ImageStore` (or a Dataset, decoded once into one)."""
+    from cqd_port.data.store import as_image_store
+
+    store = as_image_store(dataset)
     for start in range(0, len(positions), batch_size):
         chunk = list(positions[start : start + batch_size])
-        items = [dataset[i] for i in chunk]
-        images = torch.stack([torch.as_tensor(np.asarray(item[0]), dtype=torch.float32) for item in items])
-        labels = torch.as_tensor([int(item[1]) for item in items], dtype=torch.long)
+        images, labels = store.batch(chunk)
         yield chunk, images, labels
 
 
@@ -145,8 +146,16 @@ def maps_for_dataset(
     """Gradient maps for the dataset items at `positions`, batch by batch: (positions, N x H x W on the CPU).
 
     Batches go to `device` (the model must already be there); None keeps the CPU.
+    Strict float32 (no TF32), as every forward of the project.
     """
-    for chunk, images, labels in iterate_batches(dataset, list(positions), batch_size):
+    from cqd_port.data.store import as_image_store
+    from cqd_port.train.device import configure_determinism
+
+    configure_determinism(False, device if device is not None else "cpu")
+    store = as_image_store(dataset)
+    if device is not None:
+        store = store.to(device)
+    for chunk, images, labels in iterate_batches(store, list(positions), batch_size):
         if device is not None:
             images, labels = images.to(device), labels.to(device)
         yield chunk, gradient_maps(model, images, labels).cpu()

@@ -259,7 +259,7 @@ def _tau_for_model(
     """Fill `done[path] = tau` for every record not done yet, batch by batch (`on_batch` saves progress)."""
     from cqd_port.data.batches import ImageFolderDataset
 
-    dataset = ImageFolderDataset(index, records, spec.image_size, spec.average_image)
+    dataset = ImageFolderDataset(index, records, spec.image_size, spec.average_image).to_store()
     todo = [i for i, r in enumerate(records) if r.path not in done]
     for positions, maps in maps_for_dataset(model, dataset, todo, batch_size, device):
         for position, values in zip(positions, maps):
@@ -395,7 +395,7 @@ def run_tau_study(config: TauStudyConfig, progress: Any = None) -> TauStudyResul
 
     for tag in ("b", "cqd"):
         model, spec = models[tag]
-        dataset = ImageFolderDataset(index, records, spec.image_size, spec.average_image)
+        dataset = ImageFolderDataset(index, records, spec.image_size, spec.average_image).to_store()
         for positions, batch_maps in maps_for_dataset(model, dataset, chosen, config.batch_size, device):
             for position, values in zip(positions, batch_maps):
                 maps[tag][position] = values.numpy()

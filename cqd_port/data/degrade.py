@@ -15,8 +15,12 @@ Registry (`DEGRADATIONS`):
 - `lowres`: `lowres_path="code"` (default): the released code's path, the
   image shrunk straight to 50 x 50 then enlarged to 224 x 224;
   `lowres_path="paper"`: the paper's text, 224 -> 50 -> 224 (the first step
-  as `original`). Both use `lowres_method` (bilinear by default; the
-  released MATLAB code used imresize's default, bicubic);
+  as `original`). Both steps use `lowres_kernel`: "bilinear" (default,
+  the user's specification) or "bicubic" (the release: `imresize(im,
+  [50 50])` then `imresize(im, [224 224])`, MATLAB's defaults, bicubic
+  and antialiased, rounded to uint8 after each pass); a non-default kernel
+  is prepared into its own folder (`lowres-bicubic`, see
+  `cqd_port.data.prepare.output_dir`);
 - `localized_lowres`: crop to the box, then `lowres`;
 - `edges`: as `save_images.m`: Piotr Dollar's Structured Edge Detector
   (`cqd_port.data.sed.edges_detect`, the toolbox's `modelBsds.mat` given as
@@ -29,7 +33,10 @@ Registry (`DEGRADATIONS`):
   other channels: NOT the paper's edges, for users without the MATLAB model;
 - `edges_sobel`: a model-free Sobel edge map, same layout; NOT the paper's
   detector and never used in its place;
-- `distorted`: the thin-plate-spline distortion (`cqd_port.data.tps`);
+- `distorted`: the release's thin-plate-spline distortion (`cqd_port.data.tps`:
+  bilinear resize to a 224 short side, forward `tpswarp` onto a 224 x 224
+  canvas at the image's top-left, median hole filling, offsets
+  `4 * randn` seeded per image);
 - `gray`: MATLAB `rgb2gray` luminance (weights 0.298936021293775,
   0.587043074451121, 0.114020904255103, rounded half away from zero),
   resized as `original`, replicated to 3 channels.
@@ -58,6 +65,9 @@ __all__ = [
     "DegradationConfig",
     "Degradation",
     "DEGRADATIONS",
+    "DEFAULT_LOWRES_KERNEL",
+    "LOWRES_KERNELS",
+    "LOWRES_DEGRADATIONS",
     "degrade",
     "degrade_from_source",
     "crop_to_box",
@@ -65,6 +75,10 @@ __all__ = [
 ]
 
 Box = Sequence[float]
+
+DEFAULT_LOWRES_KERNEL = "bilinear"  # the user's specification; the release used "bicubic"
+LOWRES_KERNELS = ("bilinear", "bicubic")  # what the CLI offers: the specification and the release
+LOWRES_DEGRADATIONS = ("lowres", "localized_lowres")  # the degradations `lowres_kernel` applies to
 
 
 @dataclass(frozen=True)
@@ -74,19 +88,19 @@ class DegradationConfig:
     out_size: int = 224
     resize_method: str = "bicubic"  # `original`/`localized`/`edges`/`gray`: MATLAB imresize's default
     lowres_size: int = 50
-    lowres_method: str = "bilinear"
+    lowres_kernel: str = DEFAULT_LOWRES_KERNEL  # "bilinear" (the user's specification) or "bicubic" (the release)
     lowres_path: str = "code"  # "code": image -> 50 -> 224; "paper": image -> 224 -> 50 -> 224
     sed_model: Optional[str] = None  # `edges`: the toolbox's modelBsds.mat; `edges_opencv`: OpenCV's model.yml.gz
     distortion_sigma: float = 4.0
     distortion_grid_start: int = 8
     distortion_grid_step: int = 16
-    distortion_region: str = "center"
+    distortion_placement: str = "topleft"  # "topleft": the release's tpswarp; "center": the resized image's centre
     seed: int = 0  # dataset-level seed; prepare mixes it with each image's path into `image_seed`
 
     def __post_init__(self) -> None:
         if self.sed_model is not None:
             object.__setattr__(self, "sed_model", str(self.sed_model))
-        for option in ("resize_method", "lowres_method"):
+        for option in ("resize_method", "lowres_kernel"):
             if getattr(self, option) not in METHODS:
                 raise CqdError(f"DegradationConfig.{option}={getattr(self, option)!r}: use one of {', '.join(METHODS)}")
         if self.lowres_path not in ("code", "paper"):
@@ -101,7 +115,7 @@ class DegradationConfig:
             grid_start=self.distortion_grid_start,
             grid_step=self.distortion_grid_step,
             sigma=self.distortion_sigma,
-            region=self.distortion_region,
+            placement=self.distortion_placement,
         )
 
     def as_dict(self) -> dict:
@@ -147,8 +161,8 @@ def _localized(image: np.ndarray, box: Optional[Box], config: DegradationConfig,
 def _lowres(image: np.ndarray, box: Optional[Box], config: DegradationConfig, image_seed: int) -> np.ndarray:
     if config.lowres_path == "paper":
         image = _original(image, None, config, image_seed)
-    small = _resize_square(image, config.lowres_size, config.lowres_method)
-    return _resize_square(small, config.out_size, config.lowres_method)
+    small = _resize_square(image, config.lowres_size, config.lowres_kernel)
+    return _resize_square(small, config.out_size, config.lowres_kernel)
 
 
 def _localized_lowres(image: np.ndarray, box: Optional[Box], config: DegradationConfig, image_seed: int) -> np.ndarray:

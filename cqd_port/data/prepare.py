@@ -14,7 +14,8 @@ CUB degradations start from the bird cropped to its box (`lowres`, `edges`,
 `localized_lowres` start from the full image (they crop themselves when they
 need to); CARS always starts from the full image. `source="full"` on CUB
 gives e.g. the Local.+Res. task's B (low resolution of the full image); an
-overridden source is marked in the folder name (`lowres-full`).
+overridden source is marked in the folder name (`lowres-full`), and so is a
+low-resolution kernel other than the default bilinear (`lowres-bicubic`).
 
 Resumable (finished files are skipped; every write is atomic), parallel
 (`workers` processes; 0 = in-process) and deterministic: the random seed of
@@ -79,11 +80,21 @@ def default_source(dataset: str, degradation: str) -> str:
     return "full"
 
 
-def output_dir(out: str | Path, dataset: str, degradation: str, source: str | None) -> Path:
-    """`<out>/<dataset>/<degradation>`, with `-full`/`-box` when the source differs from the default."""
+def output_dir(out: str | Path, dataset: str, degradation: str, source: str | None, lowres_kernel: str | None = None) -> Path:
+    """`<out>/<dataset>/<degradation>[-<kernel>][-<source>]`.
+
+    `-bicubic` (any kernel but the default bilinear) marks a low-resolution
+    variant made with another `lowres_kernel`; `-full`/`-box` a source that
+    differs from the degradation's default. So `lowres`, `lowres-full`,
+    `lowres-bicubic`, `lowres-bicubic-full` never share a folder.
+    """
+    from cqd_port.data.degrade import DEFAULT_LOWRES_KERNEL, LOWRES_DEGRADATIONS
+
     folder = degradation
+    if lowres_kernel is not None and lowres_kernel != DEFAULT_LOWRES_KERNEL and degradation in LOWRES_DEGRADATIONS:
+        folder = f"{folder}-{lowres_kernel}"
     if source is not None and source != default_source(dataset, degradation):
-        folder = f"{degradation}-{source}"
+        folder = f"{folder}-{source}"
     return Path(out) / dataset / folder
 
 
@@ -148,8 +159,9 @@ def _output_box(
     """The record's box in the out_size x out_size output: the whole image when the output is the crop.
 
     Most degradations resize the whole image to out_size x out_size (aspect not
-    kept). `distorted` keeps the aspect (shorter side = out_size) and takes the
-    central (or top-left) window; its box ignores the warp's few-pixel shifts.
+    kept). `distorted` keeps the aspect (shorter side = out_size) and keeps the
+    top-left window (the release; the centre one with `distortion_placement=
+    "center"`); its box ignores the warp's few-pixel shifts.
     """
     if cropped:
         return (1, 1, out_size, out_size)
@@ -305,7 +317,7 @@ def prepare_dataset(
         raise CqdError(f"'{degradation}' from the box needs bounding boxes, but {index.root} has images without one; use --source full")
 
     check_output_dir(out)
-    target = check_output_dir(output_dir(out, dataset, degradation, source))
+    target = check_output_dir(output_dir(out, dataset, degradation, source, config.lowres_kernel))
     out_size = config.out_size
     params = {
         "dataset": dataset,

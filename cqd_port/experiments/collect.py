@@ -1,7 +1,9 @@
 """Run folders -> results.json and results.md, for the whole table, every time.
 
 Whatever subset a command ran, `collect_results` reads the run folders of
-every cell of the table under every seed: a cell is filled by the runs that
+every cell of the table under every seed (with the notes of
+`cqd_port.experiments.notes` on its interpretive settings, footnotes in
+results.md): a cell is filled by the runs that
 finished with the identity the current settings give (a folder holding a run
 made with other settings does not count), and marked pending otherwise. So
 two commands (or two SLURM jobs) never overwrite each other's view.
@@ -89,6 +91,7 @@ def collect_results(table: int, options: dict[str, Any], seeds: tuple[int, ...],
     from cqd_port.data.synth import is_synthetic
     from cqd_port.experiments.execute import identity_mismatch
     from cqd_port.experiments.grid import plan_grid
+    from cqd_port.experiments.notes import cell_notes, grid_settings
     from cqd_port.experiments.paper import paper_table
     from cqd_port.experiments.plan import run_identity, schedule_grid
     from cqd_port.experiments.results import Cell, write_results
@@ -124,7 +127,8 @@ def collect_results(table: int, options: dict[str, Any], seeds: tuple[int, ...],
         if len(values) > 1:
             std = math.sqrt(sum((v - mean) ** 2 for v in values.values()) / (len(values) - 1))
         several = len(seeds) > 1
-        cells.append(Cell(cell.task, cell.method, mean, paper.value(cell.task, cell.method), values if several else None, std if several else None))
+        notes = cell_notes(cell.method, whole.runs[cell.run], config)  # where the cell's setting is an interpretation
+        cells.append(Cell(cell.task, cell.method, mean, paper.value(cell.task, cell.method), values if several else None, std if several else None, notes))
 
     extra: dict[str, Any] = {}
     if len(seeds) > 1:
@@ -154,4 +158,4 @@ def collect_results(table: int, options: dict[str, Any], seeds: tuple[int, ...],
             chosen.append({"run": node.key, "task": node.run.task, "method": node.run.method, "seed": node.seed, **entry})
         extra["selection"] = chosen
     synthetic = bool(config.synthetic) or any(is_synthetic(config.variant_dir(v)) for v in whole.variants())
-    return write_results(out, table, synthetic, cells, extra)
+    return write_results(out, table, synthetic, cells, extra, grid_settings(whole, config))

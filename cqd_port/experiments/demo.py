@@ -71,6 +71,8 @@ class DemoConfig:
     seeds: tuple[int, ...] = (0,)
     # lambda chosen per task on a validation split (the paper's 200/50 were chosen for CUB/Cars, not for this data)
     select: dict[str, tuple[float, ...]] | None = field(default_factory=lambda: {"lambda": (20.0, 50.0, 200.0)})
+    lowres_kernel: str = "bilinear"  # "bicubic": the release's imresize defaults for the low-res columns
+    a_cqd_start: str = "a_model"  # "imagenet": A-CQD as the released script ran it (= CQD)
 
 
 @dataclass
@@ -120,7 +122,7 @@ def pretrain_standin(config: DemoConfig, progress: bool) -> Path:
     import torch
     from rich.progress import Progress
 
-    from cqd_port.data.batches import ImageFolderDataset, preload
+    from cqd_port.data.batches import ImageFolderDataset
     from cqd_port.data.prepare import read_dataset
     from cqd_port.experiments.methods import FINAL_MODEL
     from cqd_port.models.network import SimpleNetwork
@@ -140,9 +142,10 @@ def pretrain_standin(config: DemoConfig, progress: bool) -> Path:
             Path(config.out) / "data" / f"pretrain-{style}", style, config.pretrain_classes, config.pretrain_per_class, 0, config.draw_size, seed
         )
         index = read_dataset("cub", root)
-        decoded = preload(ImageFolderDataset(index, index.records, size, zero))
-        images.append(decoded.images)
-        labels.append(decoded.label_tensor + offset * config.pretrain_classes)
+        decoded = ImageFolderDataset(index, index.records, size, zero).to_store()
+        inputs, targets = decoded.batch(torch.arange(len(decoded)))
+        images.append(inputs)
+        labels.append(targets + offset * config.pretrain_classes)
     x_all = torch.cat(images)
     y_all = torch.cat(labels)
     average = x_all.mean(dim=(0, 2, 3))
@@ -211,6 +214,7 @@ def grid_config(config: DemoConfig, standin: Path) -> GridConfig:
         edges_method="edges" if config.sed_model else "edges_sobel",
         prepare_config=degradation_settings(config.image_size),
         batch_size=config.batch_size,
+        lowres_kernel=config.lowres_kernel,
     )
 
 
@@ -233,7 +237,7 @@ def run_demo(config: DemoConfig) -> DemoOutcome:
     say("stand-in pretrained model: reduced VGG-M trained on separate synthetic data ...")
     standin = pretrain_standin(config, config.progress)
 
-    plan = plan_grid(1, config.tasks, config.methods, config.epochs)
+    plan = plan_grid(1, config.tasks, config.methods, config.epochs, a_cqd_start=config.a_cqd_start)
     grid = grid_config(config, standin)
     for variant in plan.variants():
         ensure_variant(variant, grid, config.progress)

@@ -227,5 +227,5 @@ def execute_node(
             log.write(f"{socket.gethostname()} {os.getpid()} {time.strftime('%Y-%m-%d %H:%M:%S')} {os.environ.get('SLURM_JOB_ID', '-')}\n")
         seeded = replace(config, seed=node.seed)
         if data is None:
-            data = DomainData(lambda v: ensure_variant(v, seeded, False), preload=config.preload, workers=0 if config.preload else config.workers)
+            data = DomainData(lambda v: ensure_variant(v, seeded, False), domain_a=config.domain_a)
         return execute_run(run, seeded, data, device=device or config.device, progress=config.progress)

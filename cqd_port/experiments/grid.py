@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cqd_port.data import PREPARED_DEFAULT
 from cqd_port.errors import CqdError
-from cqd_port.experiments.methods import AUGMENTATION_CLASSES, IMAGENET, METHODS, RunSpec, read_run_json
+from cqd_port.experiments.methods import A_CQD_STARTS, A_MODEL, AUGMENTATION_CLASSES, IMAGENET, METHODS, RunSpec, read_run_json
 from cqd_port.experiments.paper import paper_table
-from cqd_port.experiments.tasks import DataVariant, Task, select_tasks, table_tasks, with_epochs
+from cqd_port.experiments.tasks import VGG_VD16, DataVariant, Task, select_tasks, table_tasks, with_epochs, with_lambda
 
 if TYPE_CHECKING:
     from cqd_port.experiments.launch import SlurmOptions
@@ -45,6 +45,7 @@ class GridPlan:
     cells: list[CellPlan]
     runs: dict[str, RunSpec] = field(default_factory=dict)
     options: dict = field(default_factory=dict)  # plan_grid's keyword arguments: the whole table is planned with the same ones
+    a_cqd_start: str = A_MODEL  # "a_model" (the paper) or "imagenet" (the release)
 
     def variants(self) -> list[DataVariant]:
         """Every prepared data variant some run reads, in first-use order."""
@@ -63,9 +64,11 @@ class GridPlan:
         return list(seen)
 
 
-def _task_runs(task: Task, method: str, a_key: str, class_factor: int) -> RunSpec:
+def _task_runs(task: Task, method: str, a_key: str, class_factor: int, a_cqd_start: str = A_MODEL) -> RunSpec:
     """The run answering (task, method), its A-model dependency given as `a_key`."""
     spec = METHODS[method]
+    if method == "a_cqd" and a_cqd_start == IMAGENET:
+        spec = replace(spec, start=IMAGENET)
     teacher_arch, student_arch = task.teacher_arch, task.student_arch
     key = f"{task.name}/{method}"
     if method == "upper_bound":
@@ -101,8 +104,14 @@ def plan_grid(
     methods: list[str] | None = None,
     epochs: int | None = None,
     augmentation_classes: str = "2k",
+    a_cqd_start: str = A_MODEL,
+    vd_vd_lambda: float | None = None,
 ) -> GridPlan:
     """Cells of Table `table` for the chosen tasks and methods, and the runs they need.
+
+    `a_cqd_start="imagenet"` starts A-CQD from ImageNet as the release did
+    (then the same run as CQD); `vd_vd_lambda` overrides lambda of the
+    vgg-vd -> vgg-vd task (default 200, the release's; the paper says 50).
 
     A run is shared between cells that ask for the same computation; its folder
     is named after the first task that needs it in the paper's order (tasks
@@ -118,8 +127,14 @@ def plan_grid(
         raise CqdError(f"--methods: unknown method(s) {', '.join(unknown)} for Table {table} (choose from {', '.join(paper.methods)})")
     chosen_tasks = {t.name for t in select_tasks(table, tasks)}
     class_factor = 2 if augmentation_classes == "2k" else 1
+    if a_cqd_start not in A_CQD_STARTS:
+        raise CqdError(f"--a-cqd-start {a_cqd_start}: use a_model (the paper's text) or imagenet (the released script)")
 
-    all_tasks = [with_epochs(t, epochs) for t in table_tasks(table)]
+    def settings(task: Task) -> Task:
+        both_vd = task.teacher_arch == task.student_arch == VGG_VD16
+        return with_lambda(with_epochs(task, epochs), vd_vd_lambda if both_vd else None)
+
+    all_tasks = [settings(t) for t in table_tasks(table)]
     preference = sorted(all_tasks, key=lambda t: t.teacher_arch != t.student_arch)  # stable: f = g owners first
     by_signature: dict[tuple, str] = {}
     runs: dict[str, RunSpec] = {}
@@ -127,7 +142,7 @@ def plan_grid(
     for task in preference:
         a_key = None
         for method in ("upper_bound", *[m for m in paper.methods if m != "upper_bound"]):
-            run = _task_runs(task, method, a_key or "", class_factor)
+            run = _task_runs(task, method, a_key or "", class_factor, a_cqd_start)
             signature = run.signature()
             key = by_signature.setdefault(signature, run.key)
             if key == run.key:
@@ -151,7 +166,8 @@ def plan_grid(
             needed.add(key)
             stack.extend(runs[key].depends)
     ordered = {k: r for k, r in runs.items() if k in needed}  # registration order puts dependencies first
-    return GridPlan(table, cells, ordered, {"epochs": epochs, "augmentation_classes": augmentation_classes})
+    options = {"epochs": epochs, "augmentation_classes": augmentation_classes, "a_cqd_start": a_cqd_start, "vd_vd_lambda": vd_vd_lambda}
+    return GridPlan(table, cells, ordered, options, a_cqd_start)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -165,9 +181,16 @@ class GridConfig:
     stands in for the ImageNet model (the demo's pretrained stand-in); when
     absent the file is looked up in `models`. `lr_scale` multiplies the
     released schedule (the demo's short runs); the input size and average
-    colour come from the model's meta; `preload` decodes every image once into a
-    tensor (the demo); a missing data variant is prepared from `cub_root` /
+    image come from the model's meta (`average_image` "stored": subtracted as
+    stored, as the release; "colour": its mean colour); `domain_a` "native"
+    reads domain A and the full images at native resolution, resized on the fly
+    in single precision, as the release ("prepared": their 224 JPEGs); every run reads its
+    images from tensor stores (`cqd_port.data.store`; `preload` and `workers`
+    no longer matter there); a missing data variant is prepared from `cub_root` /
     `cars_root` (with `prepare_config` as extra `DegradationConfig` fields).
+    `lowres_kernel` makes the low-resolution variants with "bilinear" (the
+    user's specification, default) or "bicubic" (the release; its own
+    prepared folders, `lowres-bicubic`).
     """
 
     out: Path
@@ -190,11 +213,28 @@ class GridConfig:
     edges_method: str | None = None  # what `edges` variants are made with; None: `edges`, the paper's SED (needs sed_model)
     prepare_config: dict | None = None  # extra DegradationConfig fields
     batch_size: int | None = None  # overrides the paper's batch size (the demo's small data)
+    average_image: str = "stored"  # "colour": the mean colour of averageImage (cqd-port's old behaviour)
+    domain_a: str = "native"  # "prepared": domain A from its prepared 224 JPEGs (cqd-port's old behaviour)
+    lowres_kernel: str = "bilinear"  # low-res variants: "bilinear" (the user's specification) or "bicubic" (the release)
+
+    def __post_init__(self) -> None:
+        from cqd_port.data.degrade import LOWRES_KERNELS
+
+        if self.lowres_kernel not in LOWRES_KERNELS:
+            raise CqdError(f"--lowres-kernel {self.lowres_kernel}: use bilinear (the specification) or bicubic (the release)")
 
     def concrete(self, variant: DataVariant) -> DataVariant:
-        """The variant actually prepared: `edges` becomes `edges_method` when one is set (the demo's Sobel edges)."""
+        """The variant actually prepared.
+
+        `edges` becomes `edges_method` when one is set (the demo's Sobel edges);
+        a low-resolution variant carries a non-default `lowres_kernel`.
+        """
+        from cqd_port.data.degrade import DEFAULT_LOWRES_KERNEL, LOWRES_DEGRADATIONS
+
         if variant.degradation == "edges" and self.edges_method and self.edges_method != "edges":
             return DataVariant(variant.dataset, self.edges_method, variant.source)
+        if variant.degradation in LOWRES_DEGRADATIONS and self.lowres_kernel != DEFAULT_LOWRES_KERNEL:
+            return replace(variant, lowres_kernel=self.lowres_kernel)
         return variant
 
     def variant_dir(self, variant: DataVariant) -> Path:
@@ -202,7 +242,7 @@ class GridConfig:
         from cqd_port.data.prepare import output_dir
 
         concrete = self.concrete(variant)
-        return output_dir(self.prepared, concrete.dataset, concrete.degradation, concrete.source)
+        return output_dir(self.prepared, concrete.dataset, concrete.degradation, concrete.source, concrete.lowres_kernel)
 
     def dataset_root(self, dataset: str) -> Path | None:
         return self.cub_root if dataset == "cub" else self.cars_root
@@ -299,9 +339,10 @@ def _no_raw_data(folder: Path, concrete: DataVariant, config: GridConfig) -> Cqd
 def prepare_command(concrete: DataVariant, config: GridConfig) -> str:
     """The `cqd-port prepare` line that writes `concrete` where `config` reads it, with DIR for the raw dataset folder."""
     source = f" --source {concrete.source}" if concrete.source else ""
+    kernel = f" --lowres-kernel {concrete.lowres_kernel}" if concrete.lowres_kernel else ""
     sed = f" --sed-model {config.sed_model or 'MODEL.yml.gz'}" if concrete.degradation == "edges" else ""
     return (
-        f"`cqd-port prepare --dataset {concrete.dataset} --degradation {concrete.degradation}{source}{sed} "
+        f"`cqd-port prepare --dataset {concrete.dataset} --degradation {concrete.degradation}{source}{kernel}{sed} "
         f"--data-root DIR --out {config.prepared}` (DIR: the raw dataset folder)"
     )
 
@@ -323,11 +364,13 @@ def ensure_variant(variant: DataVariant, config: GridConfig, progress: bool = Tr
         if (folder / MANIFEST).is_file():
             return folder
         raise _no_raw_data(folder, concrete, config)
-    from cqd_port.data.degrade import DegradationConfig
+    from cqd_port.data.degrade import LOWRES_DEGRADATIONS, DegradationConfig
 
     extra = dict(config.prepare_config or {})
     if config.sed_model is not None:
         extra.setdefault("sed_model", str(config.sed_model))
+    if concrete.degradation in LOWRES_DEGRADATIONS:  # only there: other variants' settings stay the defaults
+        extra["lowres_kernel"] = config.lowres_kernel
     degradation_config = DegradationConfig(**extra)
     return prepare_dataset(
         concrete.dataset,

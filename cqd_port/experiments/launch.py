@@ -144,7 +144,7 @@ def launch_local(
         from cqd_port.experiments.grid import ensure_variant
         from cqd_port.experiments.methods import DomainData
 
-        data = DomainData(lambda v: ensure_variant(v, config, False), preload=config.preload, workers=0 if config.preload else config.workers)
+        data = DomainData(lambda v: ensure_variant(v, config, False), domain_a=config.domain_a)
         device = f"cuda:{slots[0]}" if slots and str(config.device) != "cpu" else config.device
         for node in todo:
             records[node.key] = execute_node(node, schedule, config, rerun, data=data if node.kind == "run" else None, device=device, say=say)

@@ -18,6 +18,9 @@ Methods (paper Section 4, 'Methods', and the released code):
 | cqd | B | B | ImageNet, new fc8 | softmax-log + lambda * distillation from the A model |
 | a_cqd | B | B | the whole A model | same as cqd |
 
+`a_cqd_start="imagenet"` (`--a-cqd-start imagenet`) runs A-CQD as the released
+script did: from ImageNet, which makes it CQD itself (the grid shares the run).
+
 Data augmentation as released concatenates the class lists of the two
 domains, so `fc8` is 2k-way while the labels of both domains stay in 1..k
 (outputs k+1..2k are never a target); the test takes the argmax over the
@@ -41,6 +44,7 @@ from cqd_port.fileio import atomic_write_json
 
 if TYPE_CHECKING:
     from cqd_port.data.records import DatasetIndex, ImageRecord
+    from cqd_port.data.store import ImageStore
     from cqd_port.models.network import SimpleNetwork
     from cqd_port.experiments.grid import GridConfig
 
@@ -69,6 +73,10 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 AUGMENTATION_CLASSES = ("2k", "k")
+A_MODEL = "a_model"
+A_CQD_STARTS = (A_MODEL, IMAGENET)
+"""Where A-CQD's student starts: the A model (the paper's text, the default) or ImageNet (the released
+`run_CQD.m`, whose flags make A-CQD the same computation as CQD; the grid then shares CQD's run)."""
 
 
 @dataclass(frozen=True)
@@ -152,42 +160,81 @@ FINAL_MODEL = "final.pt"
 TEACHER_CACHE = "teacher-logits"
 
 
-def input_normalization(meta: dict[str, Any], image_size: int | None = None) -> tuple[tuple[int, int], np.ndarray]:
-    """Input side and average colour the network expects, from its `meta.normalization`.
+AVERAGE_MODES = ("stored", "colour")
 
-    As the released code (`getBatch` of the B-CNN/CQD code): images are resized
-    to `imageSize(1:2)` and the network's average *colour*
-    `mean(mean(averageImage, 1), 2)` is subtracted; a full HxWx3 average image
-    is reduced to its mean colour for that reason. `image_size` overrides the
-    size (the demo's reduced networks carry their own in meta anyway).
+
+def input_normalization(
+    meta: dict[str, Any], image_size: int | None = None, average: str = "stored"
+) -> tuple[tuple[int, int], np.ndarray]:
+    """Input side and average image the network expects, from its `meta.normalization`.
+
+    As the released `imdb_get_batch`: images are resized to `imageSize(1:2)`
+    and the model's `averageImage` is subtracted AS STORED (`average="stored"`):
+    a 1x1x3 colour stays a colour, a full HxWx3 image (imagenet-vgg-m.mat's
+    224x224x3) is subtracted pixel by pixel. `average="colour"` subtracts its
+    mean colour `mean(mean(averageImage, 1), 2)` instead (what cqd-port did
+    before; the B-CNN code's habit). A full image whose size is not the input
+    size can only be used as its mean colour. `image_size` overrides the size
+    (the demo's reduced networks carry their own in meta anyway).
     """
+    if average not in AVERAGE_MODES:
+        raise CqdError(f"unknown average mode '{average}'; use one of {', '.join(AVERAGE_MODES)}")
     norm = meta.get("normalization", {}) or {}
     size = norm.get("imageSize") or [224, 224]
     hw = (int(image_size), int(image_size)) if image_size else (int(size[0]), int(size[1]))
     avg = norm.get("averageImage")
     if avg is None:
-        avg_colour = np.zeros((1, 1, 3), dtype=np.float32)
-    else:
-        avg = np.asarray(avg, dtype=np.float32)
-        avg_colour = avg.reshape(-1, 3).mean(axis=0).reshape(1, 1, 3) if avg.size != 3 else avg.reshape(1, 1, 3)
-    return hw, avg_colour.astype(np.float32)
+        return hw, np.zeros((1, 1, 3), dtype=np.float32)
+    avg = np.asarray(avg, dtype=np.float32)
+    if avg.size == 3:
+        return hw, avg.reshape(1, 1, 3)
+    if average == "stored" and avg.ndim == 3 and avg.shape == (*hw, 3):
+        return hw, avg.copy()
+    return hw, avg.reshape(-1, 3).mean(axis=0).reshape(1, 1, 3).astype(np.float32)
+
+
+NATIVE_DEGRADATIONS = ("original", "localized")
+"""Variants the release read at native resolution and resized on the fly (domain A, the full CUB images)."""
 
 
 class DomainData:
-    """Prepared data variants as datasets, cached for the life of a grid.
+    """Prepared data variants as `ImageStore`s, cached for the life of a grid.
 
     `ensure(variant)` returns the prepared folder of a variant, preparing it
-    when missing (see `cqd_port.experiments.grid.ensure_variant`). With
-    `preload`, each (variant, records, size, average) is decoded once into a
-    tensor and reused by every later run.
+    when missing (see `cqd_port.experiments.grid.ensure_variant`). Each
+    (variant, records, size) is decoded once into a store (memory-mapped in
+    the variant's `store/` folder, keyed by its sources and settings, so later
+    runs and other processes reuse it) and kept for every later run; a
+    model's average image is attached per use, not stored.
+
+    With `domain_a="native"` (the release's pipeline, issue 8 section 3) the
+    `original` and `localized` variants (domain A, the full CUB images) are
+    read from the dataset's own images at NATIVE resolution (cropped to the
+    box for `localized` or a `box` source) and resized to the network's input
+    in single precision, bicubic with antialiasing, unrounded, once, as float32;
+    `domain_a="prepared"` reads their prepared 224 JPEGs (cqd-port's old
+    behaviour). Degraded variants are always the prepared uint8 files, as the
+    release's `save_images.m` wrote them. `preload` and `workers` are accepted
+    for old callers.
     """
 
-    def __init__(self, ensure: Callable[[DataVariant], Path], preload: bool = False, workers: int = 0) -> None:
+    STORE_FOLDER = "store"
+
+    def __init__(
+        self,
+        ensure: Callable[[DataVariant], Path],
+        preload: bool = True,
+        workers: int = 0,
+        progress: bool = False,
+        domain_a: str = "native",
+    ) -> None:
+        if domain_a not in ("native", "prepared"):
+            raise CqdError(f"unknown domain_a '{domain_a}'; use native or prepared")
         self._ensure = ensure
-        self._preload = preload
-        self._workers = workers
+        self._progress = progress
+        self._domain_a = domain_a
         self._indices: dict[DataVariant, DatasetIndex] = {}
-        self._datasets: dict[tuple, torch.utils.data.Dataset] = {}
+        self._stores: dict[tuple, ImageStore] = {}
 
     def index(self, variant: DataVariant) -> DatasetIndex:
         """The variant's prepared index (read once)."""
@@ -197,45 +244,55 @@ class DomainData:
             self._indices[variant] = read_prepared(self._ensure(variant))
         return self._indices[variant]
 
-    def dataset(
-        self, variant: DataVariant, records: list[ImageRecord], image_size: tuple[int, int], average: np.ndarray
-    ) -> torch.utils.data.Dataset:
-        """`records` of the variant as network inputs (decoded once and kept when preloading)."""
-        from cqd_port.data.batches import ImageFolderDataset, preload
+    def dataset(self, variant: DataVariant, records: list[ImageRecord], image_size: tuple[int, int], average: np.ndarray) -> ImageStore:
+        """`records` of the variant as a store of network inputs with `average` subtracted per batch."""
+        from cqd_port.data.store import build_store
 
-        key = (variant, tuple(r.path for r in records), image_size, average.tobytes())
-        if key in self._datasets:
-            return self._datasets[key]
-        dataset = ImageFolderDataset(self.index(variant), records, image_size, average)
-        if self._preload:
-            dataset = preload(dataset, workers=self._workers)
-            self._datasets[key] = dataset
-        return dataset
+        key = (variant, tuple(r.path for r in records), tuple(image_size))
+        if key not in self._stores:
+            index = self.index(variant)
+            root, boxes, dtype = index.root, None, "auto"
+            native = self._native_source(variant, index) if self._domain_a == "native" else None
+            if native is not None:
+                root, by_path, crop = native
+                boxes = [by_path[r.path] for r in records] if crop else None
+                dtype = "float32"
+            self._stores[key] = build_store(
+                root,
+                [r.path for r in records],
+                [r.label for r in records],
+                image_size,
+                boxes=boxes,
+                dtype=dtype,
+                cache_dir=Path(index.root) / self.STORE_FOLDER,
+                progress=self._progress,
+            )
+        return self._stores[key].with_average(average)
+
+    @staticmethod
+    def _native_source(variant: DataVariant, index: DatasetIndex) -> tuple[Path, dict[str, Any], bool] | None:
+        """(dataset root, boxes by path, crop?) for a native-resolution variant, from its prepared folder's settings."""
+        from cqd_port.data.prepare import PARAMS_FILE, read_dataset
+
+        if variant.degradation not in NATIVE_DEGRADATIONS:
+            return None
+        params_path = Path(index.root) / PARAMS_FILE
+        try:
+            params = json.loads(params_path.read_text(encoding="utf-8"))
+            data_root = Path(params["data_root"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise CqdError(f"{params_path} is missing or unreadable; delete {index.root} and rerun to prepare it again") from None
+        raw = read_dataset(variant.dataset, data_root)
+        by_path = {r.path: r.box for r in raw.records}
+        missing = [r.path for r in index.records if r.path not in by_path]
+        if missing:
+            raise CqdError(f"{data_root} no longer has {missing[0]} (listed in {index.root}); point the grid at the dataset it was prepared from")
+        crop = variant.degradation == "localized" or params.get("source") == "box"
+        return data_root, by_path, crop
 
 
-class ConcatDomains(torch.utils.data.Dataset):
-    """Items of several datasets one after the other, positions renumbered (A+B training set)."""
-
-    def __init__(self, parts: list[torch.utils.data.Dataset]) -> None:
-        self.parts = parts
-        self.offsets = np.cumsum([0, *[len(p) for p in parts]])
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def __getitem__(self, position: int) -> tuple[Any, Any, int]:
-        part = int(np.searchsorted(self.offsets, position, side="right") - 1)
-        image, label, _ = self.parts[part][position - int(self.offsets[part])]
-        return image, label, position
-
-
-def _concat(datasets: list[torch.utils.data.Dataset]) -> torch.utils.data.Dataset:
-    """A+B training set: one dataset of both domains (positions renumbered)."""
-    from cqd_port.data.batches import PreloadedDataset
-
-    if all(isinstance(d, PreloadedDataset) for d in datasets):
-        return PreloadedDataset(torch.cat([d.images for d in datasets]), torch.cat([d.label_tensor for d in datasets]))
-    return ConcatDomains(datasets)
+def _average_mode(config: Any) -> str:
+    return str(getattr(config, "average_image", "stored"))
 
 
 def read_run_json(folder: Path) -> dict[str, Any]:
@@ -333,6 +390,8 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
     A finished run (run.json status 'finished') is returned as it is.
     """
     from cqd_port.data.batches import paired_records
+    from cqd_port.experiments.notes import run_notes, uses_lowres
+    from cqd_port.data.store import ImageStore
     from cqd_port.experiments.networks import finetune_network, load_pretrained, trained_network
     from cqd_port.train.device import select_device
     from cqd_port.train.evaluate import evaluate
@@ -343,7 +402,9 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
 
     out = Path(config.out)
     folder = out / run.key
-    record = read_run_json(folder)
+    train_labels = [config.concrete(v).label for v in run.train]
+    test_label = config.concrete(run.test).label
+    record = read_run_json(folder)  # a folder holding other settings was refused by its identity (experiments.execute)
     if record.get("status") == "finished":
         return record
     selection = None
@@ -361,13 +422,15 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
         "method": run.method,
         "arch": run.arch,
         "status": "running",
-        "train": [config.concrete(v).label for v in run.train],
-        "test": config.concrete(run.test).label,
+        "train": train_labels,
+        "test": test_label,
         "init": run.init,
         "teacher": run.teacher,
         "description": replace(run, batch_size=batch_size).describe(),
         "synthetic": bool(config.synthetic) or _synthetic_data(run, config),
         "seed": config.seed,
+        "lowres_kernel": config.lowres_kernel if uses_lowres(run, config) else None,
+        "notes": run_notes(run, config),  # where the run's settings are an interpretation
     }
     if selection is not None:
         record["selection"] = selection
@@ -376,11 +439,11 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
 
     if not run.trains:  # no adaptation: the A model on B's test images
         model = _load_trained(out / run.init, config.lrn_mode)
-        size, average = input_normalization(model.meta, None)
+        size, average = input_normalization(model.meta, None, _average_mode(config))
         index = data.index(run.test)
         test_set = data.dataset(run.test, index.test_records(), size, average)
         dev = select_device(device)
-        evaluation = evaluate(model.to(dev), test_set, batch_size=batch_size, device=dev)
+        evaluation = evaluate(model.to(dev), test_set, batch_size=batch_size, device=dev, tf32=config.tf32)
         evaluation.save(folder / EVALUATION_NAME)
         record.update(status="finished", accuracy=evaluation.accuracy, seconds=time.perf_counter() - started)
         atomic_write_json(folder / RUN_JSON, record)
@@ -398,7 +461,7 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
         network = trained_network(out / run.init / FINAL_MODEL)
         num_classes = int(network.state["fc8.weight"].shape[0])
     model = network.build(config.lrn_mode)
-    size, average = input_normalization(network.meta, None)
+    size, average = input_normalization(network.meta, None, _average_mode(config))
 
     # data: B (or A, or A+B) training images, paired with A's for the teacher
     test_records = test_index.test_records() if run.validation is None else _validation_part(test_index, run.validation, "val")
@@ -413,10 +476,12 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
             a_records, b_records = [a for a, _ in pairs], [b for _, b in pairs]
         train_set = data.dataset(run.train[0], b_records, size, average)
         teacher = _load_trained(out / run.teacher, config.lrn_mode)
-        t_size, t_average = input_normalization(teacher.meta, None)
+        t_size, t_average = input_normalization(teacher.meta, None, _average_mode(config))
         teacher_set = data.dataset(a_variant, a_records, t_size, t_average)
         dev = select_device(device)
-        logits = teacher_logits(teacher.to(dev), teacher_set, out / run.teacher / TEACHER_CACHE, batch_size=max(batch_size, 32), device=dev)
+        logits = teacher_logits(
+            teacher.to(dev), teacher_set, out / run.teacher / TEACHER_CACHE, batch_size=max(batch_size, 32), device=dev, tf32=config.tf32
+        )
         del teacher
     else:
         parts = []
@@ -424,7 +489,7 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
             index = data.index(variant)
             records = index.train_records() if run.validation is None else _validation_part(index, run.validation, "train")
             parts.append(data.dataset(variant, records, size, average))
-        train_set = parts[0] if len(parts) == 1 else _concat(parts)
+        train_set = parts[0] if len(parts) == 1 else ImageStore.concat(parts)
 
     schedule = shorten_schedule(get_schedule(run.hyper.schedule), run.hyper.epochs, config.lr_scale)
     train_config = TrainConfig(
@@ -433,7 +498,6 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
         schedule=schedule,
         seed=config.seed,
         device=device,
-        num_workers=0 if config.preload else config.workers,
         label_range=(0, k) if run.class_factor != 1 else None,
         lrn_mode=config.lrn_mode,
         tf32=config.tf32,

@@ -1,9 +1,13 @@
 """results.json and the Markdown table made from it.
 
 `results.json` is the one record of a grid's outcome:
-`{"table": 1, "synthetic": false, "cells": [{"task", "method", "accuracy", "paper"}]}`
+`{"table": 1, "synthetic": false, "settings": {...}, "cells": [{"task", "method", "accuracy", "paper", "notes"}]}`
 with accuracies in percent (`accuracy` null for a cell not run yet, `paper`
-null where the paper has no number). Made from several seeds
+null where the paper has no number). `settings` (optional) records the
+choices where the paper, the release and the specification differ
+(`lowres_kernel`, `a_cqd_start`, ...); a cell's `notes` (optional, a list of
+sentences) say where its setting is an interpretation, and results.md prints
+them as numbered footnotes. Made from several seeds
 (`cqd_port.experiments.collect`), a cell also has `values` (seed -> accuracy,
 every one kept) and `std` (their standard deviation), `accuracy` being their
 mean; the file then also has `seeds`, `differences` (per task, CQD minus
@@ -28,9 +32,9 @@ from cqd_port.fileio import atomic_write_json, atomic_write_text
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 CELL_KEYS = ("task", "method", "accuracy", "paper")
-CELL_OPTIONAL = ("values", "std")
+CELL_OPTIONAL = ("values", "std", "notes")
 TOP_KEYS = ("table", "synthetic", "cells")
-TOP_OPTIONAL = ("seeds", "differences", "selection")
+TOP_OPTIONAL = ("settings", "seeds", "differences", "selection")
 
 
 @dataclass(frozen=True)
@@ -41,11 +45,14 @@ class Cell:
     paper: float | None  # percent, None where the paper has no entry
     values: dict[int, float] | None = None  # seed -> accuracy (None: a single-seed table)
     std: float | None = None
+    notes: tuple[str, ...] = ()  # where the cell's setting is an interpretation, one sentence each
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"task": self.task, "method": self.method, "accuracy": self.accuracy, "paper": self.paper}
+        out: dict[str, Any] = {"task": self.task, "method": self.method, "accuracy": self.accuracy, "paper": self.paper}
         if self.values is not None:
             out.update(values={str(k): v for k, v in sorted(self.values.items())}, std=self.std)
+        if self.notes:
+            out["notes"] = list(self.notes)
         return out
 
 
@@ -59,6 +66,11 @@ def validate_results(obj: Any, source: str = "results.json") -> dict[str, Any]:
         raise CqdError(
             f"{source}: expected the keys table, synthetic, cells (and optionally {', '.join(TOP_OPTIONAL)}); rerun `cqd-port reproduce` to rewrite it"
         )
+    settings = obj.get("settings", {})
+    if not isinstance(settings, dict) or not all(
+        isinstance(k, str) and (v is None or isinstance(v, (str, int, float, bool))) for k, v in settings.items()
+    ):
+        raise CqdError(f"{source}: 'settings' must map names to plain values")
     if obj["table"] not in (1, 2):
         raise CqdError(f"{source}: 'table' must be 1 or 2, got {obj['table']!r}")
     if not isinstance(obj["synthetic"], bool):
@@ -73,6 +85,9 @@ def validate_results(obj: Any, source: str = "results.json") -> dict[str, Any]:
         values = cell.get("values", {})
         if not isinstance(values, dict) or not all(_is_percent(v) for v in values.values()):
             raise CqdError(f"{source}: cell {i} 'values' must map seeds to percentages")
+        notes = cell.get("notes", [])
+        if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+            raise CqdError(f"{source}: cell {i} 'notes' must be a list of sentences")
         if cell["task"] not in table.tasks:
             raise CqdError(f"{source}: cell {i} has unknown task {cell['task']!r} for Table {obj['table']}")
         if cell["method"] not in table.methods:
@@ -87,17 +102,30 @@ def validate_results(obj: Any, source: str = "results.json") -> dict[str, Any]:
     return obj
 
 
-def results_object(table: int, synthetic: bool, cells: list[Cell], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The results.json content for `cells` (validated); `extra`: seeds, differences, selection."""
-    obj = {"table": table, "synthetic": synthetic, "cells": [c.to_dict() for c in cells], **(extra or {})}
+def results_object(
+    table: int, synthetic: bool, cells: list[Cell], extra: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The results.json content for `cells` (validated); `extra`: seeds, differences, selection; `settings` recorded when given."""
+    obj: dict[str, Any] = {"table": table, "synthetic": synthetic}
+    if settings:
+        obj["settings"] = dict(settings)
+    obj["cells"] = [c.to_dict() for c in cells]
+    obj.update(extra or {})
     return validate_results(obj)
 
 
-def write_results(out_dir: str | Path, table: int, synthetic: bool, cells: list[Cell], extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
+def write_results(
+    out_dir: str | Path,
+    table: int,
+    synthetic: bool,
+    cells: list[Cell],
+    extra: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> tuple[Path, Path]:
     """Write results.json, then results.md made from that file (both atomically)."""
     out_dir = Path(out_dir)
     json_path = out_dir / RESULTS_JSON
-    atomic_write_json(json_path, results_object(table, synthetic, cells, extra))
+    atomic_write_json(json_path, results_object(table, synthetic, cells, extra, settings))
     md_path = out_dir / RESULTS_MD
     atomic_write_text(md_path, markdown_table(load_results(json_path)))
     return json_path, md_path
@@ -119,13 +147,17 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def _cell_text(cell: dict[str, Any] | None) -> str:
-    """'ours / paper (diff)' for one cell of the Markdown table ('mean ± std (n)' over several seeds).
+def _cell_text(cell: dict[str, Any] | None, footnotes: dict[str, int] | None = None) -> str:
+    """'ours / paper (diff) [n]' for one cell of the Markdown table ('mean ± std (n)' over several seeds).
 
-    The difference is that of the rounded numbers shown, so the cell's three numbers agree.
+    The difference is that of the rounded numbers shown, so the cell's three
+    numbers agree; [n] numbers its notes in `footnotes`.
     """
     if cell is None:
         return ""
+    marks = ""
+    if footnotes is not None and cell.get("notes"):
+        marks = " " + "".join(f"[{footnotes.setdefault(n, len(footnotes) + 1)}]" for n in cell["notes"])
     ours, paper = cell["accuracy"], cell["paper"]
     values = cell.get("values") or {}
     if ours is None:
@@ -138,7 +170,7 @@ def _cell_text(cell: dict[str, Any] | None) -> str:
         text += f" / {paper:.1f}"
         if ours is not None:
             text += f" ({round(ours, 1) - round(paper, 1):+.1f})"
-    return text
+    return text + marks
 
 
 def markdown_table(results: dict[str, Any]) -> str:
@@ -160,23 +192,28 @@ def markdown_table(results: dict[str, Any]) -> str:
         ]
     seeds = results.get("seeds") or []
     if len(seeds) > 1:
-        lines += [f"Each cell: **mean ± standard deviation** over seeds {', '.join(map(str, seeds))} / paper (mean - paper), per-image accuracy in percent; pending: not run yet.", ""]
+        lines += [
+            f"Each cell: **mean ± standard deviation** over seeds {', '.join(map(str, seeds))} / paper (mean - paper), "
+            "per-image accuracy in percent; pending: not run yet; [n]: the footnote on its setting.",
+            "",
+        ]
     else:
-        lines += ["Each cell: **ours** / paper (ours - paper), per-image accuracy in percent; pending: not run yet.", ""]
+        lines += ["Each cell: **ours** / paper (ours - paper), per-image accuracy in percent; pending: not run yet; [n]: the footnote on its setting.", ""]
+    footnotes: dict[str, int] = {}
     if table.number == 1:
         header = ["Method", "Train", "Test", *[table.task_labels[t] for t in tasks]]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         for m in methods:
             desc, train, test = table.method_labels[m]
-            row = [desc, train, test, *[_cell_text(by_key.get((t, m))) for t in tasks]]
+            row = [desc, train, test, *[_cell_text(by_key.get((t, m)), footnotes) for t in tasks]]
             lines.append("| " + " | ".join(row) + " |")
     else:
         header = ["f -> g", *[" -> ".join(table.method_labels[m][1:]) for m in methods]]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         for t in tasks:
-            row = [table.task_labels[t], *[_cell_text(by_key.get((t, m))) for m in methods]]
+            row = [table.task_labels[t], *[_cell_text(by_key.get((t, m)), footnotes) for m in methods]]
             lines.append("| " + " | ".join(row) + " |")
     differences = [d for d in results.get("differences") or [] if d.get("n")]
     if differences:
@@ -193,6 +230,11 @@ def markdown_table(results: dict[str, Any]) -> str:
         chosen = entry.get("chosen")
         pick = f" -> lambda {chosen['lambda']:g}, T {chosen['T']:g}" if chosen else " (not all candidates finished)"
         lines.append(f"- {entry['task']} / {entry['method']} (seed {entry['seed']}): {tried}{pick}")
+    if footnotes:
+        lines += ["", "Settings that are an interpretation (the paper, the released code and the specification differ or are silent):", ""]
+        lines += [f"[{number}] {text}" for text, number in footnotes.items()]
+    if results.get("settings"):
+        lines += ["", "Settings: " + ", ".join(f"{k} = {v}" for k, v in results["settings"].items())]
     notes = table.notes
     if notes and "a_cqd" in notes and "a_cqd" not in methods:
         notes = ""  # the note explains the a_cqd row, absent here

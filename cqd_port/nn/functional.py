@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from cqd_port.errors import CqdError
+from cqd_port.layout import memory_format_of
 
 Pair = tuple[int, int]
 Quad = tuple[int, int, int, int]
@@ -130,6 +131,23 @@ def pool(
     any padding smaller than the window works, as in MatConvNet. Max pooling
     padded only at the bottom/right runs as PyTorch's ceil mode when that
     gives the same windows (no padded copy of the input).
+
+    Ties: when a window holds several equal maxima, MatConvNet's backward
+    sends the whole gradient to the FIRST of them in column-major order
+    (y varies fastest: down a column, then right), while PyTorch's
+    `max_pool2d` picks the first in row-major order (x fastest). Real images
+    (saturated sky, black borders, flat walls) tie all the time. When a
+    gradient is needed, the max pool therefore runs PyTorch's own kernel on a
+    copy of the input with H and W swapped (window, stride and padding swapped
+    to match) and swaps the result back: PyTorch's row-major scan of the
+    swapped map is MatConvNet's column-major scan of the original, so the
+    gradient lands on MatConvNet's pixel (checked by `ops_pool_ties.mat` and
+    `ref_vggm_tiny_flat.mat`). A layout change only, no custom kernel: the
+    swapped copies keep the input's memory format (channels-last stays
+    channels-last), costing a copy of the input and of its gradient (see
+    `_ColumnMajorMaxPool`; `benchmarks/bench_vggm_speed.py` measures the
+    network). The forward values are the same either way, so without
+    autograd (evaluation, teacher logits) the plain kernel runs, with no copy.
     """
     _check_nchw(x, "pool")
     ph, pw = as_pair(pool, "pool size")
@@ -144,14 +162,9 @@ def pool(
         raise CqdError(f"pool: window {ph}x{pw} larger than the padded input {h + pt + pb}x{w + pl + pr}")
     symmetric = pt == pb and pl == pr and 2 * pt <= ph and 2 * pl <= pw
     if method == "max":
-        if symmetric:
-            return F.max_pool2d(x, (ph, pw), (sy, sx), (pt, pl))
-        if pt == 0 and pl == 0 and h >= ph and w >= pw and _ceil_mode_matches(h, w, (ph, pw), (sy, sx), (pb, pr)):
-            # Padding only at the bottom/right (VGG-M's pool2): PyTorch's ceil mode adds the same
-            # border windows, clipped to the input (= -inf padding), without copying the input.
-            return F.max_pool2d(x, (ph, pw), (sy, sx), ceil_mode=True)
-        x = F.pad(x, (pl, pr, pt, pb), value=float("-inf"))
-        return F.max_pool2d(x, (ph, pw), (sy, sx))
+        # Without a backward, which of several equal maxima wins cannot change the output.
+        column_major = torch.is_grad_enabled() and x.requires_grad
+        return _max_pool(x, (ph, pw), (sy, sx), (pt, pb, pl, pr), symmetric, column_major)
     if symmetric:
         return F.avg_pool2d(x, (ph, pw), (sy, sx), (pt, pl), count_include_pad=False)
     # Asymmetric: window sums over zero padding, divided by the count of real pixels in each window.
@@ -159,6 +172,62 @@ def pool(
     ones = F.pad(x.new_ones(1, 1, h, w), (pl, pr, pt, pb))
     counts = F.avg_pool2d(ones, (ph, pw), (sy, sx), divisor_override=1)
     return sums / counts
+
+
+class _ColumnMajorMaxPool(torch.autograd.Function):
+    """PyTorch's max pool whose ties go to the first maximum in column-major order (MatConvNet's).
+
+    PyTorch's kernel runs on a copy of the input with H and W swapped in
+    memory: its row-major scan of that copy is the original's column-major
+    scan. The copy keeps the input's memory format (channels-last stays
+    channels-last, so the vectorised channels-last kernel still runs and the
+    copy moves whole channel vectors); the backward scatters with PyTorch's
+    own max-pool backward in the swapped layout and swaps the gradient back
+    into the input's layout, so the layers around see the tensors they would
+    see with a plain `max_pool2d`. `pool`, `stride`, `pad` are `(y, x)`;
+    `pad` is symmetric (PyTorch's), asymmetric padding is applied by the caller.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, pool: Pair, stride: Pair, pad: Pair, ceil_mode: bool) -> torch.Tensor:  # type: ignore[override]
+        memory_format = memory_format_of(x)
+        swapped = x.transpose(2, 3).contiguous(memory_format=memory_format)
+        out, index = torch.ops.aten.max_pool2d_with_indices(swapped, pool[::-1], stride[::-1], pad[::-1], (1, 1), ceil_mode)
+        ctx.save_for_backward(index)
+        ctx.swapped_shape, ctx.memory_format = swapped.shape, memory_format
+        ctx.pool, ctx.stride, ctx.pad, ctx.ceil_mode = pool[::-1], stride[::-1], pad[::-1], ceil_mode
+        return out.transpose(2, 3).contiguous(memory_format=memory_format)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (index,) = ctx.saved_tensors
+        fmt = ctx.memory_format
+        # the backward kernel reads only the input's shape and memory format, never its values
+        like = torch.empty(ctx.swapped_shape, dtype=grad.dtype, device=grad.device, memory_format=fmt)
+        grad_swapped = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad.transpose(2, 3).contiguous(memory_format=fmt), like, ctx.pool, ctx.stride, ctx.pad, (1, 1), ctx.ceil_mode, index
+        )
+        return grad_swapped.transpose(2, 3).contiguous(memory_format=fmt), None, None, None, None
+
+
+def _max_pool(x: torch.Tensor, pool: Pair, stride: Pair, pad: Quad, symmetric: bool, column_major: bool) -> torch.Tensor:
+    """PyTorch's max pooling with MatConvNet's padding; ties to the first maximum in column-major
+    order (MatConvNet's, `_ColumnMajorMaxPool`) or in row-major order (PyTorch's, no copy)."""
+    (ph, pw), (sy, sx), (pt, pb, pl, pr) = pool, stride, pad
+    h, w = x.shape[2:]
+
+    def run(x: torch.Tensor, padding: Pair, ceil_mode: bool) -> torch.Tensor:
+        if column_major:
+            return _ColumnMajorMaxPool.apply(x, (ph, pw), (sy, sx), padding, ceil_mode)
+        return F.max_pool2d(x, (ph, pw), (sy, sx), padding, ceil_mode=ceil_mode)
+
+    if symmetric:
+        return run(x, (pt, pl), False)
+    if pt == 0 and pl == 0 and h >= ph and w >= pw and _ceil_mode_matches(h, w, (ph, pw), (sy, sx), (pb, pr)):
+        # Padding only at the bottom/right (VGG-M's pool2): PyTorch's ceil mode adds the same
+        # border windows, clipped to the input (= -inf padding), without copying the input.
+        return run(x, (0, 0), True)
+    return run(F.pad(x, (pl, pr, pt, pb), value=float("-inf")), (0, 0), False)
 
 
 def _ceil_mode_matches(h: int, w: int, pool: Pair, stride: Pair, pad_end: Pair) -> bool:

@@ -28,14 +28,16 @@ def _scores_as_rows(scores: torch.Tensor, what: str) -> tuple[torch.Tensor, tupl
     raise CqdError(f"{what}: scores must be N x C or N x C x H x W, got shape {tuple(scores.shape)}")
 
 
-def softmaxlog_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def softmaxlog_loss(scores: torch.Tensor, labels: torch.Tensor, check_labels: bool = True) -> torch.Tensor:
     """Summed softmax log-loss: sum over images (and pixels) of `-log softmax(x)[label]`.
 
     Reproduces `vl_nnloss(..., 'loss', 'softmaxlog')` of MatConvNet: scores
     N x C x H x W (or N x C, or N x C x 1 x 1), one label per image or per
     pixel, the result a scalar *sum* (not PyTorch's mean), backward
     `softmax(x) - onehot(label)`. Computed through `log_softmax`, so it is
-    stable for large scores. `labels` are 0-based class indices.
+    stable for large scores. `labels` are 0-based class indices;
+    `check_labels` False skips their range check (it reads the labels back
+    from the device, which a training step must not do).
     """
     rows, row_shape = _scores_as_rows(scores, "softmaxlog loss")
     labels = torch.as_tensor(labels, device=scores.device).reshape(-1)
@@ -51,7 +53,7 @@ def softmaxlog_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         labels = labels.round()
     labels = labels.long()
     num_classes = rows.shape[1]
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+    if check_labels and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise CqdError(
             f"softmaxlog loss: labels must be 0-based class indices in [0, {num_classes - 1}], "
             f"got range [{int(labels.min())}, {int(labels.max())}]"

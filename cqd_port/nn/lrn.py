@@ -39,6 +39,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from cqd_port.errors import CqdError
+from cqd_port.layout import is_channels_last
 
 LRN_MODES = ("exact", "matconvnet-cpu")
 
@@ -75,17 +76,13 @@ def _padded_channels(like: torch.Tensor, before: int, after: int) -> torch.Tenso
     """
     n, c, h, w = like.shape
     shape = (n, before + c + after, h, w)
-    if _is_channels_last(like):
+    if is_channels_last(like):
         # the pad channels are short strided runs there: zeroing the whole buffer is cheaper
         return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last).zero_()
     buf = torch.empty(shape, dtype=like.dtype, device=like.device)
     buf[:, :before].zero_()
     buf[:, before + c :].zero_()
     return buf
-
-
-def _is_channels_last(x: torch.Tensor) -> bool:
-    return x.shape[1] > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def _sum_shifted(padded: torch.Tensor, channels: int, depth: int) -> torch.Tensor:

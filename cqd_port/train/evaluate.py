@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from cqd_port.errors import CqdError
 from cqd_port.fileio import atomic_write_json
@@ -99,42 +98,44 @@ class Evaluation:
         return cls(**{k: v for k, v in data.items() if k in fields})
 
 
-def _loader(dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, drop_last=False)
-
-
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
-    dataset: Dataset,
+    dataset: Any,
     label_range: int | Sequence[int] | None = None,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
     progress: Any = None,
+    tf32: bool = False,
 ) -> Evaluation:
-    """Run `model` in test mode (no dropout) over `dataset` of `(image, label, index)` triples.
+    """Run `model` in test mode (no dropout) over an `ImageStore` (or a Dataset of `(image, label, index)` triples).
 
-    `progress` is an optional `rich.progress.Progress` to report batches on.
-    The model is moved to `device` and left there, in test mode.
+    Batches come from the store on `device` (moved there once); the scores
+    stay on the device until the end (one transfer). Strict float32 unless
+    `tf32`. `progress` is an optional `rich.progress.Progress` to report
+    batches on. The model is moved to `device` and left there, in test mode.
+    `num_workers` is ignored (kept for old callers).
     """
+    from cqd_port.data.store import as_image_store
+    from cqd_port.train.device import configure_determinism
+
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise CqdError("cannot evaluate on an empty dataset; check the test split")
     device = torch.device(device)
+    configure_determinism(tf32, device)
+    store = as_image_store(dataset).to(device)
     model.to(device).eval()
-    all_scores, all_labels, all_indices = [], [], []
-    task = progress.add_task("evaluate", total=len(dataset), info="") if progress is not None else None  # type: ignore[arg-type]
-    for batch in _loader(dataset, batch_size, num_workers):
-        images, labels, indices = batch
-        scores = class_scores(model(images.to(device))).float().cpu()
-        all_scores.append(scores)
-        all_labels.append(torch.as_tensor(labels).long().reshape(-1))
-        all_indices.append(torch.as_tensor(indices).long().reshape(-1))
+    all_scores, all_indices = [], []
+    task = progress.add_task("evaluate", total=len(store), info="") if progress is not None else None
+    for positions, images, _labels in store.iter_batches(batch_size):
+        all_scores.append(class_scores(model(images)).float())
+        all_indices.append(positions)
         if task is not None:
-            progress.advance(task, len(all_labels[-1]))
+            progress.advance(task, int(positions.shape[0]))
     if task is not None:
         progress.remove_task(task)
-    return summarize(torch.cat(all_scores), torch.cat(all_labels), torch.cat(all_indices), label_range)
+    return summarize(torch.cat(all_scores).cpu(), store.labels.cpu(), torch.cat(all_indices).cpu(), label_range)
 
 
 def summarize(

@@ -85,13 +85,21 @@ class Objective:
         return self.kind == "cqd"
 
     def __call__(
-        self, scores: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None = None
+        self,
+        scores: torch.Tensor,
+        labels: torch.Tensor,
+        teacher_logits: torch.Tensor | None = None,
+        check_labels: bool = True,
     ) -> ObjectiveValue:
-        """Both summed terms and their weighted sum for a batch (labels 0-based)."""
+        """Both summed terms and their weighted sum for a batch (labels 0-based).
+
+        `check_labels` False skips the label range check, which waits for the
+        device (the trainer checks the labels once per run instead).
+        """
         from cqd_port.nn.losses import distill_loss, softmaxlog_loss
 
         scores = class_scores(scores)
-        softmaxlog = softmaxlog_loss(scores, labels)
+        softmaxlog = softmaxlog_loss(scores, labels, check_labels=check_labels)
         if self.kind == "softmaxlog":
             distill = scores.new_zeros(())
             return ObjectiveValue(softmaxlog, softmaxlog, distill)

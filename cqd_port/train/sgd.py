@@ -107,6 +107,12 @@ class MatConvNetSGD:
             name: torch.zeros_like(p, memory_format=torch.preserve_format) for name, p in self.params.items()
         }
 
+    @torch.no_grad()
+    def reset_momentum(self) -> None:
+        """Zero every momentum buffer in place (the start of an epoch in `cnn_train_dag`)."""
+        for buf in self.momentum_buffers.values():
+            buf.zero_()
+
     def zero_grad(self) -> None:
         for param in self.params.values():
             param.grad = None

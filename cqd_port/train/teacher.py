@@ -7,8 +7,9 @@ so its logits are a fixed `N x K` table: computing them once saves a teacher
 forward pass per batch for 30 epochs (see `benchmarks/bench_train.py`).
 
 The cache is a `.pt` file in `cache_dir` named by a SHA-256 of the teacher's
-weights and of the dataset (its record list and preprocessing). Change
-either and the key changes; a cache file whose contents do not match its key
+weights, of the data (its `ImageStore`: sources, settings, average image)
+and of the precision (strict fp32 or TF32) and LRN mode. Change any and the
+key changes; a cache file whose contents do not match its key
 (stale, truncated, foreign) is recomputed and rewritten atomically.
 """
 
@@ -16,13 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from cqd_port.errors import CqdError
 from cqd_port.fileio import atomic_torch_save
@@ -45,66 +43,22 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "__dataclass_fields__"):
-        return _jsonable({k: getattr(value, k) for k in value.__dataclass_fields__})
-    return repr(value)
+def dataset_fingerprint(dataset: Any) -> str:
+    """SHA-256 identifying what `dataset` yields: its `ImageStore`'s fingerprint.
 
-
-def dataset_fingerprint(dataset: Dataset) -> str:
-    """SHA-256 identifying what `dataset` yields.
-
-    In order of preference: the dataset's own `fingerprint()` (a string);
-    its `records` with `image_size` and `average_image` (the preprocessing),
-    the root of its `index` and the size and modification time of every file
-    in `paths`, as `ImageFolderDataset` has them (so re-prepared images
-    invalidate the cache); the bytes of an in-memory `images` tensor and its
-    labels (`PreloadedDataset`); otherwise every item's bytes (correct for
-    any dataset, but it reads all images once).
+    A store built from files is identified by its sources and settings (paths,
+    labels, sizes and modification times, image size, dtype) and the average
+    image; an in-memory store by its bytes and labels (see
+    `cqd_port.data.store.ImageStore.fingerprint`).
     """
-    digest = hashlib.sha256()
-    own = getattr(dataset, "fingerprint", None)
-    if callable(own):
-        digest.update(b"own|" + str(own()).encode())
-        return digest.hexdigest()
-    records = getattr(dataset, "records", None)
-    if records is not None:
-        digest.update(b"records|" + json.dumps(_jsonable(list(records))).encode())
-        digest.update(json.dumps(_jsonable(getattr(dataset, "image_size", None))).encode())
-        average = getattr(dataset, "average_image", None)
-        if average is not None:
-            digest.update(np.ascontiguousarray(np.asarray(average, dtype=np.float64)).tobytes())
-        index = getattr(dataset, "index", None)
-        for name in ("root", "name"):
-            if index is not None and hasattr(index, name):
-                digest.update(f"index.{name}={_jsonable(getattr(index, name))}".encode())
-        for path in getattr(dataset, "paths", None) or []:
-            try:
-                st = os.stat(path)
-                digest.update(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode())
-            except OSError:
-                digest.update(f"{path}|missing".encode())
-        return digest.hexdigest()
-    images = getattr(dataset, "images", None)
-    if isinstance(images, torch.Tensor) and images.shape[0] == len(dataset):  # type: ignore[arg-type]
-        digest.update(f"tensor|{images.dtype}|{tuple(images.shape)}|".encode())
-        digest.update(images.detach().cpu().contiguous().numpy().tobytes())
-        digest.update(json.dumps([int(dataset[i][1]) for i in range(len(dataset))]).encode())  # type: ignore[arg-type]
-        return digest.hexdigest()
-    digest.update(f"items|{len(dataset)}|".encode())  # type: ignore[arg-type]
-    for i in range(len(dataset)):  # type: ignore[arg-type]
-        image, label, index_ = dataset[i]
-        digest.update(np.ascontiguousarray(torch.as_tensor(image).cpu().numpy()).tobytes())
-        digest.update(f"|{int(label)}|{int(index_)}|".encode())
-    return digest.hexdigest()
+    from cqd_port.data.store import as_image_store
+
+    return as_image_store(dataset).fingerprint()
+
+
+def precision_tag(tf32: bool, lrn_mode: str) -> str:
+    """The numerical settings a teacher's logits depend on besides its weights: TF32 or strict fp32, and the LRN."""
+    return f"{'tf32' if tf32 else 'fp32'}|lrn={lrn_mode}"
 
 
 def cache_path(cache_dir: str | Path, key: str) -> Path:
@@ -114,66 +68,61 @@ def cache_path(cache_dir: str | Path, key: str) -> Path:
 @torch.no_grad()
 def compute_teacher_logits(
     teacher_model: torch.nn.Module,
-    dataset: Dataset,
+    dataset: Any,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
+    tf32: bool = False,
 ) -> torch.Tensor:
     """The teacher's scores in test mode for every item, row `index` for the item with that index.
 
-    A network ending in a softmax layer (a deployed model's `prob`) is run up
-    to the layer before it: distillation needs logits, not probabilities.
+    Reads batches from the data's `ImageStore` on `device`, in strict float32
+    unless `tf32`. A network ending in a softmax layer (a deployed model's
+    `prob`) is run up to the layer before it: distillation needs logits, not
+    probabilities. `num_workers` is ignored (kept for old callers).
     """
-    n = len(dataset)  # type: ignore[arg-type]
-    if n == 0:
+    from cqd_port.data.store import as_image_store
+    from cqd_port.train.device import configure_determinism
+
+    if len(dataset) == 0:
         raise CqdError("cannot compute teacher logits on an empty training set")
     device = torch.device(device)
+    configure_determinism(tf32, device)
+    store = as_image_store(dataset).to(device)
     specs = getattr(teacher_model, "specs", None)
     if specs and len(specs) > 1 and specs[-1].type == "softmax" and hasattr(teacher_model, "truncated"):
         teacher_model = teacher_model.truncated(specs[-2].name)
     teacher_model.to(device).eval()
-    out: torch.Tensor | None = None
-    filled = torch.zeros(n, dtype=torch.bool)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    for images, _labels, indices in loader:
-        scores = class_scores(teacher_model(images.to(device))).float().cpu()
-        indices = torch.as_tensor(indices).long().reshape(-1)
-        if indices.min() < 0 or indices.max() >= n:
-            raise CqdError(f"dataset yields index {int(indices.max())} outside 0..{n - 1}; indices must number the training list")
-        if out is None:
-            out = torch.zeros(n, scores.shape[1], dtype=torch.float32)
-        out[indices] = scores
-        filled[indices] = True
-    assert out is not None
-    if not bool(filled.all()):
-        missing = int((~filled).sum())
-        raise CqdError(f"dataset yields no item for {missing} of the indices 0..{n - 1}; indices must number the training list")
-    return out
+    scores = [class_scores(teacher_model(images)).float() for _positions, images, _labels in store.iter_batches(batch_size)]
+    return torch.cat(scores).cpu()
 
 
 def teacher_logits(
     teacher_model: torch.nn.Module,
-    dataset: Dataset,
+    dataset: Any,
     cache_dir: str | Path | None,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
+    tf32: bool = False,
 ) -> torch.Tensor:
     """Cached `compute_teacher_logits`: a CPU float32 tensor `[N, K]` indexed by dataset index.
 
-    With `cache_dir=None` nothing is cached. A cache file is used only if its
-    stored key equals the fingerprint of this teacher and this dataset and
-    its tensor has one row per item; anything else (stale, unreadable) is
-    recomputed and overwritten.
+    With `cache_dir=None` nothing is cached. The cache key covers the
+    teacher's weights and topology, the data (`dataset_fingerprint`) and the
+    precision and LRN mode (`precision_tag`). A cache file is used only if
+    its stored key equals that and its tensor has one row per item; anything
+    else (stale, unreadable) is recomputed and overwritten.
     """
     if cache_dir is None:
-        return compute_teacher_logits(teacher_model, dataset, batch_size, device, num_workers)
-    key = hashlib.sha256(f"{weights_fingerprint(teacher_model)}|{dataset_fingerprint(dataset)}".encode()).hexdigest()
+        return compute_teacher_logits(teacher_model, dataset, batch_size, device, tf32=tf32)
+    precision = precision_tag(tf32, str(getattr(teacher_model, "lrn_mode", "")))
+    key = hashlib.sha256(f"{weights_fingerprint(teacher_model)}|{dataset_fingerprint(dataset)}|{precision}".encode()).hexdigest()
     path = cache_path(cache_dir, key)
     cached = _read_cache(path, key, len(dataset))  # type: ignore[arg-type]
     if cached is not None:
         return cached
-    logits = compute_teacher_logits(teacher_model, dataset, batch_size, device, num_workers)
+    logits = compute_teacher_logits(teacher_model, dataset, batch_size, device, tf32=tf32)
     atomic_torch_save(path, {"format": CACHE_FORMAT, "key": key, "logits": logits})
     return logits
 

@@ -1,16 +1,26 @@
 """The epoch loop of `cnn_train_dag.m`, with checkpoints and exact resume.
 
-One training step (`sgd_step`) is: forward in train mode (dropout on), the
+One training step (`train_step`) is: forward in train mode (dropout on), the
 summed objective, backward, one `MatConvNetSGD` update with the actual batch
-size. The epoch loop (`train`) reshuffles the training set every epoch with a
-generator seeded from `(seed, epoch)`, uses the last partial batch (as
-`cnn_train_dag` does), seeds dropout from `(seed, epoch)` as well, evaluates
-on the test set in test mode, appends to the history and writes the run
-folder: `checkpoint.pt` (atomic, every epoch), `history.json`,
-`net-train.pdf` and, at the end, `evaluation.json`. A rerun on the same
-folder continues after the last finished epoch; since an epoch's randomness
-depends only on `(seed, epoch)`, an interrupted epoch replays identically
-and the final weights equal those of an uninterrupted run.
+size; it returns its losses and error count as tensors on the device and
+never waits for the device (no `.item()`, `float()`, `bool()` on a tensor):
+the epoch loop adds them up on the device and reads them once per epoch,
+with the NaN check. The epoch loop (`train`) resets the momentum at the start
+of every epoch as `cnn_train_dag`'s `process_epoch` does (option
+`momentum_reset_each_epoch`), reshuffles the training set every epoch with a
+generator seeded from `(seed, epoch)` (an index permutation; the images sit
+in an `ImageStore` on the device), uses the last partial batch (as
+`cnn_train_dag` does), seeds dropout from `(seed, epoch)` as well,
+evaluates on the test set in test mode, and writes the run folder lean:
+`checkpoint.pt` (the latest epoch only, atomic), `history.json`, and at the
+end `net-train.pdf` and `evaluation.json`. A rerun on the same folder
+continues after the last finished epoch; since an epoch's randomness
+depends only on `(seed, epoch)` and the momentum restarts at zero, an
+interrupted epoch replays identically and the final weights equal those of
+an uninterrupted run.
+
+`train` is three parts: `_resume` (checkpoint and settings check),
+`_run_epoch` (one epoch over the store), `_write_outputs` (files).
 """
 
 from __future__ import annotations
@@ -20,12 +30,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
+from cqd_port.data.store import ImageStore, as_image_store
 from cqd_port.errors import CqdError
 from cqd_port.fileio import atomic_path, atomic_write_json
 from cqd_port.train.checkpoint import (
@@ -46,11 +56,27 @@ EVALUATION_NAME = "evaluation.json"
 
 # Options that change the numbers a run produces: a checkpoint made with other
 # values cannot be continued. (`epochs` may grow: the run then goes on.)
-_RESUME_KEYS = ("batch_size", "schedule", "momentum", "weight_decay", "seed", "label_range")
+_RESUME_KEYS = (
+    "batch_size",
+    "schedule",
+    "momentum",
+    "weight_decay",
+    "seed",
+    "label_range",
+    "lrn_mode",
+    "tf32",
+    "momentum_reset_each_epoch",
+)
+
+_BEFORE_THE_SETTING = {"momentum_reset_each_epoch": False}
+"""What a checkpoint written before a setting existed ran with."""
+
+BatchOrder = Callable[[int, int], list[list[int]]]
+"""`batch_order(epoch, num_items)` -> the epoch's batches of item indices (default `epoch_batches`)."""
 
 
 class TrainingDiverged(CqdError):
-    """The objective became NaN or infinite; nothing was updated with it."""
+    """The objective became NaN or infinite; the checkpoint of the last good epoch is kept."""
 
 
 @dataclass
@@ -61,10 +87,15 @@ class TrainConfig:
     `device` is `auto`, `cpu`, `cuda` or `cuda:N`; `label_range` restricts
     evaluation to some outputs (see `cqd_port.train.evaluate`); `lrn_mode` is
     the LRN the caller builds its networks with (recorded here so a run
-    folder says which); `tf32` allows TF32 on CUDA (off: strict fp32 like
-    MatConvNet); `eval_batch_size` defaults to `batch_size`;
-    `evaluate_every_epoch` False evaluates after the last epoch only; `plot`
-    False skips `net-train.pdf`, `plot_title` heads it.
+    folder says which, and a resume must match it); `tf32` allows TF32 on
+    CUDA (off: strict fp32 like MatConvNet); `eval_batch_size` defaults to
+    `batch_size`; `evaluate_every_epoch` False evaluates after the last epoch
+    only; `plot` False skips `net-train.pdf`, `plot_title` heads it,
+    `plot_every` N > 0 also draws it
+    every N epochs (default: at the end only); `momentum_reset_each_epoch`
+    False carries the momentum over epoch boundaries (not the release's
+    behaviour). `num_workers` is accepted for old callers and ignored: the
+    data path has no workers.
     """
 
     epochs: int = 30
@@ -82,6 +113,8 @@ class TrainConfig:
     evaluate_every_epoch: bool = True
     plot: bool = True
     plot_title: str = ""  # heads net-train.pdf: which run, which task, SYNTHETIC data
+    plot_every: int = 0
+    momentum_reset_each_epoch: bool = True
 
     def __post_init__(self) -> None:
         self.schedule = validate_schedule(self.schedule)
@@ -101,15 +134,30 @@ class TrainConfig:
         return data
 
 
+class StepTensors(NamedTuple):
+    """One step's summed losses (before the update) and top-1 error count, as 0-d tensors on the device."""
+
+    total: torch.Tensor
+    softmaxlog: torch.Tensor
+    distill: torch.Tensor
+    errors: torch.Tensor
+    batch_size: int
+
+
 @dataclass
 class StepStats:
-    """One step's summed losses (before the update) and its number of top-1 errors."""
+    """One step's summed losses (before the update) and its number of top-1 errors, read to the host."""
 
     total: float
     softmaxlog: float
     distill: float
     errors: int
     batch_size: int
+
+    @classmethod
+    def read(cls, step: StepTensors) -> "StepStats":
+        values = torch.stack([step.total.detach().double(), step.softmaxlog.detach().double(), step.distill.detach().double(), step.errors.double()]).tolist()
+        return cls(values[0], values[1], values[2], int(values[3]), step.batch_size)
 
 
 @dataclass
@@ -129,6 +177,34 @@ class TrainResult:
         return None if self.evaluation is None else self.evaluation.accuracy
 
 
+def train_step(
+    model: torch.nn.Module,
+    optimizer: MatConvNetSGD,
+    objective: Objective,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    lr: float,
+) -> StepTensors:
+    """One `cnn_train_dag` iteration: train-mode forward, backward of the summed objective, update.
+
+    Nothing here waits for the device: the losses (those *before* the
+    update, what MatConvNet accumulates in its statistics) and the error
+    count come back as device tensors, labels are not range-checked per step
+    (`train` checks them once), and a non-finite objective is NOT caught
+    here (the epoch loop checks once per epoch; `sgd_step` checks at once).
+    """
+    model.train()
+    optimizer.zero_grad()
+    scores = model(inputs)
+    value = objective(scores, labels, teacher_logits, check_labels=False)
+    value.total.backward()
+    optimizer.step(lr, int(inputs.shape[0]))
+    with torch.no_grad():
+        errors = (class_scores(scores).argmax(dim=1) != labels).sum()
+    return StepTensors(value.total.detach(), value.softmaxlog.detach(), value.distill.detach(), errors, int(inputs.shape[0]))
+
+
 def sgd_step(
     model: torch.nn.Module,
     optimizer: MatConvNetSGD,
@@ -138,12 +214,10 @@ def sgd_step(
     teacher_logits: torch.Tensor | None,
     lr: float,
 ) -> StepStats:
-    """One `cnn_train_dag` iteration: train-mode forward, backward of the summed objective, update.
+    """`train_step` for callers that want numbers at once (the step-by-step parity replay, benchmarks).
 
-    The losses are those *before* the update (what MatConvNet accumulates in
-    its statistics). Raises `TrainingDiverged` before touching the weights
-    if the objective is not finite. This is the one step used by the epoch
-    loop and by the training parity replay.
+    Raises `TrainingDiverged` before touching the weights if the objective
+    is not finite (this check, and reading the losses, wait for the device).
     """
     model.train()
     optimizer.zero_grad()
@@ -154,14 +228,8 @@ def sgd_step(
     value.total.backward()
     optimizer.step(lr, int(inputs.shape[0]))
     with torch.no_grad():
-        errors = int((class_scores(scores).argmax(dim=1) != labels).sum())
-    return StepStats(
-        total=float(value.total.detach()),
-        softmaxlog=float(value.softmaxlog.detach()),
-        distill=float(value.distill.detach()),
-        errors=errors,
-        batch_size=int(inputs.shape[0]),
-    )
+        errors = (class_scores(scores).argmax(dim=1) != labels).sum()
+    return StepStats.read(StepTensors(value.total, value.softmaxlog, value.distill, errors, int(inputs.shape[0])))
 
 
 def epoch_seed(seed: int, epoch: int, stream: int) -> int:
@@ -184,9 +252,11 @@ def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> lis
 
 def _check_resume(saved: Mapping[str, Any], current: Mapping[str, Any], path: Path) -> None:
     for key in _RESUME_KEYS:
-        if key in saved and saved[key] != current[key]:
+        # A checkpoint from before a setting existed ran with that setting's old behaviour.
+        before = saved.get(key, _BEFORE_THE_SETTING.get(key, current[key]))
+        if before != current[key]:
             raise CqdError(
-                f"{path} was made with {key}={saved[key]!r}, this run has {key}={current[key]!r}; "
+                f"{path} was made with {key}={before!r}, this run has {key}={current[key]!r}; "
                 "rerun with the same options or use a fresh run folder"
             )
     if "objective" in saved and saved["objective"] != current["objective"]:
@@ -211,29 +281,96 @@ def _progress(enabled: bool):
     )
 
 
+@dataclass
+class _Run:
+    """What the three parts of `train` share."""
+
+    model: torch.nn.Module
+    optimizer: MatConvNetSGD
+    objective: Objective
+    config: TrainConfig
+    device: torch.device
+    train_store: ImageStore
+    test_store: ImageStore | None
+    teacher: torch.Tensor | None
+    run_dir: Path
+    saved_config: dict[str, Any]
+    history: list[dict[str, Any]]
+    start_epoch: int
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT_NAME
+
+
 def train(
     model: torch.nn.Module,
-    train_set: Dataset,
-    test_set: Dataset | None,
+    train_set: Any,
+    test_set: Any | None,
     config: TrainConfig,
     objective: Objective,
     run_dir: str | Path,
     teacher_logits: torch.Tensor | None = None,
     multipliers: Mapping[str, Multipliers | tuple[float, float]] | None = None,
     progress: bool = True,
-    on_step: Callable[[int, int, StepStats], None] | None = None,
+    on_step: Callable[[int, int, StepTensors], None] | None = None,
+    batch_order: BatchOrder | None = None,
 ) -> TrainResult:
     """Train `model` in place for `config.epochs` epochs, checkpointing into `run_dir`.
 
-    `train_set` and `test_set` yield `(image CHW float32, label 0-based,
-    index)`; `teacher_logits[index]` is the teacher's output for training
-    item `index` (required by a CQD objective). `multipliers` maps
-    state-dict names to `(lr_mult, wd_mult)`. `on_step(epoch, step, stats)`
-    is called after every update (1-based epoch and step). With `test_set`
+    `train_set` and `test_set` are `ImageStore`s (or Datasets of `(image
+    CHW float32, label 0-based, index)`, decoded once into one);
+    `teacher_logits[index]` is the teacher's output for training item
+    `index` (required by a CQD objective). `multipliers` maps state-dict
+    names to `(lr_mult, wd_mult)`. `on_step(epoch, step, tensors)` is called
+    after every update (1-based epoch and step) with the step's device
+    tensors (reading them waits for the device). `batch_order(epoch, n)`
+    replaces the seeded shuffling (e.g. a recorded order). With `test_set`
     None there is no evaluation. If `run_dir` holds a checkpoint the run
     continues after its epoch (or returns at once if it is finished).
     """
-    run_dir = Path(run_dir)
+    run = _resume(model, train_set, test_set, config, objective, Path(run_dir), teacher_logits, multipliers)
+    if run.start_epoch > config.epochs:
+        return _finished(run)
+    steps = images = 0
+    evaluation: Evaluation | None = None
+    t_start = time.perf_counter()
+    order = batch_order or (lambda epoch, n: epoch_batches(n, config.batch_size, config.seed, epoch))
+    with _progress(progress) as bar:
+        epoch_task = bar.add_task("epochs", total=config.epochs, completed=run.start_epoch - 1, info="")
+        for epoch in range(run.start_epoch, config.epochs + 1):
+            record = _run_epoch(run, epoch, order(epoch, len(run.train_store)), bar, on_step)
+            steps += record.pop("_steps")
+            images += record["train"]["num_images"]
+            last = epoch == config.epochs
+            if run.test_store is not None and (config.evaluate_every_epoch or last):
+                evaluation = _evaluate(run.model, run.test_store, config, run.device, bar)
+                record["test"] = {
+                    "objective": evaluation.objective,
+                    "top1err": evaluation.top1err,
+                    "accuracy": evaluation.accuracy,
+                    "num_images": evaluation.num_images,
+                }
+            run.history.append(record)
+            _write_outputs(run, epoch, evaluation if last else None)
+            bar.update(epoch_task, advance=1, info=_epoch_info(record))
+    elapsed = time.perf_counter() - t_start
+    return TrainResult(
+        run.history, evaluation, run.run_dir, config.epochs, run.start_epoch - 1, steps, images / elapsed if elapsed > 0 else float("nan")
+    )
+
+
+def _resume(
+    model: torch.nn.Module,
+    train_set: Any,
+    test_set: Any | None,
+    config: TrainConfig,
+    objective: Objective,
+    run_dir: Path,
+    teacher_logits: torch.Tensor | None,
+    multipliers: Mapping[str, Multipliers | tuple[float, float]] | None,
+) -> _Run:
+    """Check the inputs, put model, data and teacher on the device, continue from a checkpoint if any."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if objective.needs_teacher and teacher_logits is None:
         raise CqdError("the CQD objective needs teacher_logits (one row per training image); see cqd_port.train.teacher")
@@ -243,21 +380,22 @@ def train(
             f"the network ends in softmax layer '{specs[-1].name}'; the losses need logits: train the network "
             f"without it (e.g. model.truncated('{specs[-2].name if len(specs) > 1 else specs[-1].name}'))"
         )
-    n_train = len(train_set)  # type: ignore[arg-type]
-    if n_train == 0:
+    if len(train_set) == 0:
         raise CqdError("the training set is empty; check the training split")
+    n_train = len(train_set)
     if teacher_logits is not None and teacher_logits.shape[0] != n_train:
         raise CqdError(
             f"teacher_logits has {teacher_logits.shape[0]} rows, the training set {n_train} images; "
             "recompute them on this training set"
         )
-
     device = select_device(config.device)
     configure_determinism(config.tf32, device)
     model.to(device)
+    train_store = as_image_store(train_set).to(device)
+    test_store = as_image_store(test_set).to(device) if test_set is not None else None
+    _check_labels(model, train_store)
     optimizer = MatConvNetSGD(model.named_parameters(), config.momentum, config.weight_decay, multipliers)
     saved_config = {**config.to_dict(), "objective": objective.to_dict()}
-
     history: list[dict[str, Any]] = []
     start_epoch = 1
     ckpt_path = run_dir / CHECKPOINT_NAME
@@ -271,113 +409,123 @@ def train(
         optimizer.load_state_dict(ckpt.optimizer)
         history = list(ckpt.history)
         start_epoch = ckpt.epoch + 1
-    resumed_from = start_epoch - 1
+    teacher = teacher_logits.float().to(device) if teacher_logits is not None else None
+    return _Run(model, optimizer, objective, config, device, train_store, test_store, teacher, run_dir, saved_config, history, start_epoch)
 
-    evaluation: Evaluation | None = None
-    eval_path = run_dir / EVALUATION_NAME
-    if start_epoch > config.epochs:
-        # Finished run: give back what it left, redoing only what a crash after the last
-        # checkpoint may have left unwritten (history.json, the plot, evaluation.json).
-        atomic_write_json(run_dir / HISTORY_NAME, history)
-        if config.plot and not (run_dir / PLOT_NAME).exists():
-            plot_history(history, run_dir / PLOT_NAME, config.plot_title)
-        if test_set is not None:
-            evaluation = Evaluation.load(eval_path) if eval_path.exists() else None
-            if evaluation is None:
-                evaluation = _evaluate(model, test_set, config, device, None)
-                evaluation.save(eval_path)
-        return TrainResult(history, evaluation, run_dir, resumed_from, resumed_from)
 
-    teacher_cpu = teacher_logits.float().cpu() if teacher_logits is not None else None
-    steps = 0
-    images = 0
-    t_start = time.perf_counter()
-    with _progress(progress) as bar:
-        epoch_task = bar.add_task("epochs", total=config.epochs, completed=start_epoch - 1, info="")
-        for epoch in range(start_epoch, config.epochs + 1):
-            lr = learning_rate(config.schedule, epoch)
-            batches = epoch_batches(n_train, config.batch_size, config.seed, epoch)
-            loader = DataLoader(
-                train_set,
-                batch_sampler=batches,
-                num_workers=config.num_workers,
-                generator=torch.Generator().manual_seed(epoch_seed(config.seed, epoch, 2)),
-            )
-            step_task = bar.add_task(f"epoch {epoch}", total=len(batches), info=f"lr {lr:g}")
-            sums = {"total": 0.0, "softmaxlog": 0.0, "distill": 0.0, "errors": 0, "n": 0}
-            t_epoch = time.perf_counter()
-            devices = [device.index or 0] if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(epoch_seed(config.seed, epoch, 1))  # dropout masks of this epoch
-                for step, (inputs, labels, indices) in enumerate(loader, start=1):
-                    labels = torch.as_tensor(labels).long().reshape(-1)
-                    indices = torch.as_tensor(indices).long().reshape(-1)
-                    teacher = teacher_cpu[indices].to(device) if teacher_cpu is not None else None
-                    try:
-                        stats = sgd_step(model, optimizer, objective, inputs.to(device), labels.to(device), teacher, lr)
-                    except TrainingDiverged as exc:
-                        kept = f"the last good checkpoint (epoch {epoch - 1}) is kept in {ckpt_path}" if epoch > 1 else "no epoch had finished, so there is no checkpoint"
-                        raise TrainingDiverged(
-                            f"training diverged in {run_dir}: {exc} at epoch {epoch}, step {step} (learning rate {lr:g}); "
-                            f"lower the learning rate (e.g. scale the schedule by 0.1) and rerun; {kept}"
-                        ) from None
-                    steps += 1
-                    images += stats.batch_size
-                    for key in ("total", "softmaxlog", "distill", "errors"):
-                        sums[key] += getattr(stats, key)
-                    sums["n"] += stats.batch_size
-                    bar.update(step_task, advance=1, info=f"lr {lr:g} obj {sums['total'] / sums['n']:.4g} err {sums['errors'] / sums['n']:.3f}")
-                    if on_step is not None:
-                        on_step(epoch, step, stats)
-            bar.remove_task(step_task)
-            n = sums["n"]
-            record: dict[str, Any] = {
-                "epoch": epoch,
-                "learning_rate": lr,
-                "train": {
-                    "objective": sums["softmaxlog"] / n,
-                    "distill": sums["distill"] / n,
-                    "total": sums["total"] / n,
-                    "top1err": sums["errors"] / n,
-                    "num_images": n,
-                },
-                "seconds": time.perf_counter() - t_epoch,
-            }
-            last = epoch == config.epochs
-            if test_set is not None and (config.evaluate_every_epoch or last):
-                evaluation = _evaluate(model, test_set, config, device, bar)
-                record["test"] = {
-                    "objective": evaluation.objective,
-                    "top1err": evaluation.top1err,
-                    "accuracy": evaluation.accuracy,
-                    "num_images": evaluation.num_images,
-                }
-            history.append(record)
-            save_training_checkpoint(
-                ckpt_path,
-                TrainingCheckpoint(epoch, model.state_dict(), optimizer.state_dict(), history, saved_config),
-            )
-            atomic_write_json(run_dir / HISTORY_NAME, history)
-            if config.plot:
-                plot_history(history, run_dir / PLOT_NAME, config.plot_title)
-            if last and evaluation is not None:
-                evaluation.save(eval_path)
-            bar.update(epoch_task, advance=1, info=_epoch_info(record))
-    elapsed = time.perf_counter() - t_start
-    return TrainResult(
-        history, evaluation, run_dir, config.epochs, resumed_from, steps, images / elapsed if elapsed > 0 else float("nan")
+def _check_labels(model: torch.nn.Module, store: ImageStore) -> None:
+    """Once per run (the step does not check): every training label is an output of the network."""
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        outputs = class_scores(model(store.batch([0])[0])).shape[1]
+        model.train(was_training)
+    labels = store.labels
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= outputs:
+        raise CqdError(
+            f"training labels span {low}..{high} but the network has {outputs} outputs; "
+            "labels must be 0-based class indices below the classifier's width"
+        )
+
+
+def _run_epoch(run: _Run, epoch: int, batches: Sequence[Sequence[int]], bar: Any, on_step: Callable | None) -> dict[str, Any]:
+    """One epoch over the store; the sums stay on the device and are read once, at the end."""
+    config, device = run.config, run.device
+    lr = learning_rate(config.schedule, epoch)
+    if config.momentum_reset_each_epoch:
+        run.optimizer.reset_momentum()  # cnn_train_dag's process_epoch starts every epoch at zero momentum
+    order = torch.tensor([i for b in batches for i in b], dtype=torch.long).to(device, non_blocking=True)
+    sizes = [len(b) for b in batches]
+    step_task = bar.add_task(f"epoch {epoch}", total=len(batches), info=f"lr {lr:g}")
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # total, softmaxlog, distill, errors
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    t_epoch = time.perf_counter()
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(epoch_seed(config.seed, epoch, 1))  # dropout masks of this epoch
+        start = 0
+        for step, size in enumerate(sizes, start=1):
+            index = order[start : start + size]
+            start += size
+            inputs, labels = run.train_store.batch(index)
+            teacher = run.teacher[index] if run.teacher is not None else None
+            out = train_step(run.model, run.optimizer, run.objective, inputs, labels, teacher, lr)
+            sums += torch.stack([out.total.double(), out.softmaxlog.double(), out.distill.double(), out.errors.double()])
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(out.total), step, first_bad)
+            bar.update(step_task, advance=1)
+            if on_step is not None:
+                on_step(epoch, step, out)
+    bar.remove_task(step_task)
+    total, softmaxlog, distill, errors = sums.tolist()
+    bad = int(first_bad)
+    if bad >= 0:
+        kept = (
+            f"the last good checkpoint (epoch {epoch - 1}) is kept in {run.checkpoint_path}"
+            if epoch > 1
+            else "no epoch had finished, so there is no checkpoint"
+        )
+        raise TrainingDiverged(
+            f"training diverged in {run.run_dir}: the objective became NaN or infinite at epoch {epoch}, step {bad} "
+            f"(learning rate {lr:g}); lower the learning rate (e.g. scale the schedule by 0.1) and rerun; {kept}"
+        )
+    n = sum(sizes)
+    return {
+        "epoch": epoch,
+        "learning_rate": lr,
+        "train": {
+            "objective": softmaxlog / n,
+            "distill": distill / n,
+            "total": total / n,
+            "top1err": errors / n,
+            "num_images": n,
+        },
+        "seconds": time.perf_counter() - t_epoch,
+        "_steps": len(sizes),
+    }
+
+
+def _write_outputs(run: _Run, epoch: int, final_evaluation: Evaluation | None) -> None:
+    """The latest checkpoint (replacing the previous one), the history; the plot and evaluation at the end."""
+    config = run.config
+    save_training_checkpoint(
+        run.checkpoint_path,
+        TrainingCheckpoint(epoch, run.model.state_dict(), run.optimizer.state_dict(), run.history, run.saved_config),
     )
+    atomic_write_json(run.run_dir / HISTORY_NAME, run.history)
+    last = epoch == config.epochs
+    if config.plot and (last or (config.plot_every > 0 and epoch % config.plot_every == 0)):
+        plot_history(run.history, run.run_dir / PLOT_NAME, config.plot_title)
+    if last and final_evaluation is not None:
+        final_evaluation.save(run.run_dir / EVALUATION_NAME)
 
 
-def _evaluate(model: torch.nn.Module, test_set: Dataset, config: TrainConfig, device: torch.device, bar: Any) -> Evaluation:
+def _finished(run: _Run) -> TrainResult:
+    """A finished run: give back what it left, redoing only what a crash after the last checkpoint may have left unwritten."""
+    config = run.config
+    resumed_from = run.start_epoch - 1
+    atomic_write_json(run.run_dir / HISTORY_NAME, run.history)
+    if config.plot and not (run.run_dir / PLOT_NAME).exists():
+        plot_history(run.history, run.run_dir / PLOT_NAME, config.plot_title)
+    evaluation = None
+    eval_path = run.run_dir / EVALUATION_NAME
+    if run.test_store is not None:
+        evaluation = Evaluation.load(eval_path) if eval_path.exists() else None
+        if evaluation is None:
+            evaluation = _evaluate(run.model, run.test_store, config, run.device, None)
+            evaluation.save(eval_path)
+    return TrainResult(run.history, evaluation, run.run_dir, resumed_from, resumed_from)
+
+
+def _evaluate(model: torch.nn.Module, test_store: ImageStore, config: TrainConfig, device: torch.device, bar: Any) -> Evaluation:
     return evaluate(
         model,
-        test_set,
+        test_store,
         label_range=config.label_range,
         batch_size=config.eval_batch_size or config.batch_size,
         device=device,
-        num_workers=config.num_workers,
         progress=bar,
+        tf32=config.tf32,
     )
 
 
