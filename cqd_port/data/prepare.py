@@ -452,3 +452,11 @@ def read_prepared(directory: str | Path) -> DatasetIndex:
         if not 0 <= record.label < len(class_names):
             raise CqdError(f"{path}: record {record.path} has label {record.label} outside 0..{len(class_names) - 1}; rerun prepare")
     return index
+
+
+def prepared_out_size(directory: str | Path) -> int | None:
+    """The side of a prepared folder's square images (its manifest's `out_size`), None when unknown."""
+    try:
+        return int(json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8"))["out_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -306,13 +306,21 @@ def _synthetic_data(run: RunSpec, config: "GridConfig") -> bool:
     return any(is_synthetic(config.variant_dir(v)) for v in (*run.train, run.test)) or any(r is not None and is_synthetic(r) for r in roots)
 
 
-def _load_trained(folder: Path, lrn_mode: str) -> SimpleNetwork:
-    from matconvnet_weights.convert import load_model
+def _load_trained(folder: Path, lrn_mode: str) -> torch.nn.Module:
+    from cqd_port.experiments.networks import load_trained_model
 
     path = Path(folder) / FINAL_MODEL
     if not path.is_file():
-        raise CqdError(f"{path} missing: the run {folder.name} has not finished; rerun `cqd-port reproduce` to train it first")
-    return load_model(path, lrn_mode=lrn_mode)
+        raise CqdError(f"{path} missing: the run {folder.name} has not finished; rerun the same command to train it first")
+    return load_trained_model(path, lrn_mode=lrn_mode)
+
+
+def _input(model: torch.nn.Module, data: DomainData, variant: DataVariant, config: Any = None) -> tuple[tuple[int, int], np.ndarray]:
+    """What the data path feeds `model` for `variant` (`cqd_port.experiments.networks.model_input`)."""
+    from cqd_port.data.prepare import prepared_out_size
+    from cqd_port.experiments.networks import model_input
+
+    return model_input(model, prepared_out_size(data.index(variant).root), _average_mode(config))
 
 
 DISK_FULL_STATUS = "stopped: disk full"
@@ -358,9 +366,9 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
     A finished run (run.json status 'finished') is returned as it is.
     """
     from cqd_port.data.batches import paired_records
+    from cqd_port.experiments.networks import model_num_classes, save_trained_model, trained_start
     from cqd_port.experiments.notes import run_notes, uses_lowres
     from cqd_port.data.store import ImageStore
-    from cqd_port.experiments.networks import finetune_network, load_pretrained, trained_network
     from cqd_port.train.device import select_device
     from cqd_port.train.evaluate import evaluate
     from cqd_port.train.objective import Objective
@@ -405,7 +413,7 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
 
     if not run.trains:  # no adaptation: the A model on B's test images
         model = _load_trained(out / run.init, config.lrn_mode)
-        size, average = input_normalization(model.meta, None, _average_mode(config))
+        size, average = _input(model, data, run.test, config)
         index = data.index(run.test)
         test_set = data.dataset(run.test, index.test_records(), size, average)
         dev = select_device(device)
@@ -419,15 +427,12 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
     test_index = data.index(run.test)
     k = test_index.num_classes
     if run.init == IMAGENET:
-        source = config.model_file(run.arch)
-        specs, state, meta = load_pretrained(source, config.lrn_mode)
+        model, multipliers = config.initial_network(run.arch, k * run.class_factor)
         num_classes = k
-        network = finetune_network(specs, state, meta, k * run.class_factor, seed=config.seed, source=str(source))
     else:
-        network = trained_network(out / run.init / FINAL_MODEL)
-        num_classes = int(network.state["fc8.weight"].shape[0])
-    model = network.build(config.lrn_mode)
-    size, average = input_normalization(network.meta, None, _average_mode(config))
+        model, multipliers = trained_start(out / run.init / FINAL_MODEL, config.lrn_mode)
+        num_classes = model_num_classes(model)
+    size, average = _input(model, data, run.test, config)
 
     # data: B (or A, or A+B) training images, paired with A's for the teacher
     test_set = data.dataset(run.test, test_index.test_records(), size, average)
@@ -437,7 +442,7 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
         a_records, b_records = paired_records(data.index(a_variant), data.index(run.train[0]), train=True)
         train_set = data.dataset(run.train[0], b_records, size, average)
         teacher = _load_trained(out / run.teacher, config.lrn_mode)
-        t_size, t_average = input_normalization(teacher.meta, None, _average_mode(config))
+        t_size, t_average = _input(teacher, data, a_variant, config)
         teacher_set = data.dataset(a_variant, a_records, t_size, t_average)
         dev = select_device(device)
         logits = teacher_logits(
@@ -451,11 +456,15 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
             parts.append(data.dataset(variant, index.train_records(), size, average))
         train_set = parts[0] if len(parts) == 1 else ImageStore.concat(parts)
 
-    schedule = shorten_schedule(get_schedule(run.hyper.schedule), run.hyper.epochs, config.lr_scale)
+    released = get_schedule(run.hyper.schedule) if isinstance(run.hyper.schedule, str) else tuple(run.hyper.schedule)
+    schedule = shorten_schedule(released, run.hyper.epochs, config.lr_scale)
     train_config = TrainConfig(
         epochs=run.hyper.epochs,
         batch_size=batch_size,
         schedule=schedule,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        optimizer=config.optimizer,
         seed=config.seed,
         device=device,
         label_range=(0, k) if run.class_factor != 1 else None,
@@ -466,12 +475,8 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
     objective = (
         Objective("cqd", run.hyper.lambda_, run.hyper.temperature) if run.distill else Objective("softmaxlog")
     )
-    result = train(model, train_set, test_set, train_config, objective, folder, teacher_logits=logits, multipliers=network.multipliers, progress=progress)
-
-    from matconvnet_weights.convert import save_checkpoint
-
-    trained_state = {k_: v.detach().cpu() for k_, v in model.state_dict().items()}
-    save_checkpoint(folder / FINAL_MODEL, model.specs, trained_state, model.meta)
+    result = train(model, train_set, test_set, train_config, objective, folder, teacher_logits=logits, multipliers=multipliers, progress=progress)
+    save_trained_model(folder / FINAL_MODEL, model)
     record.update(
         status="finished",
         accuracy=result.accuracy,
@@ -479,6 +484,7 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
         batch_size=batch_size,
         schedule=list(schedule),
         objective=objective.to_dict(),
+        optimizer=train_config.optimizer,
         num_classes=num_classes,
         label_range=list(train_config.label_range) if train_config.label_range else None,
         train_images=len(train_set),

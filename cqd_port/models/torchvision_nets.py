@@ -86,9 +86,10 @@ def default_input_size(arch: str) -> int:
 class TorchvisionClassifier(nn.Module):
     """A torchvision network behind its preprocessing: 0..255 RGB of any size in, N x K logits out."""
 
-    def __init__(self, arch: str, backbone: nn.Module, num_classes: int, input_size: int) -> None:
+    def __init__(self, arch: str, backbone: nn.Module, num_classes: int, input_size: int, head: str = "") -> None:
         super().__init__()
         self.arch = arch
+        self.head = head  # state-dict prefix of the classifier (its SGD multipliers are fc8's)
         self.num_classes = int(num_classes)
         self.input_size = int(input_size)
         self.backbone = backbone
@@ -199,8 +200,8 @@ def build_torchvision(
                 f"{(missing or ['-'])[0]}, {len(unexpected)} unexpected e.g. {(unexpected or ['-'])[0]}); "
                 f"use the file torchvision publishes{' (' + url + ')' if url else ''}"
             )
-    head = _replace_head(backbone, num_classes, seed)
-    model = TorchvisionClassifier(arch, backbone, num_classes, size)
+    head = f"backbone.{_replace_head(backbone, num_classes, seed)}"
+    model = TorchvisionClassifier(arch, backbone, num_classes, size, head)
     model.eval()
     with torch.no_grad():
         try:
@@ -209,7 +210,7 @@ def build_torchvision(
             raise CqdError(f"{arch} cannot take {size}x{size} inputs ({str(exc).splitlines()[0]}); choose another input_size") from None
     if not torch.is_tensor(out) or tuple(out.shape) != (1, num_classes):
         raise CqdError(f"{arch} does not return one N x {num_classes} logits tensor; use another torchvision network")
-    return model, f"backbone.{head}"
+    return model, head
 
 
 def save_torchvision(path: str | Path, model: TorchvisionClassifier) -> None:
