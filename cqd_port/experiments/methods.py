@@ -135,7 +135,10 @@ class RunSpec:
             what = f"evaluate {self.init} on {self.test.label}"
         else:
             train = " + ".join(v.label for v in self.train)
-            start = "ImageNet " + self.arch if self.init == IMAGENET else f"{self.init}/final.pt"
+            if self.init != IMAGENET:
+                start = f"{self.init}/final.pt"
+            else:  # a `cqd-port train` network may start from random weights (its name says so)
+                start = self.arch if "random init" in self.arch else "ImageNet " + self.arch
             what = f"train {self.arch} on {train} from {start}, test on {self.test.label}"
             if self.class_factor != 1:
                 what += f", fc8 {self.class_factor}k-way"
