@@ -55,11 +55,12 @@ def register(app: typer.Typer) -> None:
         param: Optional[list[str]] = typer.Option(None, "--param", help="Plugin parameter name=value (repeatable)."),
         split: str = typer.Option("test", "--split", help="test (the dataset's test split) or all."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+        method: Optional[str] = typer.Option(None, "--method", help="Which method's model when the folder holds several (default: the last trained)."),
     ) -> None:
         """Score a finished run's model on any dataset and degradation."""
         from cqd_port.experiments.custom import evaluate_run
 
-        summary, path = evaluate_run(run, data, data_format, degradation, _parameters(param), split, name, device)
+        summary, path = evaluate_run(run, data, data_format, degradation, _parameters(param), split, name, device, method=method)
         typer.echo(
             f"{summary['model']} on {summary['data']} ({summary['split']}, {summary['images']} images): "
             f"accuracy {summary['accuracy']:.2f}%, mean per-class {summary['mean_class_accuracy']:.2f}%"

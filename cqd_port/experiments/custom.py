@@ -16,7 +16,9 @@ The out folder (the run folder of `cqd-port train`) holds `config.yaml`
 (the resolved configuration), `description.txt` (what runs, with the split,
 the networks' preprocessing and the optimizer), and one folder per run,
 `<data.name>/<method>`. Rerunning the same command continues an interrupted
-run; a changed configuration that would change the numbers is refused.
+run; a changed configuration that would change the numbers is refused,
+except the method: several methods may share an out folder (and f's run),
+each in its own folder; `config.yaml` then names the last one.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ METHOD_ALIASES = {
     "a_cqd": "a_cqd",
 }
 
-# Keys that do not change the numbers a run produces: they may differ when a run is continued.
-_RESUME_FREE = {("train", "device"), ("train", "workers"), ("train", "preload"), ("data", "workers"), ("out",)}
+# Keys that may differ when a run folder is used again: they do not change the numbers of a run, or (method)
+# each method has its own run folder `<data.name>/<method>` (fine-tuning and CQD beside each other, one A model).
+_RESUME_FREE = {("method",), ("train", "device"), ("train", "workers"), ("train", "preload"), ("data", "workers"), ("out",)}
 
 
 @dataclass
@@ -545,9 +548,10 @@ def _check_last_batch(config: RunConfig, runs: dict, n_train: int, gc: Any) -> N
         batch = gc.batch_size or run.batch_size
         n = n_train * len(run.train)
         if n % batch == 1:
+            fix = next(b for b in range(batch + 1, batch + n + 2) if all((n_train * k) % b != 1 for k in (1, 2)))
             raise CqdError(
                 f"train.batch_size {batch}: {n} training images leave a last batch of 1, which batch normalisation cannot "
-                f"train on; set train.batch_size to e.g. {batch + 1}"
+                f"train on; set train.batch_size to e.g. {fix}"
             )
 
 
@@ -619,9 +623,11 @@ def evaluate_run(
     name: str | None = None,
     device: str = "auto",
     progress: bool = True,
+    method: str | None = None,
 ) -> tuple[dict, Path]:
     """Score the finished run's model on any dataset and degradation (default: its own test domain).
 
+    `method`: which of the folder's methods (default: the last one `cqd-port train` ran there).
     The data is prepared into the run's prepared store like the training data
     (`data.size`, the plugin contract). `split`: test or all. Writes
     `<run>/evaluations/<dataset>-<variant>-<split>.json` and returns a summary.
@@ -634,6 +640,8 @@ def evaluate_run(
     from cqd_port.train.evaluate import evaluate
 
     config = run_config_of(run)
+    if method is not None:
+        config = _check(dataclasses.replace(config, method=method))
     runs = plan_runs(config)
     key, spec = list(runs.items())[-1]
     model_key = spec.init if not spec.trains else key
@@ -666,7 +674,7 @@ def evaluate_run(
         model.to(dev), data.dataset(variant, records, size, average), label_range=(0, index.num_classes) if spec.class_factor != 1 else None,
         batch_size=max(32, gc.batch_size or 32), device=dev,
     )
-    target = Path(run) / "evaluations" / f"{dataset}-{gc.variant_dir(variant).name}-{split}.json"
+    target = Path(run) / "evaluations" / f"{config.method_name}-on-{dataset}-{gc.variant_dir(variant).name}-{split}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     evaluation.save(target)
     summary = {
