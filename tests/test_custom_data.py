@@ -179,3 +179,14 @@ def test_prepare_refuses_a_broken_plugin_before_writing(bad_plugins, tmp_path):
     with pytest.raises(CqdError, match="float_out"):
         prepare_dataset("folder", f"{bad_plugins}:float_out", root, tmp_path / "prepared", config=DegradationConfig(out_size=32), progress=False)
     assert not (tmp_path / "prepared").exists()
+
+
+def test_prepare_cli_folder_and_plugin(cli, tmp_path):
+    root = make_image_folder(tmp_path / "data", per_class=2)
+    result = cli("prepare", "--dataset", "folder", "--degradation", BLUR, "--param", "sigma=1.0", "--data-root", str(root),
+                 "--out", str(tmp_path / "prepared"), "--no-progress")
+    assert result.exit_code == 0, result.stderr
+    target = next((tmp_path / "prepared" / "folder").iterdir())
+    assert json.loads((target / "manifest.json").read_text())["parameters"]["plugin_params"] == {"sigma": 1.0}
+    result = cli("prepare", "--dataset", "folder", "--degradation", "no_such_mod:blur", "--data-root", str(root), "--out", str(tmp_path / "p2"))
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "no_such_mod:blur" in result.stderr

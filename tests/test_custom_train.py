@@ -196,3 +196,18 @@ def test_interrupted_run_resumes_to_the_same_weights(folder, tmp_path, monkeypat
     with pytest.raises(CqdError, match=r"config.yaml has train.lambda=200.0, this config train.lambda=1.0") as info:
         run_custom(changed, progress=False)
     assert "\n" not in str(info.value)
+
+
+def test_custom_demo_end_to_end_tiny(tmp_path):
+    from cqd_port.experiments.custom_demo import CustomDemoConfig, run_custom_demo
+
+    config = CustomDemoConfig(
+        out=tmp_path / "demo", arch="mobilenet_v3_small", image_size=32, classes=2, train_per_class=3, test_per_class=2,
+        epochs=1, batch_size=4, progress=False,
+    )
+    outcome = run_custom_demo(config)
+    assert set(outcome.accuracies) == {"A", "no_adaptation", "B", "CQD"}
+    assert "| CQD (g on B, distilled from f) |" in outcome.report and "SYNTHETIC" in outcome.report
+    saved = yaml.safe_load((tmp_path / "demo" / "demo-custom.yaml").read_text())
+    assert parse_config(saved).method_name == "cqd"  # the written config is a valid `cqd-port train` file
+    assert (tmp_path / "demo" / "data" / "birds" / "images" / "train.txt").read_text().count("\n") == 6

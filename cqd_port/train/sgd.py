@@ -214,6 +214,9 @@ class TorchSGD:
             group["lr"] = learning_rate * mult
         self.optimizer.step()
 
+    def reset_momentum(self) -> None:
+        """Nothing: `torch.optim.SGD` keeps its momentum across epochs (MatConvNet's epoch loop resets it)."""
+
     def state_dict(self) -> dict[str, object]:
         return {"kind": "torch", "optimizer": self.optimizer.state_dict()}
 
