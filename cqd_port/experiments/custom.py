@@ -512,7 +512,8 @@ def describe(config: RunConfig, split: str) -> str:
         f"f (teacher, on A): {NetworkSpecOf(config.teacher).describe()}",
         f"g (student, on B): {NetworkSpecOf(config.student_net).describe()}",
         f"optimizer: {'MatConvNet SGD (the released cnn_train_dag update)' if train.optimizer == 'matconvnet' else 'torch.optim.SGD'}, "
-        f"momentum {train.momentum:g}, weight decay {train.weight_decay:g}, classifier lr x10/x20 as the released fc8",
+        f"momentum {train.momentum:g}, weight decay {train.weight_decay:g}; a new classifier on pretrained weights gets lr x10/x20 "
+        "(the released fc8), none on random weights",
         f"schedule: {train.schedule} x {train.lr_scale:g} over {train.epochs} epochs; T {train.temperature:g}, lambda {train.lambda_:g}; seed {train.seed}",
         "runs:",
     ]

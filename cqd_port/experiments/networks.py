@@ -221,10 +221,11 @@ class NetworkSpec:
 
 
 def head_multipliers(state_names: list[str], head: str) -> Multipliers:
-    """(lr, wd) per parameter of a torchvision network: fc8's (10, 1) / (20, 0) for its classifier, (1, 1) elsewhere."""
+    """(lr, wd) per parameter of a torchvision network: fc8's (10, 1) / (20, 0) for its classifier `head`
+    (a state-dict prefix; "" for none), (1, 1) elsewhere."""
     from cqd_port.train.sgd import cqd_multipliers
 
-    return {name: (m.lr, m.wd) for name, m in cqd_multipliers(state_names, new_layers=(head,)).items()}
+    return {name: (m.lr, m.wd) for name, m in cqd_multipliers(state_names, new_layers=(head,) if head else ()).items()}
 
 
 def _trainable(model: torch.nn.Module) -> list[str]:
@@ -244,7 +245,11 @@ def initial_network(spec: NetworkSpec, num_classes: int, seed: int = 0, lrn_mode
     from cqd_port.models.torchvision_nets import build_torchvision
 
     model, head = build_torchvision(spec.arch, num_classes, spec.weights, spec.input_size, seed)
-    return model, head_multipliers(_trainable(model), head)
+    if spec.weights is None:
+        # Random weights: the whole network is new, so the classifier gets no x10 / x20 boost over it (with the
+        # boost, a random ResNet-18 barely trains at the learning rates that suit the rest). Kept in final.pt.
+        model.head = ""
+    return model, head_multipliers(_trainable(model), model.head)
 
 
 def load_trained_model(path: str | Path, lrn_mode: str = "exact") -> torch.nn.Module:

@@ -89,7 +89,7 @@ class TorchvisionClassifier(nn.Module):
     def __init__(self, arch: str, backbone: nn.Module, num_classes: int, input_size: int, head: str = "") -> None:
         super().__init__()
         self.arch = arch
-        self.head = head  # state-dict prefix of the classifier (its SGD multipliers are fc8's)
+        self.head = head  # state-dict prefix of the classifier whose SGD multipliers are fc8's ("" for none)
         self.num_classes = int(num_classes)
         self.input_size = int(input_size)
         self.backbone = backbone
@@ -220,7 +220,14 @@ def save_torchvision(path: str | Path, model: TorchvisionClassifier) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_torch_save(
         path,
-        {"format": CHECKPOINT_FORMAT, "arch": model.arch, "num_classes": model.num_classes, "input_size": model.input_size, "state_dict": state},
+        {
+            "format": CHECKPOINT_FORMAT,
+            "arch": model.arch,
+            "num_classes": model.num_classes,
+            "input_size": model.input_size,
+            "head": model.head,
+            "state_dict": state,
+        },
     )
 
 
@@ -244,4 +251,5 @@ def load_torchvision(path: str | Path) -> TorchvisionClassifier:
         raise CqdError(f"{path} is not a torchvision network saved by cqd-port; rerun the run that made it")
     model, _ = build_torchvision(str(data["arch"]), int(data["num_classes"]), None, int(data["input_size"]))
     model.load_state_dict(data["state_dict"])
+    model.head = str(data.get("head", model.head))
     return model
