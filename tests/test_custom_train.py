@@ -211,3 +211,15 @@ def test_custom_demo_end_to_end_tiny(tmp_path):
     saved = yaml.safe_load((tmp_path / "demo" / "demo-custom.yaml").read_text())
     assert parse_config(saved).method_name == "cqd"  # the written config is a valid `cqd-port train` file
     assert (tmp_path / "demo" / "data" / "birds" / "images" / "train.txt").read_text().count("\n") == 6
+
+
+def test_evaluate_refuses_other_classes_and_unfinished_runs(folder, tmp_path):
+    config = parse_config(tiny(folder, tmp_path / "run", "B"))
+    with pytest.raises(CqdError, match="config.yaml missing"):
+        evaluate_run(tmp_path / "run", progress=False)
+    run_custom(config, progress=False)
+    other = make_image_folder(tmp_path / "zoo", classes=("ant", "bee", "cow"), per_class=2, size=32)
+    with pytest.raises(CqdError, match=r"other classes than the training data \('ant' vs 'cat'\)"):
+        evaluate_run(tmp_path / "run", data_root=other, progress=False)
+    with pytest.raises(CqdError, match="has not finished"):
+        evaluate_run(tmp_path / "run", method="CQD", progress=False)

@@ -668,6 +668,13 @@ def evaluate_run(
             f"{index.root} has {index.num_classes} classes, the model was trained on {_num_outputs(model, spec.class_factor)}; "
             "evaluate on data with the same classes (same class folders)"
         )
+    trained_on = gc.datasets[config.dataset_name].read(config.dataset_name).class_names
+    if index.class_names != trained_on:
+        differ = next(f"{a!r} vs {b!r}" for a, b in zip(index.class_names, trained_on) if a != b)
+        raise CqdError(
+            f"{index.root} has other classes than the training data ({differ}); labels follow the sorted class folder names, "
+            "so evaluate on data with the same class folders"
+        )
     records = index.test_records() if split == "test" else list(index.records)
     size, average = _input(model, data, variant)
     dev = select_device(device)
