@@ -32,6 +32,9 @@ from typing import Any
 
 from cqd_port.errors import CqdError
 
+if typing.TYPE_CHECKING:
+    from cqd_port.experiments.networks import NetworkSpec
+
 CONFIG_NAME = "config.yaml"
 DESCRIPTION_NAME = "description.txt"
 
@@ -223,12 +226,11 @@ def _convert(value: Any, kind: Any, key: str, example: Any) -> Any:
         options = [a for a in typing.get_args(kind) if a is not type(None)]
         if value is None and type(None) in typing.get_args(kind):
             return None
-        errors = []
         for option in options:
             try:
                 return _convert(value, option, key, example)
-            except CqdError as exc:
-                errors.append(exc)
+            except CqdError:
+                continue
         wanted = " or ".join(_type_name(o) for o in options)
         raise CqdError(f"{key}: expected {wanted}, got {value!r}; e.g. {key.rsplit('.', 1)[-1]}: {example}")
     if dataclasses.is_dataclass(kind):
@@ -366,7 +368,7 @@ def _check(config: RunConfig) -> RunConfig:
     if train.temperature <= 0 or train.lambda_ < 0:
         raise CqdError("train.temperature must be positive and train.lambda non-negative (paper: 10 and 200)")
     method = config.method_name
-    if method in ("staged", "a_cqd") and NetworkSpecOf(config.teacher).key != NetworkSpecOf(config.student_net).key:
+    if method in ("staged", "a_cqd") and network_spec(config.teacher).key != network_spec(config.student_net).key:
         raise CqdError(f"method {config.method}: g starts from f's trained model, so student must equal teacher (or be omitted)")
     return config
 
@@ -397,7 +399,7 @@ def _check_network(role: str, net: NetworkSection) -> None:
             raise CqdError(f"{role}.input_size: {net.input_size} is too small; e.g. 224")
 
 
-def NetworkSpecOf(net: NetworkSection):  # noqa: N802 - reads as a conversion
+def network_spec(net: NetworkSection) -> NetworkSpec:
     """The `NetworkSpec` of a schema section."""
     from cqd_port.experiments.networks import NetworkSpec
 
@@ -450,8 +452,8 @@ def _task(config: RunConfig):
         0,
         DataVariant(name, config.data.high_quality),
         DataVariant(name, config.data.degradation, config.data.source),
-        NetworkSpecOf(config.teacher).key,
-        NetworkSpecOf(config.student_net).key,
+        network_spec(config.teacher).key,
+        network_spec(config.student_net).key,
         hyper,
     )
 
@@ -475,7 +477,7 @@ def grid_config(config: RunConfig, progress: bool = True):
     from cqd_port.experiments.grid import DatasetSource, GridConfig
 
     data, train = config.data, config.train
-    networks = {NetworkSpecOf(n).key: NetworkSpecOf(n) for n in (config.teacher, config.student_net)}
+    networks = {network_spec(n).key: network_spec(n) for n in (config.teacher, config.student_net)}
     return GridConfig(
         out=Path(config.out),
         prepared=Path(data.prepared),
@@ -509,8 +511,8 @@ def describe(config: RunConfig, split: str) -> str:
         f"method {config.method} ({config.method_name}): trains on {spec.train or '- (evaluation only)'}, tests on {spec.test}",
         f"data: {data.root} ({data.format}, {split or 'the dataset split'}), prepared at {data.size}x{data.size} in {data.prepared}",
         f"A: {data.high_quality}; B: {data.degradation}" + (f" with {data.parameters}" if data.parameters else ""),
-        f"f (teacher, on A): {NetworkSpecOf(config.teacher).describe()}",
-        f"g (student, on B): {NetworkSpecOf(config.student_net).describe()}",
+        f"f (teacher, on A): {network_spec(config.teacher).describe()}",
+        f"g (student, on B): {network_spec(config.student_net).describe()}",
         f"optimizer: {'MatConvNet SGD (the released cnn_train_dag update)' if train.optimizer == 'matconvnet' else 'torch.optim.SGD'}, "
         f"momentum {train.momentum:g}, weight decay {train.weight_decay:g}; a new classifier on pretrained weights gets lr x10/x20 "
         "(the released fc8), none on random weights",
