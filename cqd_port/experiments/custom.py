@@ -516,7 +516,8 @@ def describe(config: RunConfig, split: str) -> str:
         f"optimizer: {'MatConvNet SGD (the released cnn_train_dag update)' if train.optimizer == 'matconvnet' else 'torch.optim.SGD'}, "
         f"momentum {train.momentum:g}, weight decay {train.weight_decay:g}; a new classifier on pretrained weights gets lr x10/x20 "
         "(the released fc8), none on random weights",
-        f"schedule: {train.schedule} x {train.lr_scale:g} over {train.epochs} epochs; T {train.temperature:g}, lambda {train.lambda_:g}; seed {train.seed}",
+        f"learning rates: {train.schedule}{'' if train.lr_scale == 1 else f' x {train.lr_scale:g}'} squeezed over {train.epochs} epochs; "
+        f"T {train.temperature:g}, lambda {train.lambda_:g}; seed {train.seed}",
         "runs:",
     ]
     for key, run in runs.items():
