@@ -468,6 +468,7 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
         momentum=config.momentum,
         weight_decay=config.weight_decay,
         optimizer=config.optimizer,
+        momentum_reset_each_epoch=config.optimizer == "matconvnet",  # torch.optim.SGD keeps its momentum, as in PyTorch
         seed=config.seed,
         device=device,
         label_range=(0, k) if run.class_factor != 1 else None,

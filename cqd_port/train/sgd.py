@@ -215,7 +215,8 @@ class TorchSGD:
         self.optimizer.step()
 
     def reset_momentum(self) -> None:
-        """Nothing: `torch.optim.SGD` keeps its momentum across epochs (MatConvNet's epoch loop resets it)."""
+        """Drop the momentum buffers (they restart at zero), for `TrainConfig.momentum_reset_each_epoch`."""
+        self.optimizer.state.clear()
 
     def state_dict(self) -> dict[str, object]:
         return {"kind": "torch", "optimizer": self.optimizer.state_dict()}
