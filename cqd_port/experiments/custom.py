@@ -679,7 +679,7 @@ def evaluate_run(
             "so evaluate on data with the same class folders"
         )
     records = index.test_records() if split == "test" else list(index.records)
-    size, average = _input(model, data, variant)
+    size, average = _input(model, data, variant, gc)
     dev = select_device(device)
     evaluation = evaluate(
         model.to(dev), data.dataset(variant, records, size, average), label_range=(0, index.num_classes) if spec.class_factor != 1 else None,
