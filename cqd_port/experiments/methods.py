@@ -269,8 +269,8 @@ class DomainData:
         """(dataset root, boxes by path, crop?) for a native-resolution variant, from its prepared folder's settings."""
         from cqd_port.data.prepare import PARAMS_FILE, read_dataset
 
-        if variant.degradation not in NATIVE_DEGRADATIONS:
-            return None
+        if variant.degradation not in NATIVE_DEGRADATIONS or variant.dataset not in ("cub", "cars"):
+            return None  # other datasets (`cqd-port train`'s own data): A is read from its prepared images
         params_path = Path(index.root) / PARAMS_FILE
         try:
             params = json.loads(params_path.read_text(encoding="utf-8"))
