@@ -16,9 +16,11 @@ from cqd_port.data import PREPARED_DEFAULT
 
 
 def prepare(
-    dataset: str = typer.Option(..., "--dataset", help="cub or cars"),
-    degradation: str = typer.Option(..., "--degradation", help="original, localized, lowres, localized_lowres, edges, edges_opencv, edges_sobel, distorted, gray"),
-    data_root: Path = typer.Option(..., "--data-root", help="the dataset folder (CUB_200_2011, or Stanford Cars)"),
+    dataset: str = typer.Option(..., "--dataset", help="cub, cars or folder (root/<class>/<image>; train.txt/test.txt or a seeded split)"),
+    degradation: str = typer.Option(
+        ..., "--degradation", help="original, localized, lowres, localized_lowres, edges, edges_opencv, edges_sobel, distorted, gray, or a plugin package.module:function"
+    ),
+    data_root: Path = typer.Option(..., "--data-root", help="the dataset folder (CUB_200_2011, Stanford Cars, or an ImageFolder)"),
     out: Path = typer.Option(
         PREPARED_DEFAULT, "--out", help="writes <out>/<dataset>/<degradation>[-box|-full]; the default, data/prepared, is where `reproduce` reads (its --prepared)"
     ),
@@ -29,7 +31,8 @@ def prepare(
     sed_model: Optional[Path] = typer.Option(None, "--sed-model", help="edges: the SED toolbox's modelBsds.mat (the paper's edges); edges_opencv: OpenCV's model.yml.gz (not the paper's)"),
     lowres_kernel: Optional[str] = typer.Option(None, "--lowres-kernel", help="bilinear (default: the user's specification) or bicubic (the release's imresize defaults); bicubic goes to <degradation>-bicubic"),
     lowres_path: Optional[str] = typer.Option(None, "--lowres-path", help="code (image->50->224) or paper (image->224->50->224)"),
-    seed: int = typer.Option(0, "--seed", help="dataset-level seed of the random degradations (distorted)"),
+    seed: int = typer.Option(0, "--seed", help="dataset-level seed of the random degradations (distorted, plugins)"),
+    param: Optional[list[str]] = typer.Option(None, "--param", help="a plugin's parameter name=value (repeatable)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
 ) -> None:
     """Write a degraded copy of a dataset (224x224 JPEG q75, same paths, manifest.json). Resumes."""
@@ -44,6 +47,10 @@ def prepare(
         changes["lowres_kernel"] = lowres_kernel
     if lowres_path is not None:
         changes["lowres_path"] = lowres_path
+    if param:
+        from cli.custom_cmd import _parameters
+
+        changes["plugin_params"] = _parameters(param)
     config = replace(DegradationConfig(), **changes)
     target = prepare_dataset(dataset, degradation, data_root, out, source=source, workers=workers, config=config, progress=progress)
     tag = " (SYNTHETIC data)" if is_synthetic(target) else ""

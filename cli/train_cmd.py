@@ -125,8 +125,16 @@ def register(app: typer.Typer) -> None:
         ),
         lowres_kernel: str = typer.Option("bilinear", "--lowres-kernel", help="Low-resolution columns: bilinear (the specification) or bicubic (the release)."),
         a_cqd_start: str = typer.Option("a_model", "--a-cqd-start", help="A-CQD from a_model (the paper's text) or imagenet (the released script)."),
+        custom: bool = typer.Option(False, "--custom", help="Instead: `cqd-port train` on your-own-data terms (ImageFolder, blur plugin, ResNet-18 f and g); default --out runs/demo-custom."),
     ) -> None:
         """Table 1's whole grid end to end on SYNTHETIC data, small images and a narrow VGG-M, on a CPU."""
+        if custom:
+            from cqd_port.experiments.custom_demo import CustomDemoConfig, run_custom_demo
+
+            custom_out = out if out != Path("runs/demo") else CustomDemoConfig.out
+            outcome = run_custom_demo(CustomDemoConfig(out=custom_out, epochs=epochs or CustomDemoConfig.epochs, device=device))
+            typer.echo(outcome.report)
+            return
         from cqd_port.experiments.demo import DemoConfig, run_demo
         from cqd_port.experiments.plan import parse_seeds, parse_select
 

@@ -41,6 +41,14 @@ Registry (`DEGRADATIONS`):
   0.587043074451121, 0.114020904255103, rounded half away from zero),
   resized as `original`, replicated to 3 channels.
 
+A user's own degradation is named `package.module:function` (a *plugin*, not
+in the registry): the image is made `original` (out_size x out_size x 3
+uint8) and handed to `function(image, seed=image_seed, **plugin_params)`,
+which must return a uint8 array of that same shape; `plugin_params` are the
+config's. `check_plugin` imports a plugin and runs it once on a test image,
+so a missing module or a broken contract is a one-line error naming it
+before any image is written. Example: `cqd_port.plugins.blur:gaussian_blur`.
+
 Which image a degradation starts from (the bird crop or the full picture)
 is decided by the caller (`cqd_port.data.prepare`); only `localized` and
 `localized_lowres` crop by themselves.
@@ -48,9 +56,11 @@ is decided by the caller (`cqd_port.data.prepare`); only `localized` and
 
 from __future__ import annotations
 
+import importlib
+import json
 import math
-from dataclasses import asdict, dataclass
-from typing import Callable, Optional, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -72,6 +82,10 @@ __all__ = [
     "degrade_from_source",
     "crop_to_box",
     "rgb2gray",
+    "is_plugin",
+    "load_plugin",
+    "check_plugin",
+    "degradation_folder",
 ]
 
 Box = Sequence[float]
@@ -96,10 +110,20 @@ class DegradationConfig:
     distortion_grid_step: int = 16
     distortion_placement: str = "topleft"  # "topleft": the release's tpswarp; "center": the resized image's centre
     seed: int = 0  # dataset-level seed; prepare mixes it with each image's path into `image_seed`
+    plugin_params: Optional[dict] = field(default=None, hash=False)  # keyword arguments of a `module:function` plugin
 
     def __post_init__(self) -> None:
         if self.sed_model is not None:
             object.__setattr__(self, "sed_model", str(self.sed_model))
+        if self.plugin_params is not None:
+            if not isinstance(self.plugin_params, dict):
+                raise CqdError(f"DegradationConfig.plugin_params must be a mapping of keyword arguments, got {self.plugin_params!r}")
+            try:  # JSON-clean (tuples -> lists), so the prepared folder's record of them compares equal after a reload
+                object.__setattr__(self, "plugin_params", json.loads(json.dumps(self.plugin_params, sort_keys=True)))
+            except (TypeError, ValueError):
+                raise CqdError(
+                    f"degradation parameters {self.plugin_params!r} must be numbers, strings, booleans or lists of them"
+                ) from None
         for option in ("resize_method", "lowres_kernel"):
             if getattr(self, option) not in METHODS:
                 raise CqdError(f"DegradationConfig.{option}={getattr(self, option)!r}: use one of {', '.join(METHODS)}")
@@ -119,7 +143,10 @@ class DegradationConfig:
         )
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if data["plugin_params"] is None:  # absent unless used: folders prepared before plugins existed stay valid
+            del data["plugin_params"]
+        return data
 
 
 DegradationFn = Callable[[np.ndarray, Optional[Box], DegradationConfig, int], np.ndarray]
@@ -218,6 +245,78 @@ DEGRADATIONS: dict[str, Degradation] = {
 }
 
 
+# --------------------------------------------------------------------------- user plugins
+
+
+def is_plugin(name: str) -> bool:
+    """True for a user's degradation named `package.module:function`."""
+    return ":" in name
+
+
+def load_plugin(spec: str) -> Callable[..., np.ndarray]:
+    """Import `package.module:function`; a one-line CqdError naming it when it cannot be loaded."""
+    module_name, _, function_name = spec.partition(":")
+    if not module_name or not function_name or ":" in function_name:
+        raise CqdError(f"degradation plugin '{spec}': write it as package.module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any import failure of user code is the user's to fix
+        raise CqdError(
+            f"degradation plugin '{spec}': cannot import {module_name} ({type(exc).__name__}: {exc}); "
+            "put its folder on PYTHONPATH or run from the folder holding it"
+        ) from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise CqdError(f"degradation plugin '{spec}': {module_name} has no function {function_name}; check the name after ':'")
+    return function
+
+
+def _run_plugin(spec: str, image: np.ndarray, config: DegradationConfig, image_seed: int) -> np.ndarray:
+    """`original`, then the plugin; its output checked against the contract (uint8, the input's HxWx3)."""
+    function = load_plugin(spec)
+    base = _original(image, None, config, image_seed)
+    params = dict(config.plugin_params or {})
+    try:
+        result = function(base.copy(), seed=int(image_seed), **params)
+    except TypeError as exc:
+        raise CqdError(
+            f"degradation plugin '{spec}' cannot be called as {spec.partition(':')[2]}(image, seed=..., "
+            f"{', '.join(f'{k}=...' for k in params)}) ({exc}); match its parameters to the config's"
+        ) from None
+    if not isinstance(result, np.ndarray) or result.dtype != np.uint8 or result.shape != base.shape:
+        got = (
+            f"a {type(result).__name__}"
+            if not isinstance(result, np.ndarray)
+            else f"dtype {result.dtype}, shape {tuple(result.shape)}"
+        )
+        raise CqdError(
+            f"degradation plugin '{spec}' returned {got}; it must return a uint8 array of shape {tuple(base.shape)} "
+            "(the input's HxWx3; convert with np.clip(x, 0, 255).astype(np.uint8))"
+        )
+    return result
+
+
+def check_plugin(spec: str, config: DegradationConfig) -> None:
+    """Import the plugin and run it once on a test image: a CqdError naming it on any breach of the contract."""
+    n = config.out_size
+    ramp = np.linspace(0, 255, n * n * 3).reshape(n, n, 3)
+    _run_plugin(spec, np.round(ramp).astype(np.uint8), config, 0)
+
+
+def degradation_folder(name: str, plugin_params: dict | None = None) -> str:
+    """The prepared folder's name for a degradation: the name itself, or for a plugin
+    `module.function` plus a short hash of its parameters (different parameters, different folder)."""
+    if not is_plugin(name):
+        return name
+    folder = name.replace(":", ".")
+    params = plugin_params or {}
+    if params:
+        import hashlib
+
+        folder += "-" + hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+    return folder
+
+
 def degrade(
     name: str,
     image: np.ndarray,
@@ -225,7 +324,9 @@ def degrade(
     config: DegradationConfig = DegradationConfig(),
     image_seed: int = 0,
 ) -> np.ndarray:
-    """Apply the degradation `name` to one uint8 image -> out_size x out_size x 3 uint8."""
+    """Apply the degradation `name` (or a `module:function` plugin) to one uint8 image -> out_size x out_size x 3 uint8."""
+    if is_plugin(name):
+        return _run_plugin(name, to_rgb_uint8(image), config, int(image_seed))
     entry = DEGRADATIONS.get(name)
     if entry is None:
         raise CqdError(f"unknown degradation {name!r}: use one of {', '.join(DEGRADATIONS)}")

@@ -55,10 +55,12 @@ BOX_SOURCE_CUB = ("lowres", "edges", "edges_opencv", "edges_sobel", "distorted",
 
 
 def read_dataset(dataset: str, data_root: str | Path) -> DatasetIndex:
-    """Read `cub` or `cars` from `data_root`.
+    """Read `cub`, `cars` or `folder` (the ImageFolder layout, `cqd_port.data.imagefolder`) from `data_root`.
 
     A `cars` root in the CUB layout (a synthetic `--style cars` dataset) is
-    read with the CUB reader.
+    read with the CUB reader. `folder` uses the reader's default split
+    (`train.txt`/`test.txt`, else 0.3 of each class for testing, seed 0);
+    pass `prepare_dataset(index=...)` for another.
     """
     from cqd_port.data.cars import read_cars
     from cqd_port.data.cub import read_cub
@@ -70,7 +72,11 @@ def read_dataset(dataset: str, data_root: str | Path) -> DatasetIndex:
         if (root / "images.txt").is_file() and not (root / "cars_annos.mat").is_file():
             return read_cub(root, name="cars")
         return read_cars(root, name="cars")
-    raise CqdError(f"unknown --dataset '{dataset}'; use cub or cars")
+    if dataset == "folder":
+        from cqd_port.data.imagefolder import read_image_folder
+
+        return read_image_folder(root, name="folder")
+    raise CqdError(f"unknown --dataset '{dataset}'; use cub, cars or folder (one sub-folder per class)")
 
 
 def default_source(dataset: str, degradation: str) -> str:
@@ -80,17 +86,25 @@ def default_source(dataset: str, degradation: str) -> str:
     return "full"
 
 
-def output_dir(out: str | Path, dataset: str, degradation: str, source: str | None, lowres_kernel: str | None = None) -> Path:
+def output_dir(
+    out: str | Path,
+    dataset: str,
+    degradation: str,
+    source: str | None,
+    lowres_kernel: str | None = None,
+    plugin_params: dict | None = None,
+) -> Path:
     """`<out>/<dataset>/<degradation>[-<kernel>][-<source>]`.
 
     `-bicubic` (any kernel but the default bilinear) marks a low-resolution
     variant made with another `lowres_kernel`; `-full`/`-box` a source that
     differs from the degradation's default. So `lowres`, `lowres-full`,
-    `lowres-bicubic`, `lowres-bicubic-full` never share a folder.
+    `lowres-bicubic`, `lowres-bicubic-full` never share a folder. A
+    `module:function` plugin's folder is `module.function[-<hash of plugin_params>]`.
     """
-    from cqd_port.data.degrade import DEFAULT_LOWRES_KERNEL, LOWRES_DEGRADATIONS
+    from cqd_port.data.degrade import DEFAULT_LOWRES_KERNEL, LOWRES_DEGRADATIONS, degradation_folder
 
-    folder = degradation
+    folder = degradation_folder(degradation, plugin_params)
     if lowres_kernel is not None and lowres_kernel != DEFAULT_LOWRES_KERNEL and degradation in LOWRES_DEGRADATIONS:
         folder = f"{folder}-{lowres_kernel}"
     if source is not None and source != default_source(dataset, degradation):
@@ -283,23 +297,33 @@ def prepare_dataset(
     workers: int | None = None,
     config: DegradationConfig | None = None,
     progress: bool = True,
+    index: DatasetIndex | None = None,
 ) -> Path:
     """Write `<out>/<dataset>/<degradation>[-source]` (224x224 JPEG q75, same relative paths + manifest.json).
 
-    `workers` None picks `default_workers` (0: this process).
-    Returns the output folder. Raises CqdError listing every missing or
-    unreadable image together; the manifest is only written when all images
-    are done, and a rerun skips every file already written.
+    `degradation` is a registry name or a `module:function` plugin (checked
+    once on a test image before any file is written). `index` is the dataset
+    already read (e.g. an ImageFolder with its own split); by default it is
+    read from `data_root` by `read_dataset(dataset, ...)`. `workers` None
+    picks `default_workers` (0: this process). Returns the output folder.
+    Raises CqdError listing every missing or unreadable image together; the
+    manifest is only written when all images are done, and a rerun skips
+    every file already written.
     """
-    from cqd_port.data.degrade import DEGRADATIONS, DegradationConfig
+    from cqd_port.data.degrade import DEGRADATIONS, DegradationConfig, check_plugin, is_plugin
 
     if config is None:
         config = DegradationConfig()
-    if degradation not in DEGRADATIONS:
-        raise CqdError(f"unknown --degradation '{degradation}'; choose one of {', '.join(DEGRADATIONS)}")
+    plugin = is_plugin(degradation)
+    if not plugin and degradation not in DEGRADATIONS:
+        raise CqdError(
+            f"unknown --degradation '{degradation}'; choose one of {', '.join(DEGRADATIONS)} or a plugin package.module:function"
+        )
     if source not in (None, "box", "full"):
         raise CqdError(f"unknown --source '{source}'; use box or full")
-    needs_box = DEGRADATIONS[degradation].needs_box
+    if plugin:
+        check_plugin(degradation, config)
+    needs_box = False if plugin else DEGRADATIONS[degradation].needs_box
     effective = source if source is not None else default_source(dataset, degradation)
     if needs_box and effective == "box":
         raise CqdError(f"--source box does not apply to '{degradation}', which crops to the box itself; drop --source")
@@ -311,19 +335,21 @@ def prepare_dataset(
         from cqd_port.data.edges import load_sed_model
 
         load_sed_model(config.sed_model)
-    index = read_dataset(dataset, data_root)
+    if index is None:
+        index = read_dataset(dataset, data_root)
     index.check_images_exist()
     if (effective == "box" or needs_box) and any(r.box is None for r in index.records):
         raise CqdError(f"'{degradation}' from the box needs bounding boxes, but {index.root} has images without one; use --source full")
 
     check_output_dir(out)
-    target = check_output_dir(output_dir(out, dataset, degradation, source, config.lowres_kernel))
+    target = check_output_dir(output_dir(out, dataset, degradation, source, config.lowres_kernel, config.plugin_params))
     out_size = config.out_size
     params = {
         "dataset": dataset,
         "degradation": degradation,
         "source": effective,
         "data_root": str(Path(data_root).resolve()),
+        **({"split": index.split} if index.split else {}),  # only where a reader chose the split: older folders stay valid
         "parameters": config.as_dict(),
         "jpeg_quality": JPEG_QUALITY,
     }
@@ -387,6 +413,7 @@ def prepare_dataset(
         "degradation": degradation,
         "source": effective,
         "source_root": str(Path(index.root).resolve()),
+        "split": index.split,
         "out_size": out_size,
         "jpeg_quality": JPEG_QUALITY,
         "parameters": params["parameters"],
@@ -419,9 +446,17 @@ def read_prepared(directory: str | Path) -> DatasetIndex:
         name = f"{manifest['dataset']}-{directory.name}"
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CqdError(f"{path} is corrupt ({exc}); delete it and rerun `cqd-port prepare`") from exc
-    index = DatasetIndex(root=directory, name=name, class_names=class_names, records=records)
+    index = DatasetIndex(root=directory, name=name, class_names=class_names, records=records, split=str(manifest.get("split", "")))
     for record in records:
         index.resolve(record)
         if not 0 <= record.label < len(class_names):
             raise CqdError(f"{path}: record {record.path} has label {record.label} outside 0..{len(class_names) - 1}; rerun prepare")
     return index
+
+
+def prepared_out_size(directory: str | Path) -> int | None:
+    """The side of a prepared folder's square images (its manifest's `out_size`), None when unknown."""
+    try:
+        return int(json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8"))["out_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -53,12 +53,17 @@ class ImageRecord:
 
 @dataclass
 class DatasetIndex:
-    """A dataset on disk: its root, name, class names and image records."""
+    """A dataset on disk: its root, name, class names and image records.
+
+    `split` says where the train/test flags came from when a reader chose them
+    (e.g. the ImageFolder reader's seeded split); empty for the datasets' own splits.
+    """
 
     root: Path
     name: str
     class_names: list[str]
     records: list[ImageRecord] = field(default_factory=list)
+    split: str = ""
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)

@@ -25,7 +25,33 @@ from cqd_port.experiments.paper import paper_table
 from cqd_port.experiments.tasks import VGG_VD16, DataVariant, Task, select_tasks, table_tasks, with_epochs, with_lambda
 
 if TYPE_CHECKING:
+    import torch
+
+    from cqd_port.data.degrade import DegradationConfig
     from cqd_port.experiments.launch import SlurmOptions
+    from cqd_port.experiments.networks import NetworkSpec
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """A dataset of `cqd-port train`: its root and reader (`folder`: ImageFolder with the split options; `cub`; `cars`)."""
+
+    root: Path
+    format: str = "folder"
+    test_fraction: float = 0.3
+    split_seed: int = 0
+
+    def read(self, name: str):
+        """The `DatasetIndex` (named `name`)."""
+        if self.format == "folder":
+            from cqd_port.data.imagefolder import read_image_folder
+
+            return read_image_folder(self.root, name=name, test_fraction=self.test_fraction, seed=self.split_seed)
+        from cqd_port.data.prepare import read_dataset
+
+        index = read_dataset(self.format, self.root)
+        index.name = name
+        return index
 
 
 @dataclass(frozen=True)
@@ -216,12 +242,45 @@ class GridConfig:
     average_image: str = "stored"  # "colour": the mean colour of averageImage (cqd-port's old behaviour)
     domain_a: str = "native"  # "prepared": domain A from its prepared 224 JPEGs (cqd-port's old behaviour)
     lowres_kernel: str = "bilinear"  # low-res variants: "bilinear" (the user's specification) or "bicubic" (the release)
+    # `cqd-port train` (one run on the user's data; cqd_port.experiments.custom):
+    networks: dict[str, NetworkSpec] = field(default_factory=dict)  # RunSpec.arch -> the network; else the ImageNet VGG of `models`
+    datasets: dict[str, DatasetSource] = field(default_factory=dict)  # dataset name -> where and how to read it
+    plugin_params: dict[str, dict] = field(default_factory=dict)  # `module:function` degradation -> its keyword arguments
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    optimizer: str = "matconvnet"  # or "torch" (torch.optim.SGD)
 
     def __post_init__(self) -> None:
         from cqd_port.data.degrade import LOWRES_KERNELS
 
         if self.lowres_kernel not in LOWRES_KERNELS:
             raise CqdError(f"--lowres-kernel {self.lowres_kernel}: use bilinear (the specification) or bicubic (the release)")
+
+    def degradation_config(self, variant: DataVariant) -> DegradationConfig:
+        """The `DegradationConfig` a variant is prepared with: `prepare_config`, the SED model, the low-res kernel
+        (low-res variants only: other variants' settings stay the defaults), a plugin's parameters."""
+        from cqd_port.data.degrade import LOWRES_DEGRADATIONS, DegradationConfig, is_plugin
+
+        concrete = self.concrete(variant)
+        extra = dict(self.prepare_config or {})
+        if self.sed_model is not None:
+            extra.setdefault("sed_model", str(self.sed_model))
+        if concrete.degradation in LOWRES_DEGRADATIONS:
+            extra["lowres_kernel"] = self.lowres_kernel
+        if is_plugin(concrete.degradation):
+            extra["plugin_params"] = dict(self.plugin_params.get(concrete.degradation) or {})
+        return DegradationConfig(**extra)
+
+    def initial_network(self, arch: str, num_classes: int) -> tuple[torch.nn.Module, dict]:
+        """The network a run starting from 'imagenet' begins with, and its SGD multipliers.
+
+        `networks[arch]` when the run names one (`cqd-port train`); otherwise the
+        ImageNet model of `arch` (`model_file`) set up as the released code did.
+        """
+        from cqd_port.experiments.networks import NetworkSpec, initial_network
+
+        spec = self.networks.get(arch) or NetworkSpec(arch, str(self.model_file(arch)))
+        return initial_network(spec, num_classes, seed=self.seed, lrn_mode=self.lrn_mode)
 
     def concrete(self, variant: DataVariant) -> DataVariant:
         """The variant actually prepared.
@@ -242,15 +301,23 @@ class GridConfig:
         from cqd_port.data.prepare import output_dir
 
         concrete = self.concrete(variant)
-        return output_dir(self.prepared, concrete.dataset, concrete.degradation, concrete.source, concrete.lowres_kernel)
+        return output_dir(
+            self.prepared, concrete.dataset, concrete.degradation, concrete.source, concrete.lowres_kernel,
+            self.plugin_params.get(concrete.degradation),
+        )
 
     def dataset_root(self, dataset: str) -> Path | None:
+        if dataset in self.datasets:
+            return self.datasets[dataset].root
         return self.cub_root if dataset == "cub" else self.cars_root
 
     def model_file(self, arch: str) -> Path:
         """The ImageNet (or stand-in) model for `arch`; CqdError naming the file and convert-weights when missing."""
         from cqd_port.experiments.networks import imagenet_model_path
 
+        if arch in self.networks:
+            weights = self.networks[arch].weights
+            return Path(weights) if weights is not None else Path("random-init")
         if arch in self.pretrained:
             path = Path(self.pretrained[arch])
             if not path.is_file():
@@ -364,14 +431,7 @@ def ensure_variant(variant: DataVariant, config: GridConfig, progress: bool = Tr
         if (folder / MANIFEST).is_file():
             return folder
         raise _no_raw_data(folder, concrete, config)
-    from cqd_port.data.degrade import LOWRES_DEGRADATIONS, DegradationConfig
-
-    extra = dict(config.prepare_config or {})
-    if config.sed_model is not None:
-        extra.setdefault("sed_model", str(config.sed_model))
-    if concrete.degradation in LOWRES_DEGRADATIONS:  # only there: other variants' settings stay the defaults
-        extra["lowres_kernel"] = config.lowres_kernel
-    degradation_config = DegradationConfig(**extra)
+    source = config.datasets.get(variant.dataset)
     return prepare_dataset(
         concrete.dataset,
         concrete.degradation,
@@ -379,8 +439,9 @@ def ensure_variant(variant: DataVariant, config: GridConfig, progress: bool = Tr
         config.prepared,
         source=concrete.source,
         workers=None,  # prepare's own default: what the machine has
-        config=degradation_config,
+        config=config.degradation_config(variant),
         progress=progress,
+        index=source.read(concrete.dataset) if source is not None else None,
     )
 
 

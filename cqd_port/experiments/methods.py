@@ -139,7 +139,10 @@ class RunSpec:
             what = f"evaluate {self.init} on {self.test.label}"
         else:
             train = " + ".join(v.label for v in self.train)
-            start = "ImageNet " + self.arch if self.init == IMAGENET else f"{self.init}/final.pt"
+            if self.init != IMAGENET:
+                start = f"{self.init}/final.pt"
+            else:  # a `cqd-port train` network may start from random weights (its name says so)
+                start = self.arch if "random init" in self.arch else "ImageNet " + self.arch
             what = f"train {self.arch} on {train} from {start}, test on {self.test.label}"
             if self.class_factor != 1:
                 what += f", fc8 {self.class_factor}k-way"
@@ -274,8 +277,8 @@ class DomainData:
         """(dataset root, boxes by path, crop?) for a native-resolution variant, from its prepared folder's settings."""
         from cqd_port.data.prepare import PARAMS_FILE, read_dataset
 
-        if variant.degradation not in NATIVE_DEGRADATIONS:
-            return None
+        if variant.degradation not in NATIVE_DEGRADATIONS or variant.dataset not in ("cub", "cars"):
+            return None  # other datasets (`cqd-port train`'s own data): A is read from its prepared images
         params_path = Path(index.root) / PARAMS_FILE
         try:
             params = json.loads(params_path.read_text(encoding="utf-8"))
@@ -338,13 +341,21 @@ def choose_candidate(out: Path, candidates: tuple[str, ...]) -> dict[str, Any]:
     return {"candidates": rows, "chosen": {"lambda": rows[best]["lambda"], "T": rows[best]["T"]}}
 
 
-def _load_trained(folder: Path, lrn_mode: str) -> SimpleNetwork:
-    from matconvnet_weights.convert import load_model
+def _load_trained(folder: Path, lrn_mode: str) -> torch.nn.Module:
+    from cqd_port.experiments.networks import load_trained_model
 
     path = Path(folder) / FINAL_MODEL
     if not path.is_file():
-        raise CqdError(f"{path} missing: the run {folder.name} has not finished; rerun `cqd-port reproduce` to train it first")
-    return load_model(path, lrn_mode=lrn_mode)
+        raise CqdError(f"{path} missing: the run {folder.name} has not finished; rerun the same command to train it first")
+    return load_trained_model(path, lrn_mode=lrn_mode)
+
+
+def _input(model: torch.nn.Module, data: DomainData, variant: DataVariant, config: Any = None) -> tuple[tuple[int, int], np.ndarray]:
+    """What the data path feeds `model` for `variant` (`cqd_port.experiments.networks.model_input`)."""
+    from cqd_port.data.prepare import prepared_out_size
+    from cqd_port.experiments.networks import model_input
+
+    return model_input(model, prepared_out_size(data.index(variant).root), _average_mode(config))
 
 
 DISK_FULL_STATUS = "stopped: disk full"
@@ -390,9 +401,9 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
     A finished run (run.json status 'finished') is returned as it is.
     """
     from cqd_port.data.batches import paired_records
+    from cqd_port.experiments.networks import model_num_classes, save_trained_model, trained_start
     from cqd_port.experiments.notes import run_notes, uses_lowres
     from cqd_port.data.store import ImageStore
-    from cqd_port.experiments.networks import finetune_network, load_pretrained, trained_network
     from cqd_port.train.device import select_device
     from cqd_port.train.evaluate import evaluate
     from cqd_port.train.objective import Objective
@@ -439,7 +450,7 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
 
     if not run.trains:  # no adaptation: the A model on B's test images
         model = _load_trained(out / run.init, config.lrn_mode)
-        size, average = input_normalization(model.meta, None, _average_mode(config))
+        size, average = _input(model, data, run.test, config)
         index = data.index(run.test)
         test_set = data.dataset(run.test, index.test_records(), size, average)
         dev = select_device(device)
@@ -453,15 +464,12 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
     test_index = data.index(run.test)
     k = test_index.num_classes
     if run.init == IMAGENET:
-        source = config.model_file(run.arch)
-        specs, state, meta = load_pretrained(source, config.lrn_mode)
+        model, multipliers = config.initial_network(run.arch, k * run.class_factor)
         num_classes = k
-        network = finetune_network(specs, state, meta, k * run.class_factor, seed=config.seed, source=str(source))
     else:
-        network = trained_network(out / run.init / FINAL_MODEL)
-        num_classes = int(network.state["fc8.weight"].shape[0])
-    model = network.build(config.lrn_mode)
-    size, average = input_normalization(network.meta, None, _average_mode(config))
+        model, multipliers = trained_start(out / run.init / FINAL_MODEL, config.lrn_mode)
+        num_classes = model_num_classes(model)
+    size, average = _input(model, data, run.test, config)
 
     # data: B (or A, or A+B) training images, paired with A's for the teacher
     test_records = test_index.test_records() if run.validation is None else _validation_part(test_index, run.validation, "val")
@@ -476,7 +484,7 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
             a_records, b_records = [a for a, _ in pairs], [b for _, b in pairs]
         train_set = data.dataset(run.train[0], b_records, size, average)
         teacher = _load_trained(out / run.teacher, config.lrn_mode)
-        t_size, t_average = input_normalization(teacher.meta, None, _average_mode(config))
+        t_size, t_average = _input(teacher, data, a_variant, config)
         teacher_set = data.dataset(a_variant, a_records, t_size, t_average)
         dev = select_device(device)
         logits = teacher_logits(
@@ -491,11 +499,16 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
             parts.append(data.dataset(variant, records, size, average))
         train_set = parts[0] if len(parts) == 1 else ImageStore.concat(parts)
 
-    schedule = shorten_schedule(get_schedule(run.hyper.schedule), run.hyper.epochs, config.lr_scale)
+    released = get_schedule(run.hyper.schedule) if isinstance(run.hyper.schedule, str) else tuple(run.hyper.schedule)
+    schedule = shorten_schedule(released, run.hyper.epochs, config.lr_scale)
     train_config = TrainConfig(
         epochs=run.hyper.epochs,
         batch_size=batch_size,
         schedule=schedule,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        optimizer=config.optimizer,
+        momentum_reset_each_epoch=config.optimizer == "matconvnet",  # torch.optim.SGD keeps its momentum, as in PyTorch
         seed=config.seed,
         device=device,
         label_range=(0, k) if run.class_factor != 1 else None,
@@ -506,12 +519,8 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
     objective = (
         Objective("cqd", run.hyper.lambda_, run.hyper.temperature) if run.distill else Objective("softmaxlog")
     )
-    result = train(model, train_set, test_set, train_config, objective, folder, teacher_logits=logits, multipliers=network.multipliers, progress=progress)
-
-    from matconvnet_weights.convert import save_checkpoint
-
-    trained_state = {k_: v.detach().cpu() for k_, v in model.state_dict().items()}
-    save_checkpoint(folder / FINAL_MODEL, model.specs, trained_state, model.meta)
+    result = train(model, train_set, test_set, train_config, objective, folder, teacher_logits=logits, multipliers=multipliers, progress=progress)
+    save_trained_model(folder / FINAL_MODEL, model)
     record.update(
         status="finished",
         accuracy=result.accuracy,
@@ -519,6 +528,7 @@ def execute_run(run: RunSpec, config: "GridConfig", data: DomainData, device: st
         batch_size=batch_size,
         schedule=list(schedule),
         objective=objective.to_dict(),
+        optimizer=train_config.optimizer,
         num_classes=num_classes,
         label_range=list(train_config.label_range) if train_config.label_range else None,
         train_images=len(train_set),

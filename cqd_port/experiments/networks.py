@@ -176,3 +176,138 @@ def trained_network(path: str | Path) -> FinetuneNetwork:
     if f"{FC8}.weight" not in state:
         raise CqdError(f"{path}: no fc8 layer; expected a model trained by `cqd-port reproduce`, delete the run folder and rerun")
     return FinetuneNetwork(specs, state, meta, finetune_multipliers(state))
+
+
+# --------------------------------------------------------------------------- any network (`cqd-port train`)
+
+MATCONVNET_ARCHS = ("vgg-m", "vgg-vd-16")
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """A network of a single run (`cqd-port train`): f or g.
+
+    `arch`: `vgg-m` or `vgg-vd-16` (a MatConvNet model set up as the released
+    code did, `finetune_network`) or a torchvision classifier by name
+    (`cqd_port.models.torchvision_nets`). `weights`: the file to start from
+    (a converted `.pt` or a `.mat` for the MatConvNet models; torchvision's
+    `.pth` for the others) or None for torchvision's random initialisation.
+    `input_size`: the side the network sees (torchvision: any; the MatConvNet
+    models take theirs from `meta.normalization`).
+    """
+
+    arch: str
+    weights: str | None = None
+    input_size: int | None = None
+
+    @property
+    def key(self) -> str:
+        """The name runs know the network by (`RunSpec.arch`): arch, input size and start differ -> key differs."""
+        key = self.arch if self.input_size is None else f"{self.arch}@{self.input_size}px"
+        return key if self.weights is not None else f"{key} (random init)"
+
+    @property
+    def is_matconvnet(self) -> bool:
+        return self.arch in MATCONVNET_ARCHS
+
+    def describe(self) -> str:
+        start = f"weights {self.weights}" if self.weights is not None else "random initialisation"
+        if self.is_matconvnet:
+            return f"{self.arch} ({start}; MatConvNet preprocessing: bicubic imresize to meta.normalization.imageSize, minus its average colour)"
+        from cqd_port.models.torchvision_nets import default_input_size
+
+        size = self.input_size or default_input_size(self.arch)
+        return f"torchvision {self.arch} ({start}; input {size}x{size}: bilinear antialiased resize, RGB/255, ImageNet mean and std)"
+
+
+def head_multipliers(state_names: list[str], head: str) -> Multipliers:
+    """(lr, wd) per parameter of a torchvision network: fc8's (10, 1) / (20, 0) for its classifier `head`
+    (a state-dict prefix; "" for none), (1, 1) elsewhere."""
+    from cqd_port.train.sgd import cqd_multipliers
+
+    return {name: (m.lr, m.wd) for name, m in cqd_multipliers(state_names, new_layers=(head,) if head else ()).items()}
+
+
+def _trainable(model: torch.nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def initial_network(spec: NetworkSpec, num_classes: int, seed: int = 0, lrn_mode: str = "exact") -> tuple[torch.nn.Module, Multipliers]:
+    """`spec`'s network with a fresh `num_classes`-way classifier, and its SGD multipliers."""
+    if spec.is_matconvnet:
+        if spec.weights is None:
+            raise CqdError(
+                f"{spec.arch} needs a weights file (imagenet-{'vgg-m' if spec.arch == 'vgg-m' else 'vgg-verydeep-16'}.mat "
+                "converted with `cqd-port convert-weights`); random initialisation is offered for torchvision networks"
+            )
+        network = imagenet_finetune_network(spec.weights, num_classes, seed=seed)
+        return network.build(lrn_mode), network.multipliers
+    from cqd_port.models.torchvision_nets import build_torchvision
+
+    model, head = build_torchvision(spec.arch, num_classes, spec.weights, spec.input_size, seed)
+    if spec.weights is None:
+        # Random weights: the whole network is new, so the classifier gets no x10 / x20 boost over it (with the
+        # boost, a random ResNet-18 barely trains at the learning rates that suit the rest). Kept in final.pt.
+        model.head = ""
+    return model, head_multipliers(_trainable(model), model.head)
+
+
+def load_trained_model(path: str | Path, lrn_mode: str = "exact") -> torch.nn.Module:
+    """A run's `final.pt`, whichever kind of network it holds."""
+    from cqd_port.models.torchvision_nets import is_torchvision_checkpoint, load_torchvision
+
+    if is_torchvision_checkpoint(path):
+        return load_torchvision(path)
+    from matconvnet_weights.convert import load_model
+
+    return load_model(Path(path), lrn_mode=lrn_mode)
+
+
+def trained_start(path: str | Path, lrn_mode: str = "exact") -> tuple[torch.nn.Module, Multipliers]:
+    """A trained model to train again (staged, A-CQD), classifier multipliers kept as the release does."""
+    from cqd_port.models.torchvision_nets import is_torchvision_checkpoint, load_torchvision
+
+    if is_torchvision_checkpoint(path):
+        model = load_torchvision(path)
+        return model, head_multipliers(_trainable(model), model.head)
+    network = trained_network(path)
+    return network.build(lrn_mode), network.multipliers
+
+
+def save_trained_model(path: str | Path, model: torch.nn.Module) -> None:
+    """A trained network as a run's `final.pt` (atomic): the convert-weights format, or torchvision's."""
+    from cqd_port.models.torchvision_nets import TorchvisionClassifier, save_torchvision
+
+    if isinstance(model, TorchvisionClassifier):
+        save_torchvision(path, model)
+        return
+    from matconvnet_weights.convert import save_checkpoint
+
+    save_checkpoint(path, model.specs, {k: v.detach().cpu() for k, v in model.state_dict().items()}, model.meta)
+
+
+def model_num_classes(model: torch.nn.Module) -> int:
+    """The number of outputs of a trained network."""
+    from cqd_port.models.torchvision_nets import TorchvisionClassifier
+
+    if isinstance(model, TorchvisionClassifier):
+        return model.num_classes
+    return int(model.state_dict()[f"{FC8}.weight"].shape[0])
+
+
+def model_input(model: torch.nn.Module, prepared_size: int | None, average: str = "stored") -> tuple[tuple[int, int], "np.ndarray"]:
+    """(image size, average colour) the data path gives `model`.
+
+    MatConvNet models: their `meta.normalization` (`input_normalization`).
+    torchvision models: the prepared image untouched (size `prepared_size`,
+    nothing subtracted); the network resizes and normalises it itself.
+    """
+    import numpy as np
+
+    from cqd_port.experiments.methods import input_normalization
+    from cqd_port.models.torchvision_nets import TorchvisionClassifier
+
+    if isinstance(model, TorchvisionClassifier):
+        side = int(prepared_size or model.input_size)
+        return (side, side), np.zeros((1, 1, 3), dtype=np.float32)
+    return input_normalization(model.meta, None, average)

@@ -159,3 +159,87 @@ class MatConvNetSGD:
                     f"{tuple(buf.shape)}; start a fresh run folder"
                 )
             buf.copy_(src)
+
+
+OPTIMIZERS = ("matconvnet", "torch")
+
+
+class TorchSGD:
+    """`torch.optim.SGD` behind `MatConvNetSGD`'s interface (the option for torchvision networks).
+
+    PyTorch's update: `buf = momentum * buf + (g + weight_decay * wd_mult * w)`,
+    `w -= lr * lr_mult * buf`, with `g` the gradient of the batch-MEAN loss.
+    The trainer differentiates the loss summed over the batch (as MatConvNet
+    did), so the gradient is divided by the actual batch size first; weight
+    decay sits outside the learning-rate-free buffer as PyTorch puts it (see
+    the module docstring for how MatConvNet differs). One parameter group per
+    parameter carries its multipliers.
+    """
+
+    def __init__(
+        self,
+        named_parameters: Iterable[tuple[str, torch.Tensor]],
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        multipliers: Mapping[str, Multipliers | tuple[float, float]] | None = None,
+    ) -> None:
+        self.params = {name: p for name, p in named_parameters if p.requires_grad}
+        if not self.params:
+            raise CqdError("TorchSGD: the model has no trainable parameters; check the network")
+        multipliers = dict(multipliers or {})
+        unknown = sorted(set(multipliers) - set(self.params))
+        if unknown:
+            raise CqdError(f"TorchSGD: multipliers given for unknown parameters {unknown}; use state-dict names")
+        self.lr_mult: list[float] = []
+        groups = []
+        for name, param in self.params.items():
+            value = multipliers.get(name, Multipliers())
+            mult = value if isinstance(value, Multipliers) else Multipliers(*map(float, value))
+            self.lr_mult.append(mult.lr)
+            groups.append({"params": [param], "weight_decay": float(weight_decay) * mult.wd})
+        self.optimizer = torch.optim.SGD(groups, lr=0.0, momentum=float(momentum))
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def step(self, learning_rate: float, batch_size: int) -> None:
+        """One `torch.optim.SGD` step with the gradient of the summed loss divided by `batch_size`."""
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        for param in self.params.values():
+            if param.grad is not None:
+                param.grad.div_(batch_size)
+        for group, mult in zip(self.optimizer.param_groups, self.lr_mult):
+            group["lr"] = learning_rate * mult
+        self.optimizer.step()
+
+    def reset_momentum(self) -> None:
+        """Drop the momentum buffers (they restart at zero), for `TrainConfig.momentum_reset_each_epoch`."""
+        self.optimizer.state.clear()
+
+    def state_dict(self) -> dict[str, object]:
+        return {"kind": "torch", "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        if state.get("kind") != "torch":
+            raise CqdError("the checkpoint holds MatConvNet SGD state, this run uses torch.optim.SGD; use the same optimizer or a fresh run folder")
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+        except (ValueError, KeyError) as exc:
+            raise CqdError(f"checkpoint optimizer state does not fit this network ({exc}); start a fresh run folder") from None
+
+
+def make_optimizer(
+    kind: str,
+    named_parameters: Iterable[tuple[str, torch.Tensor]],
+    momentum: float,
+    weight_decay: float,
+    multipliers: Mapping[str, Multipliers | tuple[float, float]] | None = None,
+) -> "MatConvNetSGD | TorchSGD":
+    """`matconvnet` (the release's update, `MatConvNetSGD`) or `torch` (`TorchSGD`)."""
+    if kind == "matconvnet":
+        return MatConvNetSGD(named_parameters, momentum, weight_decay, multipliers)
+    if kind == "torch":
+        return TorchSGD(named_parameters, momentum, weight_decay, multipliers)
+    raise CqdError(f"unknown optimizer '{kind}': use matconvnet (the released code's SGD) or torch (torch.optim.SGD)")

@@ -48,7 +48,7 @@ from cqd_port.train.device import configure_determinism, select_device
 from cqd_port.train.evaluate import Evaluation, evaluate
 from cqd_port.train.objective import Objective, class_scores
 from cqd_port.train.schedules import CUB_SCHEDULE, learning_rate, validate_schedule
-from cqd_port.train.sgd import MatConvNetSGD, Multipliers
+from cqd_port.train.sgd import OPTIMIZERS, MatConvNetSGD, Multipliers, TorchSGD, make_optimizer
 
 HISTORY_NAME = "history.json"
 PLOT_NAME = "net-train.pdf"
@@ -66,9 +66,10 @@ _RESUME_KEYS = (
     "lrn_mode",
     "tf32",
     "momentum_reset_each_epoch",
+    "optimizer",
 )
 
-_BEFORE_THE_SETTING = {"momentum_reset_each_epoch": False}
+_BEFORE_THE_SETTING = {"momentum_reset_each_epoch": False, "optimizer": "matconvnet"}
 """What a checkpoint written before a setting existed ran with."""
 
 BatchOrder = Callable[[int, int], list[list[int]]]
@@ -95,7 +96,8 @@ class TrainConfig:
     every N epochs (default: at the end only); `momentum_reset_each_epoch`
     False carries the momentum over epoch boundaries (not the release's
     behaviour). `num_workers` is accepted for old callers and ignored: the
-    data path has no workers.
+    data path has no workers. `optimizer` is `matconvnet` (the release's
+    SGD, `MatConvNetSGD`) or `torch` (`torch.optim.SGD`, `TorchSGD`).
     """
 
     epochs: int = 30
@@ -115,9 +117,12 @@ class TrainConfig:
     plot_title: str = ""  # heads net-train.pdf: which run, which task, SYNTHETIC data
     plot_every: int = 0
     momentum_reset_each_epoch: bool = True
+    optimizer: str = "matconvnet"
 
     def __post_init__(self) -> None:
         self.schedule = validate_schedule(self.schedule)
+        if self.optimizer not in OPTIMIZERS:
+            raise CqdError(f"optimizer '{self.optimizer}': use {' or '.join(OPTIMIZERS)}")
         if self.label_range is not None and not isinstance(self.label_range, int):
             self.label_range = tuple(int(v) for v in self.label_range)  # type: ignore[assignment]
         if self.epochs < 1:
@@ -207,7 +212,7 @@ def train_step(
 
 def sgd_step(
     model: torch.nn.Module,
-    optimizer: MatConvNetSGD,
+    optimizer: MatConvNetSGD | TorchSGD,
     objective: Objective,
     inputs: torch.Tensor,
     labels: torch.Tensor,
@@ -394,7 +399,7 @@ def _resume(
     train_store = as_image_store(train_set).to(device)
     test_store = as_image_store(test_set).to(device) if test_set is not None else None
     _check_labels(model, train_store)
-    optimizer = MatConvNetSGD(model.named_parameters(), config.momentum, config.weight_decay, multipliers)
+    optimizer = make_optimizer(config.optimizer, model.named_parameters(), config.momentum, config.weight_decay, multipliers)
     saved_config = {**config.to_dict(), "objective": objective.to_dict()}
     history: list[dict[str, Any]] = []
     start_epoch = 1
