@@ -64,7 +64,7 @@ def card(device: torch.device) -> dict[str, Any]:
 
 
 def parity(quick: bool) -> dict[str, Any]:
-    from parity.runner import default_reference_dirs, run_parity
+    from cqd_port_parity.runner import default_reference_dirs, run_parity
 
     started = time.perf_counter()
     try:

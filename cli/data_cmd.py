@@ -48,7 +48,7 @@ def prepare(
     if lowres_path is not None:
         changes["lowres_path"] = lowres_path
     if param:
-        from cli.custom_cmd import _parameters
+        from cqd_port_cli.custom_cmd import _parameters
 
         changes["plugin_params"] = _parameters(param)
     config = replace(DegradationConfig(), **changes)

@@ -27,7 +27,7 @@ app = typer.Typer(
 def _register_commands() -> None:
     import importlib
 
-    for module_name in ("cli.weights", "cli.parity_cmd", "cli.data_cmd", "cli.train_cmd", "cli.custom_cmd", "cli.analysis_cmd"):
+    for module_name in ("cqd_port_cli.weights", "cqd_port_cli.parity_cmd", "cqd_port_cli.data_cmd", "cqd_port_cli.train_cmd", "cqd_port_cli.custom_cmd", "cqd_port_cli.analysis_cmd"):
         importlib.import_module(module_name).register(app)
 
 

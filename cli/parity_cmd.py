@@ -1,6 +1,6 @@
 """`cqd-port parity`: compare the port with MatConvNet's reference numbers.
 
-Thin: parses options, calls `parity.runner.run_parity`, prints the table.
+Thin: parses options, calls `cqd_port_parity.runner.run_parity`, prints the table.
 Exit codes: 0 when every comparison passes and nothing was left out, 1 when
 one fails (or nothing could be compared), 2 for a user error (missing file or
 directory, bad option), 3 when everything that ran passed but a default
@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from parity.compare import ComparisonRow
-from parity.runner import LRN_CHOICES, ParityReport, run_parity
+from cqd_port_parity.compare import ComparisonRow
+from cqd_port_parity.runner import LRN_CHOICES, ParityReport, run_parity
 
 
 def _fmt(value: float) -> str:

@@ -4,11 +4,11 @@ Kinds of file, told apart by their name (`reference_kind`):
 
 - `ops_*.mat`: single operators (`cases`, a cell array of structs);
 - `ref_*.mat`: one whole network, layer by layer (`x`, `dzdx`, `dzdw` cells);
-- `train_*.mat`: SGD steps of CQD training (replayed by `parity.train_reference`;
+- `train_*.mat`: SGD steps of CQD training (replayed by `cqd_port_parity.train_reference`;
   here they are only found and their provenance read);
 - the released CQD pipeline's files (../shared/release-parity), read by their
-  own checkers: `train_epochs_*.mat` (`parity.release_train`), `tps_*.mat`
-  (`parity.release_tps`) and `sed_*.mat` (`parity.release_sed`, with the
+  own checkers: `train_epochs_*.mat` (`cqd_port_parity.release_train`), `tps_*.mat`
+  (`cqd_port_parity.release_tps`) and `sed_*.mat` (`cqd_port_parity.release_sed`, with the
   `sed_model_*.mat` beside them, which is a model, not a reference).
 
 Files are read with scipy (`squeeze_me=False`, `struct_as_record=False`): scipy's
@@ -305,7 +305,7 @@ def read_network_reference(path: str | Path) -> NetworkReference:
 
 
 def read_train_provenance(path: str | Path) -> Provenance:
-    """The provenance of a `train_*.mat` file (the replay itself is `parity.train_reference`)."""
+    """The provenance of a `train_*.mat` file (the replay itself is `cqd_port_parity.train_reference`)."""
     path = Path(path)
     return read_provenance(load_mat(path), path)
 

@@ -32,8 +32,8 @@ import numpy as np
 
 from cqd_port.data import sed
 from cqd_port.errors import CqdError
-from parity.compare import ComparisonRow, compare, failed_row
-from parity.references import load_mat, mat_float
+from cqd_port_parity.compare import ComparisonRow, compare, failed_row
+from cqd_port_parity.references import load_mat, mat_float
 
 TOL_MAX_ABS_E = 0.05
 TOL_MEAN_ABS_E = 5e-3

@@ -29,9 +29,9 @@ import numpy as np
 from cqd_port.data.tps import PLACEMENTS, TpsConfig, control_points, distortion_origin, tpswarp
 from cqd_port.errors import CqdError
 from cqd_port.imresize import matlab_uint8
-from parity.compare import TOL_EXACT, TOL_TPS_WARPED, ComparisonRow, compare, failed_row
-from parity.references import _struct as _case_struct  # a 1x1 struct, possibly inside a 1x1 cell
-from parity.references import cell_list, load_mat, mat_float, mat_ints, mat_string
+from cqd_port_parity.compare import TOL_EXACT, TOL_TPS_WARPED, ComparisonRow, compare, failed_row
+from cqd_port_parity.references import _struct as _case_struct  # a 1x1 struct, possibly inside a 1x1 cell
+from cqd_port_parity.references import cell_list, load_mat, mat_float, mat_ints, mat_string
 
 _FIELDS = ("image", "center", "target", "interp", "outDim", "warped", "warped_with_holes", "map", "saved")
 

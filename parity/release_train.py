@@ -30,8 +30,8 @@ import torch
 
 from cqd_port.errors import CqdError
 from cqd_port.layout import bias_vector, filters_to_oihw, mcn_to_nchw
-from parity.compare import TOL_DEFAULT, TOL_MOMENTUM, ComparisonRow, compare, failed_row
-from parity.references import mat_float, mat_floats, mat_ints
+from cqd_port_parity.compare import TOL_DEFAULT, TOL_MOMENTUM, ComparisonRow, compare, failed_row
+from cqd_port_parity.references import mat_float, mat_floats, mat_ints
 
 TOL_FC8 = TOL_MOMENTUM
 """fc8 parameters after an epoch: 1e-4 relative (its learning rate is 10-20x the others')."""

@@ -2,7 +2,7 @@
 
 `run_parity` drives the *same* library code the rest of the project uses
 (`cqd_port.nn`, `matconvnet_weights`, `cqd_port.models.SimpleNetwork`, the
-trainer through `parity.train_reference`) on every reference file it finds,
+trainer through `cqd_port_parity.train_reference`) on every reference file it finds,
 and returns one `ComparisonRow` per compared tensor:
 
 - `ops_*.mat`: each operator case forward (`y`) and backward (`dzdx`, and
@@ -13,12 +13,12 @@ and returns one `ComparisonRow` per compared tensor:
   and `<net>_dag.mat` when present), layer by layer: every activation
   `x{i+1}`, every input derivative `dzdx{i}` and parameter derivative
   `dzdw{i}`, with one backward pass from the output projected on `dzdy`;
-- `train_*.mat`: replayed by `parity.train_reference.run_train_reference`;
+- `train_*.mat`: replayed by `cqd_port_parity.train_reference.run_train_reference`;
 - the released CQD pipeline's references (../shared/release-parity), each by
   its own checker, imported when needed: `train_epochs_*.mat` by
-  `parity.release_train.check_train_epochs_reference`, `tps_*.mat` by
-  `parity.release_tps.check_tps_reference`, `sed_*.mat` by
-  `parity.release_sed.check_sed_reference` with the `sed_model_*.mat` beside it.
+  `cqd_port_parity.release_train.check_train_epochs_reference`, `tps_*.mat` by
+  `cqd_port_parity.release_tps.check_tps_reference`, `sed_*.mat` by
+  `cqd_port_parity.release_sed.check_sed_reference` with the `sed_model_*.mat` beside it.
 
 A check that cannot run (a checker module missing, a file it cannot read, a
 crash in the library) is a FAILED row with the error in its note, never a
@@ -57,7 +57,7 @@ from cqd_port.layout import image_to_nchw
 from cqd_port.nn import bnorm, conv, distill_loss, dropout, lrn, pool, relu, softmax, softmaxlog_loss
 from matconvnet_weights.convert import load_model
 from matconvnet_weights.simplenn import SIMPLENN_TYPES
-from parity.compare import (
+from cqd_port_parity.compare import (
     TOL_DEFAULT,
     TOL_NETWORK_GRADIENT,
     ComparisonRow,
@@ -66,7 +66,7 @@ from parity.compare import (
     join_notes,
     largest_magnitude,
 )
-from parity.references import (
+from cqd_port_parity.references import (
     LRN_MODES,
     SED_MODEL_PREFIX,
     NetworkReference,
@@ -373,7 +373,7 @@ def compare_network(model: torch.nn.Module, ref: NetworkReference, group: str) -
                                    f"no backward pass: model output {tuple(final.shape)} vs reference dzdy {tuple(dzdy.shape)}"))
         else:
             rows.append(failed_row(group, "network", "dzdy", TOL_NETWORK_GRADIENT, "no backward pass: the output needs no gradient"))
-    # contexts for near-zero references (parity.compare.NEAR_ZERO_FRACTION): all activations, all gradients
+    # contexts for near-zero references (cqd_port_parity.compare.NEAR_ZERO_FRACTION): all activations, all gradients
     activation_context = largest_magnitude(*ref.x)
     gradient_context = largest_magnitude(ref.dzdy, *ref.dzdx, *(g for layer in ref.dzdw for g in layer.values()))
     average = _average_image(model)
@@ -450,9 +450,9 @@ def run_network_reference(
 
 
 def run_train_file(path: Path) -> tuple[list[ComparisonRow], NotRun | None]:
-    """Replay a `train_*.mat` through `parity.train_reference`, or say why it was not run."""
+    """Replay a `train_*.mat` through `cqd_port_parity.train_reference`, or say why it was not run."""
     read_train_provenance(path)  # a missing or corrupt file is a user error (CqdError) either way
-    from parity.train_reference import run_train_reference
+    from cqd_port_parity.train_reference import run_train_reference
 
     try:
         return list(run_train_reference(path)), None
@@ -468,9 +468,9 @@ def run_train_file(path: Path) -> tuple[list[ComparisonRow], NotRun | None]:
 
 # kind -> (module, function): the checkers of ../shared/release-parity, imported when a file needs them.
 RELEASE_CHECKERS = {
-    "train_epochs": ("parity.release_train", "check_train_epochs_reference"),
-    "tps": ("parity.release_tps", "check_tps_reference"),
-    "sed": ("parity.release_sed", "check_sed_reference"),
+    "train_epochs": ("cqd_port_parity.release_train", "check_train_epochs_reference"),
+    "tps": ("cqd_port_parity.release_tps", "check_tps_reference"),
+    "sed": ("cqd_port_parity.release_sed", "check_sed_reference"),
 }
 
 

@@ -26,8 +26,8 @@ import torch
 
 from cqd_port.errors import CqdError
 from cqd_port.layout import bias_vector, filters_to_oihw, mcn_to_nchw
-from parity.compare import TOL_DEFAULT, TOL_MOMENTUM, TOL_UPDATE, ComparisonRow, compare, compare_update, failed_row
-from parity.references import mat_float, mat_floats
+from cqd_port_parity.compare import TOL_DEFAULT, TOL_MOMENTUM, TOL_UPDATE, ComparisonRow, compare, compare_update, failed_row
+from cqd_port_parity.references import mat_float, mat_floats
 
 _PARAM_KINDS = ("weight", "bias")
 

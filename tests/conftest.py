@@ -65,12 +65,12 @@ class CliResult:
 
 
 def run_cli(*args: str) -> CliResult:
-    """Run `cqd-port ARGS...` in-process through the real entry point (`cli.main.main`).
+    """Run `cqd-port ARGS...` in-process through the real entry point (`cqd_port_cli.main.main`).
 
     Goes through the same error handling as the console script, so exit codes
     and the one-line error messages are what a user sees.
     """
-    from cli.main import main
+    from cqd_port_cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     old_argv = sys.argv

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import typer
 
-from cli.main import app
+from cqd_port_cli.main import app
 
 
 def _commands():

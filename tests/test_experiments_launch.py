@@ -215,7 +215,7 @@ def test_two_concurrent_reproduce_train_each_run_once(tiny, tmp_path):
     """Both commands prepare the same data folders and train the same runs: the locks make each happen once."""
     root, birds = tiny
     out = tmp_path / "runs"
-    command = [sys.executable, "-c", "from cli.main import main; main()", "reproduce", "--tasks", "local_cub", "--methods", "upper_bound,staged",
+    command = [sys.executable, "-c", "from cqd_port_cli.main import main; main()", "reproduce", "--tasks", "local_cub", "--methods", "upper_bound,staged",
                "--epochs", "1", "--models", root / "models", "--prepared", tmp_path / "prepared", "--cub-root", birds, "--out", out,
                "--device", "cpu", "--workers", "0"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

@@ -1,4 +1,4 @@
-"""parity.compare: the error measure and pass/fail rule of FORMAT.md."""
+"""cqd_port_parity.compare: the error measure and pass/fail rule of FORMAT.md."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from parity.compare import TOL_DEFAULT, TOL_MOMENTUM, TOL_NETWORK_GRADIENT, ComparisonRow, compare, relative_error
+from cqd_port_parity.compare import TOL_DEFAULT, TOL_MOMENTUM, TOL_NETWORK_GRADIENT, ComparisonRow, compare, relative_error
 
 
 def test_relative_error_is_max_abs_difference_over_max_abs_reference():
@@ -57,7 +57,7 @@ def test_passed_is_rel_within_tol():
 
 
 def test_update_comparison_discounts_float32_storage_rounding_only():
-    from parity.compare import compare_update
+    from cqd_port_parity.compare import compare_update
 
     before = np.float32([0.2, -0.3, 0.1])
     update = np.float64([1e-6, -2e-6, 5e-7])
@@ -74,7 +74,7 @@ def test_update_comparison_discounts_float32_storage_rounding_only():
 
 
 def test_near_zero_reference_is_measured_against_a_floor_of_its_context():
-    from parity.compare import NEAR_ZERO_FRACTION
+    from cqd_port_parity.compare import NEAR_ZERO_FRACTION
 
     denormals = np.full(4, 1e-44)  # a batch-norm backward whose terms cancelled: noise and denormals
     got = np.full(4, 1e-12)

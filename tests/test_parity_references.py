@@ -1,4 +1,4 @@
-"""parity.references: reading ops_/ref_/train_*.mat into PyTorch layout."""
+"""cqd_port_parity.references: reading ops_/ref_/train_*.mat into PyTorch layout."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cqd_port.errors import CqdError
-from parity.references import (
+from cqd_port_parity.references import (
     find_reference_files,
     load_mat,
     read_network_reference,

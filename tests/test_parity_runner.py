@@ -1,4 +1,4 @@
-"""parity.runner: the whole suite passes on MatConvNet's data, and can fail."""
+"""cqd_port_parity.runner: the whole suite passes on MatConvNet's data, and can fail."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import scipy.io
 
 from cqd_port.errors import CqdError
-from parity.runner import PACKAGED_REFERENCE_DIR, REPOSITORY_ROOT, default_reference_dirs, run_parity
+from cqd_port_parity.runner import PACKAGED_REFERENCE_DIR, REPOSITORY_ROOT, default_reference_dirs, run_parity
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_network_is_found_in_a_sibling_parity_folder(tmp_path, parity_dir):
 
 
 def test_missing_default_folders_are_reported_never_a_smaller_all_passed(tmp_path, monkeypatch, cli):
-    import parity.runner as runner
+    import cqd_port_parity.runner as runner
 
     # an installed package run from elsewhere: no ../shared beside the current folder or the package
     (tmp_path / "site" / "pkg").mkdir(parents=True)
@@ -119,9 +119,9 @@ def _write_tps_reference(folder: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("checker", [("parity.no_such_checker", "check"), ("json", "no_such_function")])
+@pytest.mark.parametrize("checker", [("cqd_port_parity.no_such_checker", "check"), ("json", "no_such_function")])
 def test_missing_release_checker_is_a_failed_row(tmp_path, monkeypatch, checker):
-    import parity.runner as runner
+    import cqd_port_parity.runner as runner
 
     path = _write_tps_reference(tmp_path)
     monkeypatch.setitem(runner.RELEASE_CHECKERS, "tps", checker)
@@ -134,7 +134,7 @@ def test_missing_release_checker_is_a_failed_row(tmp_path, monkeypatch, checker)
 def test_crashing_release_checker_is_a_failed_row(tmp_path, monkeypatch):
     import types
 
-    import parity.runner as runner
+    import cqd_port_parity.runner as runner
 
     def check(path):
         raise ZeroDivisionError("boom in the checker")
@@ -154,8 +154,8 @@ def test_crashing_release_checker_is_a_failed_row(tmp_path, monkeypatch):
 def test_sed_reference_gets_the_model_beside_it(tmp_path, monkeypatch):
     import types
 
-    import parity.runner as runner
-    from parity.compare import compare
+    import cqd_port_parity.runner as runner
+    from cqd_port_parity.compare import compare
 
     seen = []
 
@@ -228,7 +228,7 @@ def test_default_reference_dirs_include_packaged_and_shared(parity_dir, monkeypa
 
 
 def test_training_replay_that_crashes_fails(parity_dir, monkeypatch):
-    import parity.train_reference as train_reference
+    import cqd_port_parity.train_reference as train_reference
 
     def crash(path):
         raise RuntimeError("boom")

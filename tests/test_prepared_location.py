@@ -8,7 +8,7 @@ import shlex
 import pytest
 import typer
 
-from cli.main import app
+from cqd_port_cli.main import app
 from cqd_port.data.synth import make_synthetic_dataset
 from cqd_port.errors import CqdError
 from cqd_port.experiments.grid import GridConfig, ensure_variant

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from parity.compare import relative_error
-from parity.release_train import _params, check_train_epochs_reference, replay_release_epochs
+from cqd_port_parity.compare import relative_error
+from cqd_port_parity.release_train import _params, check_train_epochs_reference, replay_release_epochs
 
 
 def test_release_two_epochs_match_with_the_momentum_reset_and_fail_when_it_is_carried(release_parity_dir):

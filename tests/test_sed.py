@@ -16,8 +16,8 @@ import scipy.io
 
 from cqd_port.data import sed
 from cqd_port.errors import CqdError
-from parity import release_sed
-from parity.release_sed import check_sed_reference
+from cqd_port_parity import release_sed
+from cqd_port_parity.release_sed import check_sed_reference
 
 SED_DIR = Path(os.environ.get("CQD_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "release-parity" / "sed"
 

@@ -19,7 +19,7 @@ from cqd_port.data.tps import (
 )
 from cqd_port.errors import CqdError
 from cqd_port.imresize import imresize
-from parity.release_tps import check_tps_reference
+from cqd_port_parity.release_tps import check_tps_reference
 
 
 def _image(h: int = 150, w: int = 200, seed: int = 0) -> np.ndarray:

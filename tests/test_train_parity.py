@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from parity.compare import relative_error
-from parity.train_reference import run_train_reference
+from cqd_port_parity.compare import relative_error
+from cqd_port_parity.train_reference import run_train_reference
 
 
 def test_train_vggm_tiny_replay_matches_matconvnet(parity_dir):

@@ -183,12 +183,12 @@ def _worker(listing: str) -> None:
 
     import typer.main
 
-    import cli.main  # noqa: F401 - import everything before limiting memory
+    import cqd_port_cli.main  # noqa: F401 - import everything before limiting memory
 
     # Typer rebuilds the click command on every call (~0.06 s); build it once for the 300 calls.
     build = typer.main.get_command
-    built = build(cli.main.app)
-    typer.main.get_command = lambda app: built if app is cli.main.app else build(app)
+    built = build(cqd_port_cli.main.app)
+    typer.main.get_command = lambda app: built if app is cqd_port_cli.main.app else build(app)
 
     with open("/proc/self/status") as handle:
         vm = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmSize:"))
