@@ -67,7 +67,9 @@ def register(app: typer.Typer) -> None:
         a_cqd_start: str = typer.Option("a_model", "--a-cqd-start", help="A-CQD's student starts from a_model (the paper's text) or imagenet (the released script: the same run as CQD)."),
         vd_vd_lambda: Optional[float] = typer.Option(None, "--vd-vd-lambda", help="Lambda of Table 2's vgg-vd -> vgg-vd (default 200, the release's run_CQD.m; the paper: 50)."),
         tf32: bool = typer.Option(False, "--tf32", help="Allow TF32 on Ampere+ GPUs (MatConvNet computed in strict float32)."),
-        workers: int = typer.Option(4, "--workers", help="Image-loading worker processes."),
+        workers: Optional[int] = typer.Option(None, "--workers", help="Processes preparing missing data variants (default: one per usable CPU; 0: in this process)."),
+        average_image: str = typer.Option("stored", "--average-image", help="Subtract the model's averageImage as stored (the release's imdb_get_batch) or its mean colour (colour)."),
+        domain_a: str = typer.Option("native", "--domain-a", help="Domain A and full images: native (read at native resolution, resized in single precision, as the release) or prepared (their 224x224 JPEGs)."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print every cell, the runs it needs and the data, then stop."),
     ) -> None:
         """Train and evaluate every cell of the paper's Table 1 or 2; write results.json and results.md."""
@@ -81,6 +83,10 @@ def register(app: typer.Typer) -> None:
         edges_methods = {"sed": None, "opencv": "edges_opencv", "sobel": "edges_sobel"}
         if edges_detector not in edges_methods:
             raise CqdError(f"--edges-detector {edges_detector}: use sed (the paper's), opencv or sobel")
+        if average_image not in ("stored", "colour"):
+            raise CqdError(f"--average-image {average_image}: use stored (the release) or colour")
+        if domain_a not in ("native", "prepared"):
+            raise CqdError(f"--domain-a {domain_a}: use native (the release) or prepared")
         seed_list = parse_seeds(seeds)
         grid = parse_select(select)
         config = GridConfig(
@@ -96,6 +102,8 @@ def register(app: typer.Typer) -> None:
             tf32=tf32,
             workers=workers,
             lowres_kernel=lowres_kernel,
+            average_image=average_image,
+            domain_a=domain_a,
         )
         if dry_run:
             typer.echo("\n".join(describe_plan(plan, config)))

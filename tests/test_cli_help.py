@@ -48,3 +48,26 @@ def test_flags_are_flags(cli):
     assert result.exit_code == 2 and "true" in result.stderr
     help_text = cli("prepare", "--help").stdout
     assert "data/prepared" in help_text  # the one default prepared-data location is stated
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [("--average-image", "mean", "--average-image mean: use stored (the release) or colour"), ("--domain-a", "jpeg", "--domain-a jpeg: use native (the release) or prepared")],
+)
+def test_reproduce_refuses_unknown_release_choices_in_one_line(tmp_path, option, value, message):
+    from conftest import run_cli
+
+    result = run_cli("reproduce", "--dry-run", "--out", str(tmp_path / "runs"), option, value)
+    assert result.exit_code == 2 and result.stderr.strip() == f"error: {message}"
+
+
+def test_reproduce_passes_the_release_choices_to_the_grid(tmp_path, monkeypatch):
+    from conftest import run_cli
+
+    import cqd_port.experiments.grid as grid
+
+    seen = {}
+    monkeypatch.setattr(grid, "describe_plan", lambda plan, config: seen.update(config=config) or ["ok"])
+    result = run_cli("reproduce", "--dry-run", "--out", str(tmp_path / "runs"), "--average-image", "colour", "--domain-a", "prepared", "--workers", "3")
+    assert result.exit_code == 0, result.stderr
+    assert (seen["config"].average_image, seen["config"].domain_a, seen["config"].workers) == ("colour", "prepared", 3)

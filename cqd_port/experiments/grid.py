@@ -211,9 +211,10 @@ class GridConfig:
     stored, as the release; "colour": its mean colour); `domain_a` "native"
     reads domain A and the full images at native resolution, resized on the fly
     in single precision, as the release ("prepared": their 224 JPEGs); every run reads its
-    images from tensor stores (`cqd_port.data.store`; `preload` and `workers`
-    no longer matter there); a missing data variant is prepared from `cub_root` /
-    `cars_root` (with `prepare_config` as extra `DegradationConfig` fields).
+    images from tensor stores (`cqd_port.data.store`; `preload` no longer
+    matters there); a missing data variant is prepared from `cub_root` /
+    `cars_root` by `workers` processes (None: one per usable CPU; with
+    `prepare_config` as extra `DegradationConfig` fields).
     `lowres_kernel` makes the low-resolution variants with "bilinear" (the
     user's specification, default) or "bicubic" (the release; its own
     prepared folders, `lowres-bicubic`).
@@ -228,7 +229,7 @@ class GridConfig:
     device: str = "auto"
     gpus: tuple[int, ...] = ()  # launcher slots: one job at a time per entry (a GPU listed twice runs two)
     tf32: bool = False
-    workers: int = 4
+    workers: int | None = None  # processes preparing a missing variant (None: one per usable CPU)
     seed: int = 0
     lrn_mode: str = "exact"
     pretrained: dict[str, Path] = field(default_factory=dict)
@@ -438,7 +439,7 @@ def ensure_variant(variant: DataVariant, config: GridConfig, progress: bool = Tr
         root,
         config.prepared,
         source=concrete.source,
-        workers=None,  # prepare's own default: what the machine has
+        workers=config.workers,  # None: prepare's own default, what the machine has
         config=config.degradation_config(variant),
         progress=progress,
         index=source.read(concrete.dataset) if source is not None else None,
