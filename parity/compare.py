@@ -30,6 +30,17 @@ TOL_UPDATE = 1e-4
 """A training step's parameter update (after minus before): it is `lr * lrMult * momentum`, so the
 momentum buffers' tolerance; float32 storage rounding is discounted (see `compare_update`)."""
 
+FLOAT_NOISE_EPS = 8
+"""A ReLU input within `FLOAT_NOISE_EPS` float32 machine epsilons (8 x 1.19e-7 = 9.5e-7, the
+exporter's 1e-6) of zero, relative to the largest input of its layer, is float noise: another
+summation order may give it the other sign, hence the other gradient. The local backward rows
+leave such positions out (`cqd_port_parity.runner.compare_layers_locally`)."""
+
+
+def float_noise_threshold(scale: float) -> float:
+    """|x| at or below this is float noise of zero for a tensor whose largest magnitude is `scale`."""
+    return FLOAT_NOISE_EPS * float(np.finfo(np.float32).eps) * float(scale)
+
 
 @dataclass
 class ComparisonRow:

@@ -248,6 +248,10 @@ class NetworkReference:
     dzdy: torch.Tensor
     dzdx: list[torch.Tensor]
     dzdw: list[dict[str, torch.Tensor]]
+    notes: list[str] = field(default_factory=list)
+    """Per layer, the exporter's note on why its backward may differ from a chained comparison
+    (`export_reference.m`: bnorm batch statistics, ReLU inputs at float noise); "" for none,
+    and an empty list for files written before the exporter wrote notes."""
 
     @property
     def network_name(self) -> str:
@@ -287,6 +291,9 @@ def read_network_reference(path: str | Path) -> NetworkReference:
                 if k < len(keys) and not _is_empty(value):
                     entry[keys[k]] = _param_derivative(layer_type, k, value)
         dzdw.append(entry)
+    notes = [mat_string(v) if not _is_empty(v) else "" for v in cell_list(data["notes"])] if "notes" in data else []
+    if notes and len(notes) != n:
+        raise CqdError(f"reference file {path}: 'notes' has {len(notes)} entries for {n} layers; re-export it")
     return NetworkReference(
         path=path,
         provenance=read_provenance(data, path),
@@ -298,6 +305,7 @@ def read_network_reference(path: str | Path) -> NetworkReference:
         dzdy=activation(_require(data, "dzdy", path)),
         dzdx=dzdx,
         dzdw=dzdw,
+        notes=notes,
     )
 
 

@@ -13,6 +13,11 @@ and returns one `ComparisonRow` per compared tensor:
   and `<net>_dag.mat` when present), layer by layer: every activation
   `x{i+1}`, every input derivative `dzdx{i}` and parameter derivative
   `dzdw{i}`, with one backward pass from the output projected on `dzdy`;
+  then, for chain networks, every layer's LOCAL backward (`compare_layers_locally`):
+  layer i alone on the reference's own `x{i}` and `dzdx{i+1}`, at the
+  single-operator tolerance, so a wrong backward fails its own layer's row
+  only; ReLU inputs at float noise of zero and bnorm's batch statistics are
+  named in the note;
 - `train_*.mat`: replayed by `cqd_port_parity.train_reference.run_train_reference`;
 - the released CQD pipeline's references (../shared/release-parity), each by
   its own checker, imported when needed: `train_epochs_*.mat` by
@@ -26,7 +31,8 @@ traceback that hides the rest of the table. When run with the default
 folders, a default folder that is not found is reported (`ParityReport.missing`):
 the suite then did not check everything, and says so.
 
-Precision: everything runs in float32, the precision MatConvNet computed
+Precision: everything runs in float32 (except the local backward rows,
+see `LOCAL_DTYPE`), the precision MatConvNet computed
 the references in and the precision the library trains and evaluates in
 (what the suite must vouch for); the CPU LRN's `fast_pow` is moreover defined
 on float32 bit patterns. Both precisions pass at the FORMAT.md tolerances;
@@ -43,6 +49,7 @@ wrong one makes the LRN rows fail, which is how the suite shows it can fail.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 from collections.abc import Callable, Iterable
@@ -59,6 +66,7 @@ from matconvnet_weights.convert import load_model
 from matconvnet_weights.simplenn import SIMPLENN_TYPES
 from cqd_port_parity.compare import (
     TOL_DEFAULT,
+    float_noise_threshold,
     TOL_NETWORK_GRADIENT,
     ComparisonRow,
     compare,
@@ -412,6 +420,125 @@ def compare_network(model: torch.nn.Module, ref: NetworkReference, group: str) -
                 rows.append(failed_row(group, case, quantity, TOL_NETWORK_GRADIENT, join_notes(note, why)))
             else:
                 rows.append(compare(case, quantity, param.grad, ref_grad, TOL_NETWORK_GRADIENT, group, note, gradient_context))
+    if not getattr(model, "is_graph", False) and hasattr(model, "layer"):
+        # A graph's x{i} is not always layer i's input, nor dzdx{i} its own derivative alone.
+        rows.extend(compare_layers_locally(model, ref, group, names))
+    return rows
+
+
+LOCAL_DTYPE = torch.float64
+"""The local rows run each layer in float64 on the reference's float32 tensors, so that what they
+measure is MatConvNet's own float32 rounding, not ours on top of it: a bias derivative sums every
+position's derivative (50k terms for ref_vggvd16_tiny's conv1_2), which in float32 in PyTorch's
+order misses MatConvNet's sum by 1.1e-5, in float64 by 2.0e-6."""
+
+BATCH_STATISTICS_NOTE = "bnorm with batch moments (beta18 vl_simplenn's backward, even in test mode)"
+
+
+def _bnorm_batch_statistics(module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`vl_nnbnorm(x, g, b, dzdy)` without moments, as beta18's `vl_simplenn` backward calls it
+    in every mode: the output normalized with the batch's own moments (mean and
+    `sqrt(biased variance + epsilon)` over images and positions), differentiable through them.
+    The library's `bnorm` does the normalization; only the moments come from the batch.
+    Returns the output and the moments `[mean sigma]` (C x 2)."""
+    mean = x.mean(dim=(0, 2, 3))
+    variance = ((x - mean.reshape(1, -1, 1, 1)) ** 2).mean(dim=(0, 2, 3))
+    moments = torch.stack([mean, torch.sqrt(variance + module.epsilon)], dim=1)
+    return bnorm(x, module.weight, module.bias, moments, module.epsilon), moments
+
+
+def compare_layers_locally(
+    model: torch.nn.Module, ref: NetworkReference, group: str, names: list[str] | None = None
+) -> list[ComparisonRow]:
+    """Each layer's backward alone, on the reference's own activations: rows `local dzdx`, `local dzdw`...
+
+    Layer i of `model` (the very module the network runs) gets the reference's
+    `x{i}` as input and the reference's `dzdx{i+1}` as output derivative; its
+    input and parameter derivatives are compared with `dzdx{i}` and `dzdw{i}` at
+    the single-operator tolerance. Unlike the end-to-end rows, an error here
+    belongs to layer i alone. What MatConvNet does differently is named in the
+    note rather than failed on:
+
+    - ReLU: positions whose reference input is float noise of zero
+      (`cqd_port_parity.compare.float_noise_threshold` of the layer's largest input)
+      are left out and counted: their sign, hence their gradient, depends on
+      summation order.
+    - bnorm: beta18's `vl_simplenn` backward calls `vl_nnbnorm` without moments
+      even in test mode, so the derivatives are those of batch normalization
+      with the batch's moments (`_bnorm_batch_statistics`); its moments
+      "derivative" is the batch moments times the number of images, as
+      `vl_simplenn` returns it.
+
+    The reference's own per-layer `notes` (when the file has them) are appended.
+    """
+    names = list(names) if names is not None else list(getattr(model, "layer_names", ref.names))
+    rows: list[ComparisonRow] = []
+    for i, ref_name in enumerate(ref.names):
+        if i >= len(names) or i + 1 >= len(ref.x):
+            break  # the end-to-end rows already fail a missing layer
+        case = f"{i + 1:02d} {ref_name}"
+        ref_note = ref.notes[i] if i < len(ref.notes) else ""
+        note = f"reference: {ref_note}" if ref_note else ""
+        try:
+            module = model.layer(names[i])
+        except CqdError as exc:
+            rows.append(failed_row(group, case, "local dzdx", TOL_DEFAULT, join_notes(note, str(exc))))
+            continue
+        module = copy.deepcopy(module).to(LOCAL_DTYPE)  # the network itself stays as it is
+        params = dict(module.named_parameters(recurse=False))
+        x = ref.x[i].to(LOCAL_DTYPE).clone().requires_grad_(True)
+        dzdy = ref.dzdx[i + 1].to(LOCAL_DTYPE)
+        is_bnorm = type(module).__name__ == "BatchNormTest"
+        saved_inplace = getattr(module, "inplace", None)
+        try:
+            with torch.enable_grad():
+                if saved_inplace is not None:
+                    module.inplace = False  # x is a leaf that autograd needs
+                if is_bnorm:
+                    y, batch_moments = _bnorm_batch_statistics(module, x)
+                else:
+                    y = module(x)
+                inputs = [x, *params.values()]
+                grads = torch.autograd.grad(y, inputs, grad_outputs=dzdy.reshape(y.shape), allow_unused=True) \
+                    if y.requires_grad else [None] * len(inputs)
+        except Exception as exc:  # a library defect, or a reference that does not fit the layer
+            rows.append(failed_row(group, case, "local dzdx", TOL_DEFAULT,
+                                   join_notes(note, f"layer alone raised {type(exc).__name__}: {exc}")))
+            continue
+        finally:
+            if saved_inplace is not None:
+                module.inplace = saved_inplace
+        if is_bnorm:
+            note = join_notes(note, BATCH_STATISTICS_NOTE)
+        context = largest_magnitude(ref.dzdx[i + 1], ref.dzdx[i], *ref.dzdw[i].values())
+        got_dzdx, ref_dzdx, dzdx_note = grads[0], ref.dzdx[i], note
+        if got_dzdx is None:
+            got_dzdx = torch.zeros_like(x)  # a layer whose output does not depend on its input
+        if type(module).__name__ == "ReLU" and got_dzdx.shape == ref_dzdx.shape:
+            reference_input = ref.x[i].to(torch.float64)
+            noise = reference_input.abs() <= float_noise_threshold(largest_magnitude(reference_input))
+            excluded = int(noise.sum())
+            if excluded:
+                keep = ~noise
+                got_dzdx, ref_dzdx = got_dzdx[keep], ref_dzdx[keep]
+                inputs = "input" if excluded == 1 else "inputs"
+                dzdx_note = join_notes(note, f"{excluded} {inputs} at float noise of zero excluded")
+        rows.append(compare(case, "local dzdx", got_dzdx, ref_dzdx, TOL_DEFAULT, group, dzdx_note, context))
+        by_suffix = dict(zip(params.keys(), grads[1:]))
+        for suffix, ref_grad in ref.dzdw[i].items():
+            quantity = "local " + {"weight": "dzdw", "bias": "dzdb"}.get(suffix, f"dzd{suffix}")
+            if is_bnorm and suffix == "moments":
+                # vl_simplenn's dzdw{3}: the batch moments times the number of images
+                got = batch_moments.detach() * x.shape[0]
+                rows.append(compare(case, quantity, got, ref_grad.reshape(got.shape) if ref_grad.numel() == got.numel() else ref_grad,
+                                    TOL_DEFAULT, group, join_notes(note, "batch moments x N"), largest_magnitude(ref_grad)))
+                continue
+            grad = by_suffix.get(suffix)
+            if grad is None:
+                why = f"no parameter '{names[i]}.{suffix}'" if suffix not in by_suffix else "no gradient for this parameter"
+                rows.append(failed_row(group, case, quantity, TOL_DEFAULT, join_notes(note, why)))
+            else:
+                rows.append(compare(case, quantity, grad, ref_grad, TOL_DEFAULT, group, note, context))
     return rows
 
 
@@ -605,6 +732,7 @@ __all__ = [
     "MissingFolder",
     "NotRun",
     "ParityReport",
+    "compare_layers_locally",
     "compare_network",
     "default_reference_dirs",
     "default_reference_folders",

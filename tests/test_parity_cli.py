@@ -61,7 +61,8 @@ def test_converted_checkpoint_against_reference(cli, parity_dir, tmp_path):
     assert converted.exit_code == 0, converted.stderr
     good = cli("parity", "--model", checkpoint, "--reference", parity_dir / "ref_vggm_tiny.mat")
     assert good.exit_code == 0, good.stdout
-    assert good.stdout.strip().splitlines()[-1] == "59 passed, 0 failed"
+    # 59 end-to-end rows and 37 local ones (21 layers' dzdx, 8 convs' dzdw and dzdb)
+    assert good.stdout.strip().splitlines()[-1] == "96 passed, 0 failed"
     # the same checkpoint against another network's reference: failures, exit 1, no crash
     wrong = cli("parity", "--model", checkpoint, "--reference", parity_dir / "ref_vggvd16_tiny.mat")
     assert wrong.exit_code == 1

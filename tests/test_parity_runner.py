@@ -44,6 +44,17 @@ def test_all_three_network_layouts_are_checked(full_report):
         assert any(r.case == "input" for r in rows)
 
 
+def test_every_network_reference_has_passing_local_rows(full_report, parity_dir):
+    for reference in sorted(parity_dir.glob("ref_*.mat")):
+        layers = len(scipy.io.loadmat(reference, variable_names=["names"])["names"].ravel())
+        groups = {r.group for r in full_report.rows if r.group.startswith(f"{reference.name} / ")}
+        assert groups
+        for group in groups:
+            local = [r for r in full_report.rows if r.group == group and r.quantity.startswith("local ")]
+            assert len([r for r in local if r.quantity == "local dzdx"]) == layers
+            assert local and all(r.passed for r in local), [(r.case, r.quantity, r.rel) for r in local if not r.passed]
+
+
 def test_lrn_mode_follows_provenance(full_report):
     modes = full_report.lrn_modes
     assert modes["ops_normalize.mat"] == "matconvnet-cpu"
@@ -70,7 +81,8 @@ def test_a_perturbed_activation_fails_exactly_there(tmp_path, parity_dir):
     corrupted = tmp_path / "ref_vggvd16_tiny.mat"
     scipy.io.savemat(corrupted, data)
     report = run_parity(model=parity_dir / "net_vggvd16_tiny.mat", reference=corrupted)
-    assert [(r.case, r.quantity) for r in report.failures()] == [("05 pool1", "y")]
+    # the corrupted output, and the local filter derivative of the one layer that reads it as input
+    assert [(r.case, r.quantity) for r in report.failures()] == [("05 pool1", "y"), ("06 conv2_1", "local dzdw")]
     assert report.failures()[0].rel == pytest.approx(1e-2, rel=1e-3)
 
 
