@@ -67,7 +67,7 @@ class DemoConfig:
     tasks: list[str] | None = None
     methods: list[str] | None = None
     progress: bool = True
-    workers: int = 2
+    workers: int | None = None  # processes preparing data (None: prepare's default for this machine and job size)
     seeds: tuple[int, ...] = (0,)
     # lambda chosen per task on a validation split (the paper's 200/50 were chosen for CUB/Cars, not for this data)
     select: dict[str, tuple[float, ...]] | None = field(default_factory=lambda: {"lambda": (20.0, 50.0, 200.0)})
