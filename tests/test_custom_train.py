@@ -223,3 +223,28 @@ def test_evaluate_refuses_other_classes_and_unfinished_runs(folder, tmp_path):
         evaluate_run(tmp_path / "run", data_root=other, progress=False)
     with pytest.raises(CqdError, match="has not finished"):
         evaluate_run(tmp_path / "run", method="CQD", progress=False)
+
+
+def test_the_out_folder_is_locked_while_training_and_a_stale_lock_is_taken_over(folder, tmp_path, monkeypatch, capsys):
+    import cqd_port.experiments.methods as methods
+
+    out = tmp_path / "locked"
+    out.mkdir()
+    # a lock left by a process that is gone (this host, a pid that cannot be alive)
+    import socket
+
+    (out / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 12345, "time": "then"}))
+    real, seen = methods.execute_run, []
+
+    def execute_run_checking_the_lock(run, config, data, *args, **kwargs):
+        holder = json.loads((out / ".lock").read_text())
+        seen.append(holder["pid"])
+        return real(run, config, data, *args, **kwargs)
+
+    monkeypatch.setattr(methods, "execute_run", execute_run_checking_the_lock)
+    outcome = run_custom(parse_config(tiny(folder, out, method="fine_tuning")), progress=False)
+    import os
+
+    assert seen and set(seen) == {os.getpid()}  # every run trained under this process's lock
+    assert "taking over a stale lock" in capsys.readouterr().out
+    assert not (out / ".lock").exists() and outcome.record["status"] == "finished"

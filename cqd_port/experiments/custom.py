@@ -37,6 +37,7 @@ if typing.TYPE_CHECKING:
 
 CONFIG_NAME = "config.yaml"
 DESCRIPTION_NAME = "description.txt"
+LOCK_NAME = ".lock"  # held while a `cqd-port train` command works in the out folder
 
 METHOD_ALIASES = {
     "a": "upper_bound",
@@ -570,7 +571,20 @@ class CustomOutcome:
 
 
 def run_custom(config: RunConfig, progress: bool = True) -> CustomOutcome:
-    """Run `config` (resumably) and return its records; see the module docstring."""
+    """Run `config` (resumably) and return its records; see the module docstring.
+
+    The out folder is locked for the whole command (`reproduce`'s `RunLock`:
+    host, pid and time in `<out>/.lock`), so two `cqd-port train` commands on
+    one folder never train the same run at once: the second waits, then
+    finds the runs finished; a lock left by a killed process is taken over.
+    """
+    from cqd_port.experiments.execute import RunLock
+
+    with RunLock(Path(config.out) / LOCK_NAME, say=lambda message: print(message, flush=True)):
+        return _run_custom_locked(config, progress)
+
+
+def _run_custom_locked(config: RunConfig, progress: bool) -> CustomOutcome:
     import yaml
 
     from cqd_port.experiments.grid import GridPlan, check_inputs, ensure_variant
