@@ -38,7 +38,7 @@ def tiny(folder, out, method="CQD", **train) -> dict:
         "data": {"root": str(folder), "size": 32, "prepared": str(out.parent / "prepared"), "degradation": BLUR, "parameters": {"sigma": 1.5}},
         "teacher": {"arch": "mobilenet_v3_small", "weights": "random", "input_size": 32},
         "student": {"arch": "mobilenet_v3_small", "weights": "random", "input_size": 32},
-        "train": {"epochs": 1, "batch_size": 5, "schedule": [0.01], "device": "cpu", "preload": True, **train},
+        "train": {"epochs": 1, "batch_size": 5, "schedule": [0.01], "device": "cpu", **train},
     }
 
 
@@ -62,7 +62,7 @@ def test_example_template_is_the_schema_defaults(tmp_path):
         ({"trian": {}}, r"unknown key 'trian'; did you mean 'train'\?"),
         ({"train": {"epochs": "five"}}, r"train.epochs: expected an integer, got 'five'; e.g. epochs: 30"),
         ({"train": {"lambda": "big"}}, r"train.lambda: expected a number"),
-        ({"train": {"preload": "yes please"}}, r"train.preload: expected true or false"),
+        ({"train": {"tf32": "yes please"}}, r"train.tf32: expected true or false"),
         ({"train": {"schedule": "imagenet"}}, r"train.schedule: unknown schedule 'imagenet'"),
         ({"train": {"schedule": [0.1, -1]}}, r"train.schedule: .* non-negative"),
         ({"train": {"optimizer": "adam"}}, r"train.optimizer: unknown optimizer 'adam'"),
@@ -177,10 +177,10 @@ def _interrupt_after_first_epoch(monkeypatch):
 
 
 def test_interrupted_run_resumes_to_the_same_weights(folder, tmp_path, monkeypatch):
-    whole = run_custom(parse_config(tiny(folder, tmp_path / "whole", epochs=2, optimizer="torch", preload=False)), progress=False)
+    whole = run_custom(parse_config(tiny(folder, tmp_path / "whole", epochs=2, optimizer="torch")), progress=False)
     assert whole.record["resumed_from_epoch"] == 0 and whole.record["optimizer"] == "torch"
 
-    config = parse_config(tiny(folder, tmp_path / "broken", epochs=2, optimizer="torch", preload=False))
+    config = parse_config(tiny(folder, tmp_path / "broken", epochs=2, optimizer="torch"))
     interrupted = _interrupt_after_first_epoch(monkeypatch)
     with pytest.raises(interrupted):
         run_custom(config, progress=False)
@@ -192,7 +192,7 @@ def test_interrupted_run_resumes_to_the_same_weights(folder, tmp_path, monkeypat
     b = torch.load(tmp_path / "broken" / "pets" / "cqd" / "final.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-    changed = parse_config(tiny(folder, tmp_path / "broken", epochs=2, optimizer="torch", preload=False, **{"lambda": 1}))
+    changed = parse_config(tiny(folder, tmp_path / "broken", epochs=2, optimizer="torch", **{"lambda": 1}))
     with pytest.raises(CqdError, match=r"config.yaml has train.lambda=200.0, this config train.lambda=1.0") as info:
         run_custom(changed, progress=False)
     assert "\n" not in str(info.value)

@@ -48,7 +48,7 @@ def _config(tiny, out: Path) -> GridConfig:
     root, birds = tiny
     return GridConfig(
         out=out, prepared=root / "prepared", models=root / "models", cub_root=birds, device="cpu", workers=0,
-        preload=True, progress=False, prepare_config=PREPARE_64, batch_size=4,
+        progress=False, prepare_config=PREPARE_64, batch_size=4,
     )  # fmt: skip
 
 

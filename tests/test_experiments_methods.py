@@ -59,7 +59,6 @@ def _config(tiny, out: Path) -> GridConfig:
         cub_root=birds,
         device="cpu",
         workers=0,
-        preload=True,
         progress=False,
         prepare_config=PREPARE_64,
         batch_size=4,

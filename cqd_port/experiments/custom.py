@@ -56,7 +56,7 @@ METHOD_ALIASES = {
 
 # Keys that may differ when a run folder is used again: they do not change the numbers of a run, or (method)
 # each method has its own run folder `<data.name>/<method>` (fine-tuning and CQD beside each other, one A model).
-_RESUME_FREE = {("method",), ("train", "device"), ("train", "workers"), ("train", "preload"), ("data", "workers"), ("out",)}
+_RESUME_FREE = {("method",), ("train", "device"), ("data", "workers"), ("out",)}
 
 
 @dataclass
@@ -103,8 +103,6 @@ class TrainSection:
     augmentation_classes: str = "2k"  # A+B classifier: 2k (released code) or k
     seed: int = 0
     device: str = "auto"
-    workers: int = 0
-    preload: bool = False  # decode every image once into memory (small data sets)
     tf32: bool = False
 
 
@@ -188,8 +186,6 @@ train:                   # the paper's hyper-parameters
   augmentation_classes: 2k   # A+B classifier: 2k (released code) or k
   seed: 0
   device: auto           # auto, cpu, cuda, cuda:N
-  workers: 0
-  preload: false         # decode all images once into memory (small data sets)
   tf32: false
 """
 
@@ -487,7 +483,6 @@ def grid_config(config: RunConfig, progress: bool = True):
         workers=data.workers,
         seed=train.seed,
         lr_scale=train.lr_scale,
-        preload=train.preload,
         progress=progress,
         prepare_config={"out_size": data.size, "seed": data.seed},
         batch_size=train.batch_size,
@@ -613,7 +608,7 @@ def _run_custom_locked(config: RunConfig, progress: bool) -> CustomOutcome:
     atomic_write_text(out / DESCRIPTION_NAME, description)
     if progress:
         print(description, end="", flush=True)
-    data = DomainData(lambda v: ensure_variant(v, gc, progress), preload=gc.preload, workers=0 if gc.preload else gc.workers)
+    data = DomainData(lambda v: ensure_variant(v, gc, progress))
     records: dict[str, dict] = {}
     for key, run in runs.items():
         records[key] = execute_run(run, gc, data)
@@ -678,7 +673,7 @@ def evaluate_run(
         gc.plugin_params[degradation] = dict(parameters)
     variant = DataVariant(dataset, degradation, spec.test.source if degradation == spec.test.degradation else None)
     model = load_trained_model(Path(run) / model_key / FINAL_MODEL, gc.lrn_mode)
-    data = DomainData(lambda v: ensure_variant(v, gc, progress), workers=gc.workers)
+    data = DomainData(lambda v: ensure_variant(v, gc, progress))
     index = data.index(variant)
     if index.num_classes != _num_outputs(model, spec.class_factor):
         raise CqdError(

@@ -101,7 +101,6 @@ def demo_config_data(config: CustomDemoConfig, root: Path, method: str) -> dict[
             "temperature": config.temperature,
             "seed": config.seed,
             "device": config.device,
-            "preload": True,
         },
     }
 

@@ -208,7 +208,6 @@ def grid_config(config: DemoConfig, standin: Path) -> GridConfig:
         seed=config.seed,
         pretrained={"vgg-m": standin},
         lr_scale=config.lr_scale,
-        preload=True,
         progress=False,
         synthetic=True,
         edges_method="edges" if config.sed_model else "edges_sobel",

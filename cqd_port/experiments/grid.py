@@ -211,8 +211,7 @@ class GridConfig:
     stored, as the release; "colour": its mean colour); `domain_a` "native"
     reads domain A and the full images at native resolution, resized on the fly
     in single precision, as the release ("prepared": their 224 JPEGs); every run reads its
-    images from tensor stores (`cqd_port.data.store`; `preload` no longer
-    matters there); a missing data variant is prepared from `cub_root` /
+    images from tensor stores (`cqd_port.data.store`); a missing data variant is prepared from `cub_root` /
     `cars_root` by `workers` processes (None: one per usable CPU; with
     `prepare_config` as extra `DegradationConfig` fields).
     `lowres_kernel` makes the low-resolution variants with "bilinear" (the
@@ -234,7 +233,6 @@ class GridConfig:
     lrn_mode: str = "exact"
     pretrained: dict[str, Path] = field(default_factory=dict)
     lr_scale: float = 1.0
-    preload: bool = False
     progress: bool = True
     synthetic: bool = False
     edges_method: str | None = None  # what `edges` variants are made with; None: `edges`, the paper's SED (needs sed_model)

@@ -217,8 +217,7 @@ class DomainData:
     in single precision, bicubic with antialiasing, unrounded, once, as float32;
     `domain_a="prepared"` reads their prepared 224 JPEGs (cqd-port's old
     behaviour). Degraded variants are always the prepared uint8 files, as the
-    release's `save_images.m` wrote them. `preload` and `workers` are accepted
-    for old callers.
+    release's `save_images.m` wrote them.
     """
 
     STORE_FOLDER = "store"
@@ -226,8 +225,6 @@ class DomainData:
     def __init__(
         self,
         ensure: Callable[[DataVariant], Path],
-        preload: bool = True,
-        workers: int = 0,
         progress: bool = False,
         domain_a: str = "native",
     ) -> None:

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 # GridConfig fields that say where things are or how they execute, not what is computed.
 # (Data folders and model files enter the identity through their contents instead.)
 NOT_IDENTITY = frozenset(
-    {"out", "prepared", "models", "cub_root", "cars_root", "sed_model", "device", "gpus", "workers", "progress", "synthetic", "preload", "pretrained", "seed"}
+    {"out", "prepared", "models", "cub_root", "cars_root", "sed_model", "device", "gpus", "workers", "progress", "synthetic", "pretrained", "seed"}
 )
 SELECT_KEYS = {"lambda": "lambda_", "T": "temperature"}
 
