@@ -27,6 +27,7 @@ import torch
 from cqd_port.errors import CqdError
 from cqd_port.layout import bias_vector, filters_to_oihw, mcn_to_nchw, pad_trailing_dims
 from cqd_port.models.layers import LayerSpec, is_graph
+from cqd_port.nn.functional import BETA18_BNORM_EPSILON
 from matconvnet_weights.matfile import OpaqueValue
 
 LAYOUT_SIMPLENN = "simplenn"
@@ -36,7 +37,9 @@ LAYOUT_DAGNN = "dagnn"
 # vl_simplenn_tidy's defaults for fields a layer may omit (1.0-beta18).
 DEFAULT_LRN_PARAM = [5.0, 1.0, 0.0001 / 5, 0.75]
 DEFAULT_DROPOUT_RATE = 0.5
-DEFAULT_BNORM_EPSILON = 1e-5
+# beta18's vl_nnbnorm epsilon (1e-3), used where a bnorm layer stores none: beta18's vl_simplenn
+# and dagnn.BatchNorm pass none; later versions store the layer's own, which is read instead.
+DEFAULT_BNORM_EPSILON = BETA18_BNORM_EPSILON
 # The input size assumed when a file names none (fully convolutional nets such as DnCNN).
 DEFAULT_IMAGE_SIZE = (224, 224, 3)
 

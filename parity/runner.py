@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -62,11 +63,14 @@ import torch
 from cqd_port.errors import CqdError
 from cqd_port.layout import image_to_nchw
 from cqd_port.nn import bnorm, conv, distill_loss, dropout, lrn, pool, relu, softmax, softmaxlog_loss
+from cqd_port.nn import modules as M
+from cqd_port.nn.functional import batch_moments
 from matconvnet_weights.convert import load_model
 from matconvnet_weights.simplenn import SIMPLENN_TYPES
 from cqd_port_parity.compare import (
     TOL_DEFAULT,
     float_noise_threshold,
+    forward_tolerance,
     TOL_NETWORK_GRADIENT,
     ComparisonRow,
     compare,
@@ -349,7 +353,122 @@ def compare_network(model: torch.nn.Module, ref: NetworkReference, group: str) -
     is the gradient retained on the output of layer i - 1 (on the input for
     the first layer). Layers are matched by position, as `vl_simplenn` runs
     them; a name or type that differs from the reference is noted on the row.
+
+    As MatConvNet: bnorm layers back-propagate with batch statistics
+    (`bnorm_backward="matconvnet"`, set for the comparison) and their moments'
+    derivative is compared (the batch moments times the number of images). In
+    a chain, a ReLU input within float noise of zero in the reference
+    (`float_noise_threshold`) back-propagates with the reference's sign
+    (`_ReferenceSignReLU`): its sign is float noise, and the other sign would
+    change every gradient before it; the rows it reaches say how many such
+    inputs had the other sign in the port. Tolerances and floors: a layer's
+    output at `forward_tolerance` of its depth and accumulated magnitude;
+    near-zero references floored by what the layer summed (`carried_floor`;
+    graphs: by the largest reference of their kind, `NEAR_ZERO_FRACTION`).
     """
+    chain = not getattr(model, "is_graph", False) and hasattr(model, "layer")
+    names_now = list(getattr(model, "layer_names", []))
+    carried = _carried_magnitudes(model, ref, names_now) if chain else None
+    with _AsMatConvNet(model, ref if chain else None) as signs:
+        rows = _compare_network(model, ref, group, carried, signs)
+    if chain:
+        # A graph's x{i} is not always layer i's input, nor dzdx{i} its own derivative alone.
+        rows.extend(compare_layers_locally(model, ref, group, names_now, carried))
+    return rows
+
+
+class _ReferenceSignReLU(torch.autograd.Function):
+    """`vl_nnrelu` whose backward passes the derivative where `keep` is true (times `leak` elsewhere)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, leak: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(keep)
+        ctx.leak = leak
+        return relu(x, leak)
+
+    @staticmethod
+    def backward(ctx, dzdy: torch.Tensor):  # type: ignore[override]
+        (keep,) = ctx.saved_tensors
+        slope = torch.where(keep, torch.ones_like(dzdy), torch.full_like(dzdy, ctx.leak))
+        return dzdy * slope, None, None
+
+
+class _ReferenceSignLayer(torch.nn.Module):
+    """Stands in for a chain's ReLU layer in `compare_network`: the port's own forward; in the
+    backward, the reference's sign where the reference's input is float noise of zero, the port's
+    own sign everywhere else (so a real forward error still shows in the gradients)."""
+
+    def __init__(self, leak: float, reference_input: torch.Tensor) -> None:
+        super().__init__()
+        self.leak = leak
+        self.reference_input = reference_input
+        self.noise = reference_input.abs() <= float_noise_threshold(largest_magnitude(reference_input))
+        self.flipped = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape != self.reference_input.shape:
+            return relu(x, self.leak)  # the shape rows fail on their own
+        reference_positive = self.reference_input.to(device=x.device) > 0
+        own = x.detach() > 0
+        keep = torch.where(self.noise.to(x.device), reference_positive, own)
+        self.flipped = int((keep != own).sum())
+        return _ReferenceSignReLU.apply(x, keep, self.leak)
+
+
+class _AsMatConvNet:
+    """While comparing: bnorm layers back-propagate as beta18 (batch statistics) and hand back a
+    moments derivative; in a chain, ReLU layers take the reference's sign at float noise
+    (`_ReferenceSignLayer`). Yields {layer index: stand-in}; restores the model afterwards."""
+
+    def __init__(self, model: torch.nn.Module, ref: NetworkReference | None) -> None:
+        self.model, self.ref = model, ref
+        self.saved_mode = getattr(model, "bnorm_backward", None)
+        self.bnorms = [m for m in model.modules() if isinstance(m, M.BatchNormTest)]
+        self.saved_bnorm_modes = [m.bnorm_backward for m in self.bnorms]
+        self.swapped: dict[str, torch.nn.Module] = {}
+        self.signs: dict[int, _ReferenceSignLayer] = {}
+
+    def __enter__(self) -> dict[int, _ReferenceSignLayer]:
+        for module in self.bnorms:
+            module.bnorm_backward = "matconvnet"
+            module.moments.requires_grad_(True)
+        if self.ref is not None:
+            for i, name in enumerate(getattr(self.model, "layer_names", [])):
+                module = self.model._modules.get(name)
+                if isinstance(module, M.ReLU) and i < len(self.ref.x):
+                    self.swapped[name] = module
+                    self.signs[i] = _ReferenceSignLayer(module.leak, self.ref.x[i])
+                    self.model._modules[name] = self.signs[i]
+        return self.signs
+
+    def __exit__(self, *exc: object) -> None:
+        for name, module in self.swapped.items():
+            self.model._modules[name] = module
+        for module, mode in zip(self.bnorms, self.saved_bnorm_modes):
+            module.moments.requires_grad_(False)
+            module.moments.grad = None
+            module.bnorm_backward = mode
+
+
+def _flip_note(signs: dict[int, _ReferenceSignLayer], i: int) -> str:
+    """The ReLU inputs at float noise of zero, at layer i or after, that the port saw with the other sign."""
+    flipped = {index: layer.flipped for index, layer in signs.items() if index >= i and layer.flipped}
+    if not flipped:
+        return ""
+    count = sum(flipped.values())
+    where = ", ".join(f"layer {index + 1}: {n}" for index, n in sorted(flipped.items()))
+    inputs = "input" if count == 1 else "inputs"
+    return (f"backward with the reference's ReLU sign at {count} {inputs} at float noise of zero "
+            f"that the port saw with the other sign ({where})")
+
+
+def _compare_network(
+    model: torch.nn.Module,
+    ref: NetworkReference,
+    group: str,
+    carried: list[dict[str, float]] | None,
+    signs: dict[int, _ReferenceSignLayer],
+) -> list[ComparisonRow]:
     params = dict(model.state_dict(keep_vars=True))
     dtype = next((p.dtype for p in params.values() if p.is_floating_point()), torch.float32)
     x = ref.input.to(dtype).clone().requires_grad_(True)
@@ -381,9 +500,10 @@ def compare_network(model: torch.nn.Module, ref: NetworkReference, group: str) -
                                    f"no backward pass: model output {tuple(final.shape)} vs reference dzdy {tuple(dzdy.shape)}"))
         else:
             rows.append(failed_row(group, "network", "dzdy", TOL_NETWORK_GRADIENT, "no backward pass: the output needs no gradient"))
-    # contexts for near-zero references (cqd_port_parity.compare.NEAR_ZERO_FRACTION): all activations, all gradients
-    activation_context = largest_magnitude(*ref.x)
-    gradient_context = largest_magnitude(ref.dzdy, *ref.dzdx, *(g for layer in ref.dzdw for g in layer.values()))
+    # graphs: near-zero references floored by the largest reference of their kind (NEAR_ZERO_FRACTION)
+    activation_context = 0.0 if carried is not None else largest_magnitude(*ref.x)
+    gradient_context = 0.0 if carried is not None else \
+        largest_magnitude(ref.dzdy, *ref.dzdx, *(g for layer in ref.dzdw for g in layer.values()))
     average = _average_image(model)
     if average is not None:
         # The reader's averageImage against the reference's own normalization: input = image - averageImage.
@@ -396,6 +516,7 @@ def compare_network(model: torch.nn.Module, ref: NetworkReference, group: str) -
         rows.append(failed_row(group, "network", "layers", TOL_DEFAULT,
                                f"the model has {len(names)} layers, the reference {len(ref.names)}"))
     specs = getattr(model, "specs", None)
+    depth, largest_so_far = 0, (largest_magnitude(ref.x[0]) if ref.x else 0.0)
     for i, ref_name in enumerate(ref.names):
         case = f"{i + 1:02d} {ref_name}"
         if i >= len(names):
@@ -406,23 +527,31 @@ def compare_network(model: torch.nn.Module, ref: NetworkReference, group: str) -
             want = SIMPLENN_TYPES.get(ref.types[i], ref.types[i])
             if specs[i].type != want:
                 note = join_notes(note, f"model type '{specs[i].type}' vs '{ref.types[i]}'")
-        rows.append(compare(case, "y", tensors[i], ref.x[i + 1], TOL_DEFAULT, group, note, activation_context))
+        depth += ref.types[i] in ("conv", "convt")
+        output_size = largest_magnitude(ref.x[i + 1])
+        largest_so_far = max(largest_so_far, output_size)
+        tol_y = forward_tolerance(depth, largest_so_far / output_size if output_size > 0 else math.inf)
+        layer_carried = carried[i] if carried is not None and i < len(carried) else {}
+        rows.append(compare(case, "y", tensors[i], ref.x[i + 1], tol_y, group, note, activation_context, layer_carried.get("y", 0.0)))
+        grad_note = join_notes(note, _flip_note(signs, i)) if _flip_note(signs, i) else note
+        if ref.types[i] == "bnorm":
+            grad_note = join_notes(grad_note, BATCH_STATISTICS_NOTE)
         input_tensor = x if i == 0 else tensors[i - 1]
         if input_tensor.grad is None:
-            rows.append(failed_row(group, case, "dzdx", TOL_NETWORK_GRADIENT, join_notes(note, "no gradient reached this layer's input")))
+            rows.append(failed_row(group, case, "dzdx", TOL_NETWORK_GRADIENT, join_notes(grad_note, "no gradient reached this layer's input")))
         else:
-            rows.append(compare(case, "dzdx", input_tensor.grad, ref.dzdx[i], TOL_NETWORK_GRADIENT, group, note, gradient_context))
+            rows.append(compare(case, "dzdx", input_tensor.grad, ref.dzdx[i], TOL_NETWORK_GRADIENT, group, grad_note,
+                                gradient_context, layer_carried.get("dzdx", 0.0)))
         for suffix, ref_grad in ref.dzdw[i].items():
             quantity = {"weight": "dzdw", "bias": "dzdb"}.get(suffix, f"dzd{suffix}")
             param = params.get(f"{names[i]}.{suffix}")
             if param is None or param.grad is None:
                 why = f"no parameter '{names[i]}.{suffix}'" if param is None else "no gradient for this parameter"
-                rows.append(failed_row(group, case, quantity, TOL_NETWORK_GRADIENT, join_notes(note, why)))
+                rows.append(failed_row(group, case, quantity, TOL_NETWORK_GRADIENT, join_notes(grad_note, why)))
             else:
-                rows.append(compare(case, quantity, param.grad, ref_grad, TOL_NETWORK_GRADIENT, group, note, gradient_context))
-    if not getattr(model, "is_graph", False) and hasattr(model, "layer"):
-        # A graph's x{i} is not always layer i's input, nor dzdx{i} its own derivative alone.
-        rows.extend(compare_layers_locally(model, ref, group, names))
+                got = param.grad.reshape(ref_grad.shape) if param.grad.numel() == ref_grad.numel() else param.grad
+                rows.append(compare(case, quantity, got, ref_grad, TOL_NETWORK_GRADIENT, group, grad_note,
+                                    gradient_context, layer_carried.get(suffix, 0.0)))
     return rows
 
 
@@ -434,21 +563,84 @@ order misses MatConvNet's sum by 1.1e-5, in float64 by 2.0e-6."""
 
 BATCH_STATISTICS_NOTE = "bnorm with batch moments (beta18 vl_simplenn's backward, even in test mode)"
 
+# Layers whose backward only selects, masks or averages (a Jacobian of non-negative entries): what
+# they sum is their own backward of |dzdy|.
+_NONNEGATIVE_JACOBIAN = (M.ReLU, M.Pool, M.Dropout)
+# Layers linear in their input and in each parameter: what they sum is the same layer with
+# |parameters| on |x|, back-propagating |dzdy|.
+_MULTILINEAR = (M.Conv, M.ConvTranspose, M.Scale)
 
-def _bnorm_batch_statistics(module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`vl_nnbnorm(x, g, b, dzdy)` without moments, as beta18's `vl_simplenn` backward calls it
-    in every mode: the output normalized with the batch's own moments (mean and
-    `sqrt(biased variance + epsilon)` over images and positions), differentiable through them.
-    The library's `bnorm` does the normalization; only the moments come from the batch.
-    Returns the output and the moments `[mean sigma]` (C x 2)."""
-    mean = x.mean(dim=(0, 2, 3))
-    variance = ((x - mean.reshape(1, -1, 1, 1)) ** 2).mean(dim=(0, 2, 3))
-    moments = torch.stack([mean, torch.sqrt(variance + module.epsilon)], dim=1)
-    return bnorm(x, module.weight, module.bias, moments, module.epsilon), moments
+
+def _carried_magnitudes(model: torch.nn.Module, ref: NetworkReference, names: list[str]) -> list[dict[str, float]]:
+    """Per layer of a chain, the magnitude of what it sums for each compared quantity (`carried_floor`).
+
+    On the reference's own x{i} and dzdx{i+1}, in float64: the largest entry of
+    the same computation with every term taken in absolute value, for `y`,
+    `dzdx` and each parameter's derivative (by its suffix). Convolutions: the
+    layer with |filters| and |biases| on |x{i}|, back-propagating |dzdx{i+1}|;
+    bnorm: its terms in absolute value (`_bnorm_carried`); ReLU, pooling,
+    dropout: their own backward of |dzdx{i+1}|; other layers: max|x{i}| and
+    max|dzdx{i+1}|. A layer that does not fit its reference gets no floor.
+    """
+    out: list[dict[str, float]] = []
+    for i in range(len(ref.names)):
+        entry: dict[str, float] = {}
+        out.append(entry)
+        if i >= len(names) or i + 1 >= len(ref.x):
+            continue
+        try:
+            module = copy.deepcopy(model.layer(names[i])).to(LOCAL_DTYPE)
+            x = ref.x[i].to(LOCAL_DTYPE)
+            dzdy = ref.dzdx[i + 1].to(LOCAL_DTYPE).abs()
+            entry.update(y=largest_magnitude(x), dzdx=largest_magnitude(dzdy))
+            with torch.enable_grad():
+                if isinstance(module, _MULTILINEAR):
+                    params = dict(module.named_parameters(recurse=False))
+                    for p in params.values():
+                        p.data.abs_()
+                    xa = x.abs().requires_grad_(True)
+                    y = module(xa)
+                    grads = torch.autograd.grad(y, [xa, *params.values()], dzdy.reshape(y.shape), allow_unused=True)
+                    entry["y"] = largest_magnitude(y)
+                    for key, grad in zip(["dzdx", *params.keys()], grads):
+                        if grad is not None:
+                            entry[key] = largest_magnitude(grad)
+                elif isinstance(module, _NONNEGATIVE_JACOBIAN):
+                    if hasattr(module, "inplace"):
+                        module.inplace = False
+                    xg = x.clone().requires_grad_(True)
+                    y = module(xg)
+                    (grad,) = torch.autograd.grad(y, [xg], dzdy.reshape(y.shape))
+                    entry["dzdx"] = largest_magnitude(grad)
+                elif isinstance(module, M.BatchNormTest):
+                    entry.update(_bnorm_carried(module, x, dzdy.reshape(x.shape)))
+        except Exception:  # a layer that does not fit its reference: its own rows fail, with no floor
+            entry.clear()
+    return out
+
+
+def _bnorm_carried(module: M.BatchNormTest, x: torch.Tensor, abs_dzdy: torch.Tensor) -> dict[str, float]:
+    """What a bnorm layer sums, forward (stored moments) and backward (batch statistics), in absolute value."""
+    c, axes = x.shape[1], (0, 2, 3)
+    gain, bias = module.weight.detach().abs().reshape(1, c, 1, 1), module.bias.detach().abs().reshape(1, c, 1, 1)
+    stored = module.moments.reshape(c, 2)
+    forward = gain * (x - stored[:, 0].reshape(1, c, 1, 1)).abs() / stored[:, 1].abs().reshape(1, c, 1, 1) + bias
+    moments = batch_moments(x, module.epsilon)
+    sigma = moments[:, 1].reshape(1, c, 1, 1)
+    xhat = ((x - moments[:, 0].reshape(1, c, 1, 1)) / sigma).abs()
+    m = x.numel() // c
+    dzdbias, dzdgain = abs_dzdy.sum(axes, keepdim=True), (abs_dzdy * xhat).sum(axes, keepdim=True)
+    dzdx = gain / sigma * (abs_dzdy + dzdbias / m + xhat * dzdgain / m)
+    return {"y": largest_magnitude(forward), "dzdx": largest_magnitude(dzdx),
+            "weight": largest_magnitude(dzdgain), "bias": largest_magnitude(dzdbias)}
 
 
 def compare_layers_locally(
-    model: torch.nn.Module, ref: NetworkReference, group: str, names: list[str] | None = None
+    model: torch.nn.Module,
+    ref: NetworkReference,
+    group: str,
+    names: list[str] | None = None,
+    carried: list[dict[str, float]] | None = None,
 ) -> list[ComparisonRow]:
     """Each layer's backward alone, on the reference's own activations: rows `local dzdx`, `local dzdw`...
 
@@ -464,14 +656,18 @@ def compare_layers_locally(
       are left out and counted: their sign, hence their gradient, depends on
       summation order.
     - bnorm: beta18's `vl_simplenn` backward calls `vl_nnbnorm` without moments
-      even in test mode, so the derivatives are those of batch normalization
-      with the batch's moments (`_bnorm_batch_statistics`); its moments
-      "derivative" is the batch moments times the number of images, as
-      `vl_simplenn` returns it.
+      even in test mode; the layer runs with `bnorm_backward="matconvnet"`,
+      which does the same (`cqd_port.nn.functional.bnorm`), and its moments
+      "derivative" (the batch moments times the number of images, as
+      `vl_simplenn` returns it) is compared too.
 
-    The reference's own per-layer `notes` (when the file has them) are appended.
+    Near-zero references are floored by what the layer summed (`carried`, from
+    `_carried_magnitudes` when not given). The reference's own per-layer
+    `notes` (when the file has them) are appended.
     """
     names = list(names) if names is not None else list(getattr(model, "layer_names", ref.names))
+    if carried is None:
+        carried = _carried_magnitudes(model, ref, names)
     rows: list[ComparisonRow] = []
     for i, ref_name in enumerate(ref.names):
         if i >= len(names) or i + 1 >= len(ref.x):
@@ -485,19 +681,19 @@ def compare_layers_locally(
             rows.append(failed_row(group, case, "local dzdx", TOL_DEFAULT, join_notes(note, str(exc))))
             continue
         module = copy.deepcopy(module).to(LOCAL_DTYPE)  # the network itself stays as it is
+        is_bnorm = isinstance(module, M.BatchNormTest)
         params = dict(module.named_parameters(recurse=False))
+        if is_bnorm:
+            module.bnorm_backward = "matconvnet"
+            params["moments"] = module.moments.requires_grad_(True)
+            note = join_notes(note, BATCH_STATISTICS_NOTE)
         x = ref.x[i].to(LOCAL_DTYPE).clone().requires_grad_(True)
         dzdy = ref.dzdx[i + 1].to(LOCAL_DTYPE)
-        is_bnorm = type(module).__name__ == "BatchNormTest"
-        saved_inplace = getattr(module, "inplace", None)
+        if hasattr(module, "inplace"):
+            module.inplace = False  # x is a leaf that autograd needs
         try:
             with torch.enable_grad():
-                if saved_inplace is not None:
-                    module.inplace = False  # x is a leaf that autograd needs
-                if is_bnorm:
-                    y, batch_moments = _bnorm_batch_statistics(module, x)
-                else:
-                    y = module(x)
+                y = module(x)
                 inputs = [x, *params.values()]
                 grads = torch.autograd.grad(y, inputs, grad_outputs=dzdy.reshape(y.shape), allow_unused=True) \
                     if y.requires_grad else [None] * len(inputs)
@@ -505,40 +701,31 @@ def compare_layers_locally(
             rows.append(failed_row(group, case, "local dzdx", TOL_DEFAULT,
                                    join_notes(note, f"layer alone raised {type(exc).__name__}: {exc}")))
             continue
-        finally:
-            if saved_inplace is not None:
-                module.inplace = saved_inplace
-        if is_bnorm:
-            note = join_notes(note, BATCH_STATISTICS_NOTE)
-        context = largest_magnitude(ref.dzdx[i + 1], ref.dzdx[i], *ref.dzdw[i].values())
+        layer_carried = carried[i] if i < len(carried) else {}
         got_dzdx, ref_dzdx, dzdx_note = grads[0], ref.dzdx[i], note
         if got_dzdx is None:
             got_dzdx = torch.zeros_like(x)  # a layer whose output does not depend on its input
-        if type(module).__name__ == "ReLU" and got_dzdx.shape == ref_dzdx.shape:
+        if isinstance(module, M.ReLU) and got_dzdx.shape == ref_dzdx.shape:
             reference_input = ref.x[i].to(torch.float64)
             noise = reference_input.abs() <= float_noise_threshold(largest_magnitude(reference_input))
             excluded = int(noise.sum())
             if excluded:
                 keep = ~noise
                 got_dzdx, ref_dzdx = got_dzdx[keep], ref_dzdx[keep]
-                inputs = "input" if excluded == 1 else "inputs"
-                dzdx_note = join_notes(note, f"{excluded} {inputs} at float noise of zero excluded")
-        rows.append(compare(case, "local dzdx", got_dzdx, ref_dzdx, TOL_DEFAULT, group, dzdx_note, context))
+                inputs_word = "input" if excluded == 1 else "inputs"
+                dzdx_note = join_notes(note, f"{excluded} {inputs_word} at float noise of zero excluded")
+        rows.append(compare(case, "local dzdx", got_dzdx, ref_dzdx, TOL_DEFAULT, group, dzdx_note, 0.0, layer_carried.get("dzdx", 0.0)))
         by_suffix = dict(zip(params.keys(), grads[1:]))
         for suffix, ref_grad in ref.dzdw[i].items():
             quantity = "local " + {"weight": "dzdw", "bias": "dzdb"}.get(suffix, f"dzd{suffix}")
-            if is_bnorm and suffix == "moments":
-                # vl_simplenn's dzdw{3}: the batch moments times the number of images
-                got = batch_moments.detach() * x.shape[0]
-                rows.append(compare(case, quantity, got, ref_grad.reshape(got.shape) if ref_grad.numel() == got.numel() else ref_grad,
-                                    TOL_DEFAULT, group, join_notes(note, "batch moments x N"), largest_magnitude(ref_grad)))
-                continue
             grad = by_suffix.get(suffix)
             if grad is None:
                 why = f"no parameter '{names[i]}.{suffix}'" if suffix not in by_suffix else "no gradient for this parameter"
                 rows.append(failed_row(group, case, quantity, TOL_DEFAULT, join_notes(note, why)))
-            else:
-                rows.append(compare(case, quantity, grad, ref_grad, TOL_DEFAULT, group, note, context))
+                continue
+            row_note = join_notes(note, "batch moments x N") if suffix == "moments" else note
+            got = grad.reshape(ref_grad.shape) if grad.numel() == ref_grad.numel() else grad
+            rows.append(compare(case, quantity, got, ref_grad, TOL_DEFAULT, group, row_note, 0.0, layer_carried.get(suffix, 0.0)))
     return rows
 
 

@@ -102,13 +102,14 @@ class GraphNetwork(SimpleNetwork):
         state: Mapping[str, Any] | None = None,
         meta: Mapping[str, Any] | None = None,
         lrn_mode: str = "exact",
+        bnorm_backward: str = "matconvnet",
     ) -> None:
         for spec in specs:
             if not spec.attrs.get("inputs") or not spec.attrs.get("outputs"):
                 raise CqdError(f"layer '{spec.name}' ({spec.type}) names no input or output variable; not a graph layer")
             if len(spec.attrs["outputs"]) != 1:
                 raise CqdError(f"layer '{spec.name}' writes {len(spec.attrs['outputs'])} variables; only one-output layers are supported")
-        super().__init__(specs, state, meta, lrn_mode)
+        super().__init__(specs, state, meta, lrn_mode, bnorm_backward)
         self.channels_last = False  # several branches: keep every variable in one memory format
         self._order = execution_order(self._specs)
         writers: dict[str, str] = {}
@@ -215,7 +216,7 @@ class GraphNetwork(SimpleNetwork):
         specs = [spec for i, spec in enumerate(self._specs) if i in keep]
         kept_names = {s.name for s in specs}
         state = {k: v for k, v in self._cloned_state().items() if k.rsplit(".", 1)[0] in kept_names}
-        net = GraphNetwork(specs, state, self._meta, self._lrn_mode)
+        net = GraphNetwork(specs, state, self._meta, self._lrn_mode, self._bnorm_backward)
         return net.train(self.training)
 
     def with_layers_appended(self, specs: Sequence[LayerSpec], state: Mapping[str, Any] | None = None) -> "GraphNetwork":

@@ -9,7 +9,10 @@ index the state dict directly; every intermediate output is available
 (`return_all=True`, `res(i+1).x` of `vl_simplenn`) for parity checks; the
 network starts in *test* mode (`vl_simplenn`'s default: dropout is the
 identity) and `model.train()` turns dropout on; LRN layers use `lrn_mode`
-("exact" as MatConvNet's GPU kernels, "matconvnet-cpu" for its CPU kernels).
+("exact" as MatConvNet's GPU kernels, "matconvnet-cpu" for its CPU kernels);
+bnorm layers are differentiated as beta18 does (`bnorm_backward="matconvnet"`:
+batch statistics even in test mode) or through their stored moments
+("consistent"; see `cqd_port.nn.functional.bnorm`).
 
 Speed options (same numbers, within float32 rounding): `channels_last`
 (default True) runs CPU activations in channels-last memory, where oneDNN's
@@ -32,6 +35,7 @@ from torch import nn
 from cqd_port.errors import CqdError
 from cqd_port.models.layers import MULTI_INPUT_TYPES, LayerSpec, conv_filter_shape, scalar_attr
 from cqd_port.nn import modules as M
+from cqd_port.nn.functional import BETA18_BNORM_EPSILON
 from cqd_port.nn.lrn import check_lrn_mode
 
 # Layers whose output autograd does not keep, so a ReLU right after them may work in place.
@@ -63,9 +67,11 @@ class SimpleNetwork(nn.Module):
         state: Mapping[str, Any] | None = None,
         meta: Mapping[str, Any] | None = None,
         lrn_mode: str = "exact",
+        bnorm_backward: str = "matconvnet",
     ) -> None:
         super().__init__()
         check_lrn_mode(lrn_mode)
+        self._bnorm_backward = M.check_bnorm_backward(bnorm_backward)
         self._specs: list[LayerSpec] = [copy.deepcopy(s) for s in specs]
         self._meta: dict[str, Any] = copy.deepcopy(dict(meta)) if meta is not None else {}
         self._lrn_mode = lrn_mode
@@ -151,7 +157,7 @@ class SimpleNetwork(nn.Module):
             gain = weight.reshape(-1)
             bias = self._param(state, used, spec, "bias", (channels,))
             moments = self._param(state, used, spec, "moments", (channels, 2))
-            return M.BatchNormTest(gain, bias, moments, scalar_attr(a.get("epsilon", 1e-4)))
+            return M.BatchNormTest(gain, bias, moments, scalar_attr(a.get("epsilon", BETA18_BNORM_EPSILON)), self._bnorm_backward)
         if spec.type == "convt":
             weight = self._param(state, used, spec, "weight", None)
             if weight.dim() != 4:
@@ -202,6 +208,19 @@ class SimpleNetwork(nn.Module):
         for module in self.children():
             if isinstance(module, M.LRN):
                 module.mode = mode
+
+    @property
+    def bnorm_backward(self) -> str:
+        """How bnorm layers are differentiated: "matconvnet" (batch statistics, as beta18's
+        `vl_simplenn`; the default) or "consistent" (through the stored moments)."""
+        return self._bnorm_backward
+
+    @bnorm_backward.setter
+    def bnorm_backward(self, mode: str) -> None:
+        self._bnorm_backward = M.check_bnorm_backward(mode)
+        for module in self.children():
+            if isinstance(module, M.BatchNormTest):
+                module.bnorm_backward = mode
 
     def layer(self, name: str) -> nn.Module:
         if name not in self._modules:
@@ -260,6 +279,7 @@ class SimpleNetwork(nn.Module):
 
     def _same_options(self, net: "SimpleNetwork") -> "SimpleNetwork":
         net.inplace_relu, net.channels_last = self.inplace_relu, self.channels_last
+        net.bnorm_backward = self._bnorm_backward
         return net.train(self.training)
 
     def extra_repr(self) -> str:

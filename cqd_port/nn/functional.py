@@ -288,32 +288,121 @@ def softmax(x: torch.Tensor) -> torch.Tensor:
     return torch.softmax(x, dim=1)
 
 
+BETA18_BNORM_EPSILON = 1e-3
+"""The epsilon of MatConvNet 1.0-beta18's `vl_nnbnorm` when none is passed (`vl_nnbnorm.cu`:
+`epsilon = 10E-4`): beta18's `vl_simplenn` and `dagnn.BatchNorm` pass none. Later versions store
+the layer's own `epsilon` in the model file, and their layers pass it."""
+
+BNORM_BACKWARDS = ("matconvnet", "consistent")
+"""How the test-mode (given moments) bnorm is differentiated: "matconvnet" as beta18's
+`vl_simplenn` and `dagnn.BatchNorm.backward` do (batch statistics), "consistent" through the
+given moments (the true derivative of the test-mode output)."""
+
+
+def _bnorm_shapes(x: torch.Tensor, gain: torch.Tensor, bias: torch.Tensor, moments: torch.Tensor | None) -> torch.Tensor | None:
+    c = x.shape[1]
+    if moments is not None:
+        moments = moments.reshape(c, 2) if moments.numel() == 2 * c else moments
+    if (moments is not None and moments.shape != (c, 2)) or gain.numel() != c or bias.numel() != c:
+        raise CqdError(
+            f"bnorm: input has {c} channels but gain has {gain.numel()}, bias {bias.numel()} "
+            f"and moments shape {None if moments is None else tuple(moments.shape)} (expected {c} x 2)"
+        )
+    return moments
+
+
+def batch_moments(x: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """`vl_nnbnorm`'s batch moments: C x 2 `[mean sigma]` over images and positions, with
+    `sigma = sqrt(biased variance + epsilon)`."""
+    mean = x.mean(dim=(0, 2, 3))
+    variance = ((x - mean.reshape(1, -1, 1, 1)) ** 2).mean(dim=(0, 2, 3))
+    return torch.stack([mean, torch.sqrt(variance + epsilon)], dim=1)
+
+
+def _normalize(x: torch.Tensor, gain: torch.Tensor, bias: torch.Tensor, moments: torch.Tensor) -> torch.Tensor:
+    c = x.shape[1]
+    mean = moments[:, 0].reshape(1, c, 1, 1)
+    sigma = moments[:, 1].reshape(1, c, 1, 1)
+    return gain.reshape(1, c, 1, 1) * (x - mean) / sigma + bias.reshape(1, c, 1, 1)
+
+
 def bnorm(
     x: torch.Tensor,
     gain: torch.Tensor,
     bias: torch.Tensor,
-    moments: torch.Tensor,
-    epsilon: float = 1e-4,
+    moments: torch.Tensor | None = None,
+    epsilon: float = BETA18_BNORM_EPSILON,
+    backward: str = "matconvnet",
 ) -> torch.Tensor:
-    """`vl_nnbnorm` in test mode with given moments: `y = gain * (x - mean) / sigma + bias`.
+    """`vl_nnbnorm`: `y = gain * (x - mean) / sigma + bias`, per channel.
 
-    `moments` is MatConvNet's C x 2 array `[mean sigma]`; sigma is already
-    `sqrt(var + epsilon)`, so with given moments MatConvNet does not add
-    `epsilon` again (checked against `ops_misc.mat`, where adding it misses
-    the reference by 1e-4). PyTorch's `batch_norm` instead takes a variance
-    and adds `eps` itself. `epsilon` is accepted for the signature only.
+    With `moments` (MatConvNet's C x 2 `[mean sigma]`, test mode), sigma is
+    used as stored: it is already `sqrt(var + epsilon)`, so MatConvNet does not
+    add `epsilon` again (checked against `ops_misc.mat`, where adding it misses
+    the reference by 1e-4); PyTorch's `batch_norm` instead takes a variance and
+    adds `eps` itself. Without `moments`, the batch's own moments
+    (`batch_moments`, with `epsilon`) are used, as `vl_nnbnorm(x, g, b)`.
+
+    The derivative in test mode (`backward`): beta18 back-propagates bnorm
+    with BATCH statistics even when the forward used the stored moments
+    (`vl_simplenn` calls `vl_nnbnorm(x, g, b, dzdy)` without moments, and so
+    does `dagnn.BatchNorm.backward`); `backward="matconvnet"` (the default)
+    does the same: dzdx, dzdgain and dzdbias are those of batch normalization
+    with the batch's moments and `epsilon`, and the moments' "derivative" is
+    what those layers hand to the solver, the batch moments times the number
+    of images (`dzdw{3} = moments * size(x, 4)`). `backward="consistent"` is
+    the true derivative of the test-mode output (through the fixed moments;
+    the moments get none). Without `moments` both are the true derivative.
+    `epsilon` defaults to beta18's (`BETA18_BNORM_EPSILON`).
     """
     _check_nchw(x, "bnorm")
-    c = x.shape[1]
-    moments = moments.reshape(c, 2) if moments.numel() == 2 * c else moments
-    if moments.shape != (c, 2) or gain.numel() != c or bias.numel() != c:
-        raise CqdError(
-            f"bnorm: input has {c} channels but gain has {gain.numel()}, bias {bias.numel()} "
-            f"and moments shape {tuple(moments.shape)} (expected {c} x 2)"
+    if backward not in BNORM_BACKWARDS:
+        raise CqdError(f"bnorm: unknown backward '{backward}' (use one of {', '.join(BNORM_BACKWARDS)})")
+    moments = _bnorm_shapes(x, gain, bias, moments)
+    if moments is None:
+        return _normalize(x, gain, bias, batch_moments(x, float(epsilon)))
+    if backward == "consistent" or not torch.is_grad_enabled():
+        return _normalize(x, gain, bias, moments)
+    return _BnormBatchStatisticsBackward.apply(x, gain, bias, moments, float(epsilon))
+
+
+class _BnormBatchStatisticsBackward(torch.autograd.Function):
+    """Test-mode bnorm forward (given moments) with beta18's backward (batch statistics).
+
+    The backward is batch normalization's closed form (MatConvNet's
+    `nnbnorm_backward`), per channel over images and positions, with
+    `xhat = (x - mean_b) / sigma_b`, `sigma_b = sqrt(var_b + epsilon)` and m
+    the number of values per channel: `dzdbias = sum(dzdy)`, `dzdgain =
+    sum(dzdy * xhat)`, `dzdx = gain / sigma_b * (dzdy - dzdbias / m - xhat *
+    dzdgain / m)`; the moments get `[mean_b sigma_b] * N`.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, gain: torch.Tensor, bias: torch.Tensor, moments: torch.Tensor, epsilon: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, gain)
+        ctx.epsilon, ctx.bias_shape = epsilon, bias.shape
+        return _normalize(x, gain, bias, moments)
+
+    @staticmethod
+    def backward(ctx, dzdy: torch.Tensor):  # type: ignore[override]
+        x, gain = ctx.saved_tensors
+        c = x.shape[1]
+        axes = (0, 2, 3)
+        moments = batch_moments(x, ctx.epsilon)
+        mean, sigma = moments[:, 0].reshape(1, c, 1, 1), moments[:, 1].reshape(1, c, 1, 1)
+        xhat = (x - mean) / sigma
+        dzdbias = dzdy.sum(axes)
+        dzdgain = (dzdy * xhat).sum(axes)
+        m = x.numel() // c
+        dzdx = gain.reshape(1, c, 1, 1) / sigma * (dzdy - (dzdbias / m).reshape(1, c, 1, 1) - xhat * (dzdgain / m).reshape(1, c, 1, 1))
+        needs = ctx.needs_input_grad
+        return (
+            dzdx if needs[0] else None,
+            dzdgain.reshape(gain.shape) if needs[1] else None,
+            dzdbias.reshape(ctx.bias_shape) if needs[2] else None,
+            moments * x.shape[0] if needs[3] else None,
+            None,
         )
-    mean = moments[:, 0].reshape(1, c, 1, 1)
-    sigma = moments[:, 1].reshape(1, c, 1, 1)
-    return gain.reshape(1, c, 1, 1) * (x - mean) / sigma + bias.reshape(1, c, 1, 1)
 
 
 # ----------------------------------------------------------------------------- DagNN blocks

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from cqd_port.errors import CqdError
 from cqd_port.nn import functional as MF
 from cqd_port.nn.lrn import check_lrn_mode, lrn
 
@@ -111,17 +112,43 @@ class Softmax(nn.Module):
 
 
 class BatchNormTest(nn.Module):
-    """`vl_nnbnorm` in test mode: `weight` (gain), `bias`, and the `moments` buffer `[mean sigma]`."""
+    """`vl_nnbnorm` in test mode: `weight` (gain), `bias`, and the `moments` buffer `[mean sigma]`.
 
-    def __init__(self, gain: torch.Tensor, bias: torch.Tensor, moments: torch.Tensor, epsilon: float = 1e-4) -> None:
+    `epsilon` only enters the backward: `bnorm_backward="matconvnet"` (the
+    default) differentiates with batch statistics as beta18's `vl_simplenn`
+    and `dagnn.BatchNorm` do (see `cqd_port.nn.functional.bnorm`; a moments
+    buffer that requires grad then receives the batch moments times the number
+    of images, what those layers return as the moments' derivative);
+    "consistent" differentiates the test-mode output itself.
+    """
+
+    def __init__(
+        self,
+        gain: torch.Tensor,
+        bias: torch.Tensor,
+        moments: torch.Tensor,
+        epsilon: float = MF.BETA18_BNORM_EPSILON,
+        bnorm_backward: str = "matconvnet",
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(gain.reshape(-1))
         self.bias = nn.Parameter(bias.reshape(-1))
         self.register_buffer("moments", moments.reshape(-1, 2))
         self.epsilon = float(epsilon)
+        self.bnorm_backward = check_bnorm_backward(bnorm_backward)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return MF.bnorm(x, self.weight, self.bias, self.moments, self.epsilon)
+        return MF.bnorm(x, self.weight, self.bias, self.moments, self.epsilon, self.bnorm_backward)
+
+    def extra_repr(self) -> str:
+        return f"epsilon={self.epsilon}, bnorm_backward={self.bnorm_backward!r}"
+
+
+def check_bnorm_backward(mode: str) -> str:
+    """`mode` if it is one of `cqd_port.nn.functional.BNORM_BACKWARDS`, else a CqdError naming them."""
+    if mode not in MF.BNORM_BACKWARDS:
+        raise CqdError(f"unknown bnorm backward '{mode}' (use one of {', '.join(MF.BNORM_BACKWARDS)})")
+    return mode
 
 
 class ConvTranspose(nn.Module):
