@@ -99,5 +99,24 @@ def parity(
     raise typer.Exit(0 if report.complete else EXIT_INCOMPLETE)
 
 
+
+
+def v7_copy(
+    model: Path = typer.Argument(..., metavar="MODEL.mat", help="A MatConvNet model file (MAT v7.3 or older)."),
+    output: Path = typer.Option(..., "-o", "--output", help="The MAT v7 copy to write (net_v7.mat)."),
+    keep_dilate: bool = typer.Option(False, "--keep-dilate", help="Keep dagnn.Conv's 'dilate' (for MatConvNet after beta18)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+) -> None:
+    """Write a MAT v7 copy of a model file, which Octave and MatConvNet 1.0-beta18 can load (for export_reference.m)."""
+    from cqd_port_parity.mat_v7 import write_v7_copy
+
+    written = write_v7_copy(model, output, keep_dilate=keep_dilate, force=force)
+    console = Console()
+    for note in written.notes:
+        console.print(f"note: {note}", markup=False)
+    console.print(f"wrote {written.path} (MAT v7: {', '.join(written.variables)})", markup=False)
+
+
 def register(app: typer.Typer) -> None:
     app.command("parity")(parity)
+    app.command("v7-copy")(v7_copy)

@@ -203,8 +203,11 @@ def _block(spec: LayerSpec, state: dict[str, torch.Tensor]) -> dict[str, Any]:
     a = spec.attrs
     if spec.type == "conv":
         weight = state[dict(a.get("shared") or {}).get("weight", f"{spec.name}.weight")]
-        return {"size": _row(_filter_size(oihw_to_filters(weight))), "hasBias": bool(a.get("has_bias", True)), "opts": _cell([]),
-                "pad": _row(a["pad"]), "stride": _row(a["stride"]), "dilate": _row(a.get("dilate", [1, 1]))}
+        block = {"size": _row(_filter_size(oihw_to_filters(weight))), "hasBias": bool(a.get("has_bias", True)), "opts": _cell([]),
+                 "pad": _row(a["pad"]), "stride": _row(a["stride"])}
+        if any(int(d) != 1 for d in a.get("dilate", [1, 1])):  # beta18's dagnn.Conv has no 'dilate': only when needed
+            block["dilate"] = _row(a["dilate"])
+        return block
     if spec.type == "convt":
         weight = state[dict(a.get("shared") or {}).get("weight", f"{spec.name}.weight")]
         return {"size": _row(_filter_size(nchw_to_mcn(weight))), "hasBias": bool(a.get("has_bias", True)),

@@ -60,7 +60,12 @@ def input_gradients(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     restored afterwards; only the input requires a gradient, so the model's
     parameter `.grad` fields are left untouched. Images are independent in
     eval mode, so the gradient of the summed log-likelihoods is, per image,
-    the gradient of that image's own log-likelihood.
+    the gradient of that image's own log-likelihood; except through bnorm
+    layers, which back-propagate as MatConvNet 1.0-beta18 does (the network's
+    `bnorm_backward`, "matconvnet" by default: batch statistics of the batch
+    given, even in test mode), so there each image's gradient depends on its
+    batch, as in MatConvNet. Set `model.bnorm_backward = "consistent"` for
+    the true derivative of the test-mode network.
     """
     if images.dim() != 4:
         raise CqdError(f"images must be an N x C x H x W batch, got shape {tuple(images.shape)}")

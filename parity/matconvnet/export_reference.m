@@ -68,6 +68,13 @@ function export_reference(modelPath, imagePath, outPath, varargin)
 %
 %   The file is written as MAT v7 (readable by scipy) to a temporary name
 %   and renamed when complete, so an interrupted export leaves no partial file.
+%
+%   Model files: Octave cannot read MAT v7.3 (HDF5) files; write a v7 copy
+%   first with `cqd-port v7-copy MODEL.mat -o MODEL_v7.mat`. DagNN files saved
+%   by MatConvNet after beta18 carry a 'dilate' field in their dagnn.Conv
+%   blocks, which beta18's dagnn.Conv does not have: it is removed before
+%   loading when this MatConvNet lacks the property (an error if a layer
+%   really dilates).
 
 opts.gpu = false;
 opts.seed = 0;
@@ -89,9 +96,15 @@ stored = load(modelPath);
 if isfield(stored, 'net')
   stored = stored.net;   % networks saved by cnn_train* hold the model in 'net'
 end
+if ~isfield(stored, 'layers')
+  % Octave reads no MAT v7.3 (HDF5) file: load returns a struct without layers
+  error('export_reference:format', ['%s holds no network (no ''layers''); a MAT v7.3 file under Octave? ' ...
+        'Write a v7 copy first: cqd-port v7-copy %s -o copy.mat'], modelPath, modelPath);
+end
 isDag = isfield(stored, 'vars') && isfield(stored, 'params') && isfield(stored, 'layers');
 
 if isDag
+  stored = dropUnitDilate(stored);   % beta18's dagnn.Conv has no 'dilate' property
   net = dagnn.DagNN.loadobj(stored);
   net = removeDagLosses(net);
   meta = net.meta;
@@ -209,6 +222,26 @@ if isfield(meta, 'normalization') && isfield(meta.normalization, 'averageImage')
   average = single(meta.normalization.averageImage);
   if isvector(average) && numel(average) == channels
     average = reshape(average, 1, 1, channels);   % a mean colour, as in VGG-VD-16
+  end
+end
+end
+
+
+function stored = dropUnitDilate(stored)
+%DROPUNITDILATE  Remove the 'dilate' field of dagnn.Conv blocks when this MatConvNet's dagnn.Conv
+%   has no such property (1.0-beta18: loadobj would fail on files saved by later versions).
+%   A dilation other than 1 cannot run there: an error.
+if any(strcmp(properties('dagnn.Conv'), 'dilate'))
+  return;
+end
+for i = 1:numel(stored.layers)
+  block = stored.layers(i).block;
+  if strcmp(stored.layers(i).type, 'dagnn.Conv') && isstruct(block) && isfield(block, 'dilate')
+    if any(block.dilate(:) ~= 1)
+      error('export_reference:dilate', 'layer %s has dilate %s, which this MatConvNet (beta18) cannot run', ...
+            stored.layers(i).name, mat2str(block.dilate));
+    end
+    stored.layers(i).block = rmfield(block, 'dilate');
   end
 end
 end
