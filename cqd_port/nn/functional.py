@@ -351,8 +351,8 @@ def bnorm(
     with the batch's moments and `epsilon`, and the moments' "derivative" is
     what those layers hand to the solver, the batch moments times the number
     of images (`dzdw{3} = moments * size(x, 4)`). `backward="consistent"` is
-    the true derivative of the test-mode output (through the fixed moments;
-    the moments get none). Without `moments` both are the true derivative.
+    the true derivative of the test-mode output (through the given moments,
+    which get their true derivative if they require one). Without `moments` both are the true derivative.
     `epsilon` defaults to beta18's (`BETA18_BNORM_EPSILON`).
     """
     _check_nchw(x, "bnorm")
