@@ -16,7 +16,7 @@ import torch
 
 from cqd_port.analysis.gradients import input_gradients
 from cqd_port.errors import CqdError
-from cqd_port_parity.compare import compare, forward_tolerance
+from cqd_port_parity.compare import compare
 from cqd_port_parity.references import NetworkReference, Provenance
 from cqd_port_parity.runner import compare_network
 from matconvnet_weights.convert import load_model
@@ -311,6 +311,8 @@ def test_a_denormal_reference_is_measured_against_what_the_layer_summed() -> Non
 
 
 def test_forward_tolerance_grows_with_depth_and_accumulated_magnitude_only() -> None:
+    from cqd_port_parity.compare import forward_tolerance
+
     assert forward_tolerance(1, 1.0) == 1e-5
     assert forward_tolerance(16, 2.0) == 1e-5  # VGG-VD-16's layers keep the single-operator tolerance
     assert forward_tolerance(17, 143.0) == pytest.approx(8 * np.finfo(np.float32).eps * np.sqrt(17) * 143)  # 5.6e-4

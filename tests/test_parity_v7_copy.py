@@ -8,7 +8,6 @@ import numpy as np
 import scipy.io
 import torch
 
-from cqd_port_parity.mat_v7 import write_v7_copy
 from matconvnet_weights.convert import load_model
 from matconvnet_weights.matfile import HDF5_SIGNATURE, load_mat
 from matconvnet_weights.read import read_network
@@ -35,6 +34,8 @@ def test_a_v73_simplenn_file_gets_a_v7_copy_with_the_same_network(real_models_di
 
 
 def test_a_dagnn_copy_for_beta18_has_no_dilate_and_a_real_dilation_is_refused(real_models_dir: Path, tmp_path: Path, cli) -> None:
+    from cqd_port_parity.mat_v7 import _to_savemat, write_v7_copy
+
     source = real_models_dir / "lapsrn_x2.mat"
     written = write_v7_copy(source, tmp_path / "lapsrn_v7.mat")
     layers = _read(written.path)["net"]["layers"][0, 0]
@@ -49,8 +50,6 @@ def test_a_dagnn_copy_for_beta18_has_no_dilate_and_a_real_dilation_is_refused(re
     first_conv = next(layer for layer in data["net"]["layers"] if layer["type"] == "dagnn.Conv")
     dilate = np.array([[2.0, 2.0]])
     first_conv["block"]["dilate"] = dilate
-    from cqd_port_parity.mat_v7 import _to_savemat  # write the edited network back as a file
-
     scipy.io.savemat(tmp_path / "dilated.mat", {"net": _to_savemat(data["net"], "net", [], dag_top=True)})
     result = cli("v7-copy", tmp_path / "dilated.mat", "-o", tmp_path / "out.mat")
     assert result.exit_code == 2 and "dilate [2.0, 2.0]" in result.stderr and "--keep-dilate" in result.stderr
