@@ -470,6 +470,8 @@ def _compare_network(
     signs: dict[int, _ReferenceSignLayer],
 ) -> list[ComparisonRow]:
     params = dict(model.state_dict(keep_vars=True))
+    for param in params.values():
+        param.grad = None  # one backward pass from dzdy, not added to what an earlier one left
     dtype = next((p.dtype for p in params.values() if p.is_floating_point()), torch.float32)
     x = ref.input.to(dtype).clone().requires_grad_(True)
     rows: list[ComparisonRow] = []
@@ -516,7 +518,7 @@ def _compare_network(
         rows.append(failed_row(group, "network", "layers", TOL_DEFAULT,
                                f"the model has {len(names)} layers, the reference {len(ref.names)}"))
     specs = getattr(model, "specs", None)
-    depth, largest_so_far = 0, (largest_magnitude(ref.x[0]) if ref.x else 0.0)
+    depth, error_scale = 0, (largest_magnitude(ref.x[0]) if ref.x else 0.0)
     for i, ref_name in enumerate(ref.names):
         case = f"{i + 1:02d} {ref_name}"
         if i >= len(names):
@@ -528,9 +530,8 @@ def _compare_network(
             if specs[i].type != want:
                 note = join_notes(note, f"model type '{specs[i].type}' vs '{ref.types[i]}'")
         depth += ref.types[i] in ("conv", "convt")
-        output_size = largest_magnitude(ref.x[i + 1])
-        largest_so_far = max(largest_so_far, output_size)
-        tol_y = forward_tolerance(depth, largest_so_far / output_size if output_size > 0 else math.inf)
+        error_scale, output_size = _accumulated_scale(ref.types[i], error_scale, ref.x[i], ref.x[i + 1])
+        tol_y = forward_tolerance(depth, error_scale / output_size if output_size > 0 else math.inf)
         layer_carried = carried[i] if carried is not None and i < len(carried) else {}
         rows.append(compare(case, "y", tensors[i], ref.x[i + 1], tol_y, group, note, activation_context, layer_carried.get("y", 0.0)))
         grad_note = join_notes(note, _flip_note(signs, i)) if _flip_note(signs, i) else note
@@ -553,6 +554,23 @@ def _compare_network(
                 rows.append(compare(case, quantity, got, ref_grad, TOL_NETWORK_GRADIENT, group, grad_note,
                                     gradient_context, layer_carried.get(suffix, 0.0)))
     return rows
+
+
+def _accumulated_scale(layer_type: str, scale: float, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(the magnitude float32 rounding has worked at up to this layer's output, max|y|), for `forward_tolerance`.
+
+    A layer that sums keeps the larger of what came before and its own output
+    (DnCNN's last layer: 6e3 upstream, an output of 44); a normalizing layer
+    (LRN, bnorm) rescales the error with its output; softmax turns the logits'
+    absolute error into its own relative error, so its scale is that of the
+    logits times its output.
+    """
+    before, after = largest_magnitude(x), largest_magnitude(y)
+    if layer_type in ("normalize", "lrn", "bnorm"):
+        return (scale * after / before if before > 0 else after), after
+    if layer_type == "softmax":
+        return after * max(1.0, scale), after
+    return max(scale, after), after
 
 
 LOCAL_DTYPE = torch.float64
