@@ -30,7 +30,7 @@ from cqd_port.fileio import atomic_path
 from cqd_port.layout import nchw_to_mcn, oihw_to_filters
 from cqd_port.models.graph import execution_order
 from cqd_port.models.layers import LayerSpec, display_name
-from matconvnet_weights.network import ImportedNetwork
+from matconvnet_weights.network import DEFAULT_BNORM_EPSILON, ImportedNetwork
 
 SIMPLENN_EXPORT_TYPES = {
     "conv": "conv",
@@ -120,7 +120,7 @@ def _simplenn_layer(spec: LayerSpec, state: dict[str, torch.Tensor]) -> dict[str
         out.update(
             weights=_cell([_column(_param(spec, state, "weight")), _column(_param(spec, state, "bias")),
                            _param(spec, state, "moments").numpy().astype(np.float32)]),
-            epsilon=float(a.get("epsilon", 1e-5)),
+            epsilon=float(a.get("epsilon", DEFAULT_BNORM_EPSILON)),
         )
     out["precious"] = False
     return out
@@ -222,7 +222,7 @@ def _block(spec: LayerSpec, state: dict[str, torch.Tensor]) -> dict[str, Any]:
         return {"rate": float(a.get("rate", 0.5))}
     if spec.type == "bnorm":
         return {"numChannels": float(state[dict(a.get("shared") or {}).get("weight", f"{spec.name}.weight")].numel()),
-                "epsilon": float(a.get("epsilon", 1e-5))}
+                "epsilon": float(a.get("epsilon", DEFAULT_BNORM_EPSILON))}
     if spec.type == "scale":
         return {"size": _row(list(nchw_to_mcn(state[dict(a.get("shared") or {}).get("weight", f"{spec.name}.weight")]).shape)),
                 "hasBias": bool(a.get("has_bias", True))}

@@ -64,7 +64,7 @@ from cqd_port.errors import CqdError
 from cqd_port.layout import image_to_nchw
 from cqd_port.nn import bnorm, conv, distill_loss, dropout, lrn, pool, relu, softmax, softmaxlog_loss
 from cqd_port.nn import modules as M
-from cqd_port.nn.functional import batch_moments
+from cqd_port.nn.functional import BETA18_BNORM_EPSILON, batch_moments
 from matconvnet_weights.convert import load_model
 from matconvnet_weights.simplenn import SIMPLENN_TYPES
 from cqd_port_parity.compare import (
@@ -259,7 +259,7 @@ def _op_forward(case: OpCase, x: torch.Tensor, lrn_mode: str, extra: dict[str, t
     if op == "dropout":
         return dropout(x, p["rate"], training=True, mask=t["mask"])
     if op == "bnorm":
-        return bnorm(x, t["g"], t["b"], t["moments"], p.get("epsilon", 1e-4))
+        return bnorm(x, t["g"], t["b"], t["moments"], p.get("epsilon", BETA18_BNORM_EPSILON))
     if op == "distill":
         # vl_nndistillloss: x/T2 is the student, v/T1 the teacher; y is per image.
         return distill_loss(x, t["v"], p["T2"], p["T1"], reduction="none")
