@@ -550,7 +550,9 @@ def _compare_network(
                 why = f"no parameter '{names[i]}.{suffix}'" if param is None else "no gradient for this parameter"
                 rows.append(failed_row(group, case, quantity, TOL_NETWORK_GRADIENT, join_notes(grad_note, why)))
             else:
-                got = param.grad.reshape(ref_grad.shape) if param.grad.numel() == ref_grad.numel() else param.grad
+                got = param.grad
+                if suffix == "moments" and got.numel() == ref_grad.numel():
+                    got = got.reshape(ref_grad.shape)  # C x 2 either way; a 2C vector in some files
                 rows.append(compare(case, quantity, got, ref_grad, TOL_NETWORK_GRADIENT, group, grad_note,
                                     gradient_context, layer_carried.get(suffix, 0.0)))
     return rows
@@ -742,7 +744,7 @@ def compare_layers_locally(
                 rows.append(failed_row(group, case, quantity, TOL_DEFAULT, join_notes(note, why)))
                 continue
             row_note = join_notes(note, "batch moments x N") if suffix == "moments" else note
-            got = grad.reshape(ref_grad.shape) if grad.numel() == ref_grad.numel() else grad
+            got = grad.reshape(ref_grad.shape) if suffix == "moments" and grad.numel() == ref_grad.numel() else grad
             rows.append(compare(case, quantity, got, ref_grad, TOL_DEFAULT, group, row_note, 0.0, layer_carried.get(suffix, 0.0)))
     return rows
 
