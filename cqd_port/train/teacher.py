@@ -11,6 +11,11 @@ weights, of the data (its `ImageStore`: sources, settings, average image)
 and of the precision (strict fp32 or TF32) and LRN mode. Change any and the
 key changes; a cache file whose contents do not match its key
 (stale, truncated, foreign) is recomputed and rewritten atomically.
+
+The later distillation methods read other layers of f (`teacher_targets`):
+those targets are fixed too and cached the same way (the key also names
+the layers) as long as their tables fit `TARGET_CACHE_BUDGET`; larger ones
+are recomputed per batch by f on the device (`TeacherTargets.describe()`).
 """
 
 from __future__ import annotations
