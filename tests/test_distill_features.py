@@ -136,3 +136,14 @@ def test_teacher_targets_cached_on_disk_or_recomputed_above_the_budget(tmp_path)
     assert torch.allclose(live.batch(index)["conv1"], batch["conv1"], atol=1e-5)
     with pytest.raises(CqdError, match="no layer named 'conv7'"):
         teacher_targets(teacher, data, ("conv7",), None)
+
+
+def test_graph_network_layers_by_name_are_their_output_variables():
+    from test_models_graph import _recursive_net
+
+    net = _recursive_net()
+    x = torch.randn(2, 2, 5, 5, generator=torch.Generator().manual_seed(2))
+    everything = net(x, return_all=True)
+    got = extract_features(net, x, ["conv_a", "relu_a", "conv_b", LOGITS])  # conv_b shares conv_a's filters
+    assert torch.equal(got["conv_a"], everything["h1"]) and torch.equal(got["relu_a"], everything["r1"])
+    assert torch.equal(got["conv_b"], everything["h2"]) and torch.equal(got[LOGITS], everything["output"])

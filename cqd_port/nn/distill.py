@@ -223,7 +223,8 @@ def dkd_losses(
     if not temperature > 0:
         raise CqdError(f"DKD: temperature must be positive, got {temperature}")
     teacher_logits = teacher_logits.detach().to(student_logits.dtype)
-    target = F.one_hot(labels.long(), student_logits.shape[1]).to(torch.bool)
+    # the label's column as a mask (scatter: no range check, so nothing waits for the device)
+    target = torch.zeros_like(student_logits, dtype=torch.bool).scatter_(1, labels.long().reshape(-1, 1), True)
 
     def binary_log_probs(logits: torch.Tensor) -> torch.Tensor:
         log_p = torch.log_softmax(logits / temperature, dim=1)

@@ -18,6 +18,17 @@ Layers are named as the networks name them (`cqd_port.models.features`):
 `teacher_layer` in f, `student_layer` in g, `logits` for a network's output.
 `from_dict` / `to_dict` are the YAML form: a key a method does not use is an
 error, and `to_dict` writes only the keys the method uses.
+
+Interpretations (where papers and their released code differ):
+- FitNets trained the hint alone first, then the student with KD; here the hint
+  is one term beside softmax-log from the start (as later comparisons run it),
+  and the regressor is a 1x1 conv after resizing f's map, not a conv whose
+  kernel fixes the sizes.
+- AT: `attention: paper` is Eq. (2) (unsquared norm of the difference);
+  `attention: code` the authors' `at_loss` (squared, averaged over positions).
+- RKD: the batch mean over pairs/triplets of the released code, not Eq. (4)'s sum.
+- DKD: the released code's `T^2` factor; its linear warm-up of the DKD term
+  over the first 20 epochs is NOT applied (the term has its full weight from epoch 1).
 """
 
 from __future__ import annotations

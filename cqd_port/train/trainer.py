@@ -608,7 +608,7 @@ def history_figure(history: Sequence[Mapping[str, Any]], title: str = "") -> Any
     distills = any(float(h.get("train", {}).get("distill", 0.0) or 0.0) != 0.0 for h in history)
     panels = [("objective", "softmax-log loss")]
     if distills:
-        panels.append(("distill", "distillation term (cross-entropy to the teacher, before lambda)"))
+        panels.append(("distill", "distillation term (CQD: cross-entropy to the teacher), before its weight"))
     panels.append(("top1err", "top-1 error"))
     fig = Figure(figsize=(5 * len(panels), 4.4 if title else 4))
     FigureCanvasAgg(fig)
