@@ -48,9 +48,9 @@ from cqd_port.train.checkpoint import (
 from cqd_port.train.device import configure_determinism, select_device
 from cqd_port.train.distillers import PARAMETER_PREFIX, Distiller, build_distiller
 from cqd_port.train.evaluate import Evaluation, evaluate
+from cqd_port.train.metrics import write_metrics
 from cqd_port.train.objective import Objective, class_scores
 from cqd_port.train.schedules import CUB_SCHEDULE, learning_rate, validate_schedule
-from cqd_port.train.metrics import write_metrics
 from cqd_port.train.sgd import OPTIMIZERS, MatConvNetSGD, Multipliers, TorchSGD, make_optimizer
 from cqd_port.train.teacher import TeacherTargets
 
@@ -558,6 +558,8 @@ def _finished(run: _Run) -> TrainResult:
     """A finished run: give back what it left, redoing only what a crash after the last checkpoint may have left unwritten."""
     config = run.config
     resumed_from = run.start_epoch - 1
+    if run.distiller is not None:
+        run.distiller.detach_hooks()
     atomic_write_json(run.run_dir / HISTORY_NAME, run.history)
     write_metrics(run.run_dir, run.history)
     if config.plot and not (run.run_dir / PLOT_NAME).exists():
