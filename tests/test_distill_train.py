@@ -213,3 +213,16 @@ def test_tensorboard_events_hold_the_history_values(tmp_path):
             for key in path:
                 value = value[key]
             assert scalar.value == pytest.approx(value, rel=1e-6)  # TensorBoard stores float32
+
+
+def test_a_torchvision_student_learns_from_a_matconvnet_teacher_of_another_size(tmp_path):
+    from cqd_port.models.torchvision_nets import build_torchvision
+
+    data = Blobs(12, 1)
+    student, _ = build_torchvision("resnet18", K, None, input_size=32, seed=0)  # g: layer3 is 256 x 2 x 2 at 32 px
+    spec = DistillSpec("fitnets", 0.01, teacher_layer="relu1", student_layer="layer3")  # f: relu1 is 10 x 16 x 16
+    result = train(student, data, None, config(epochs=1, batch_size=6, schedule=(0.001,), optimizer="torch"), Objective.for_method(spec),
+                   tmp_path, progress=False, teacher_targets=_targets(spec, data))
+    assert result.history[0]["train"]["distill"] > 0
+    ckpt = load_training_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt.distiller["connector.weight"].shape == (10, 256, 1, 1)
