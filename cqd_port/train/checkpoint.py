@@ -4,7 +4,8 @@ It holds what a rerun needs to continue exactly where the last *finished*
 epoch left off: the model's state dict, the SGD momentum buffers (MatConvNet
 keeps them in `state.momentum` across epochs, so they must survive a
 restart), the epoch number, the history so far and the configuration the run
-was started with. Shuffling and dropout are seeded from `(seed, epoch)`, so
+was started with; for a distillation method with parameters of its own
+(FitNets' connector) also the distiller's state dict, under `distiller`. Shuffling and dropout are seeded from `(seed, epoch)`, so
 no RNG state needs saving. Written atomically: an interrupted save leaves
 the previous checkpoint in place. Only tensors and plain Python values go
 in, so it loads with `torch.load(weights_only=True)`.
@@ -33,22 +34,23 @@ class TrainingCheckpoint:
     optimizer: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    distiller: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def save_training_checkpoint(path: str | Path, checkpoint: TrainingCheckpoint) -> None:
     """Write `checkpoint` to `path` atomically (tensors moved to the CPU)."""
-    atomic_torch_save(
-        path,
-        {
-            "format": FORMAT,
-            "version": VERSION,
-            "epoch": int(checkpoint.epoch),
-            "model": {k: v.detach().cpu().clone() for k, v in checkpoint.model.items()},
-            "optimizer": checkpoint.optimizer,
-            "history": checkpoint.history,
-            "config": checkpoint.config,
-        },
-    )
+    data = {
+        "format": FORMAT,
+        "version": VERSION,
+        "epoch": int(checkpoint.epoch),
+        "model": {k: v.detach().cpu().clone() for k, v in checkpoint.model.items()},
+        "optimizer": checkpoint.optimizer,
+        "history": checkpoint.history,
+        "config": checkpoint.config,
+    }
+    if checkpoint.distiller:
+        data["distiller"] = {k: v.detach().cpu().clone() for k, v in checkpoint.distiller.items()}
+    atomic_torch_save(path, data)
 
 
 def load_training_checkpoint(path: str | Path) -> TrainingCheckpoint:
@@ -72,4 +74,5 @@ def load_training_checkpoint(path: str | Path) -> TrainingCheckpoint:
         optimizer=dict(data["optimizer"]),
         history=list(data.get("history", [])),
         config=dict(data.get("config", {})),
+        distiller=dict(data.get("distiller", {})),
     )

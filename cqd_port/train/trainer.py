@@ -12,7 +12,8 @@ generator seeded from `(seed, epoch)` (an index permutation; the images sit
 in an `ImageStore` on the device), uses the last partial batch (as
 `cnn_train_dag` does), seeds dropout from `(seed, epoch)` as well,
 evaluates on the test set in test mode, and writes the run folder lean:
-`checkpoint.pt` (the latest epoch only, atomic), `history.json`, and at the
+`checkpoint.pt` (the latest epoch only, atomic), `history.json`, `metrics.csv`
+(and TensorBoard events when `tensorboard` is installed; `metrics`), and at the
 end `net-train.pdf` and `evaluation.json`. A rerun on the same folder
 continues after the last finished epoch; since an epoch's randomness
 depends only on `(seed, epoch)` and the momentum restarts at zero, an
@@ -45,10 +46,13 @@ from cqd_port.train.checkpoint import (
     save_training_checkpoint,
 )
 from cqd_port.train.device import configure_determinism, select_device
+from cqd_port.train.distillers import PARAMETER_PREFIX, Distiller, build_distiller
 from cqd_port.train.evaluate import Evaluation, evaluate
+from cqd_port.train.metrics import write_metrics
 from cqd_port.train.objective import Objective, class_scores
 from cqd_port.train.schedules import CUB_SCHEDULE, learning_rate, validate_schedule
 from cqd_port.train.sgd import OPTIMIZERS, MatConvNetSGD, Multipliers, TorchSGD, make_optimizer
+from cqd_port.train.teacher import TeacherTargets
 
 HISTORY_NAME = "history.json"
 PLOT_NAME = "net-train.pdf"
@@ -190,8 +194,13 @@ def train_step(
     labels: torch.Tensor,
     teacher_logits: torch.Tensor | None,
     lr: float,
+    distiller: Distiller | None = None,
+    teacher_targets: Mapping[str, torch.Tensor] | None = None,
 ) -> StepTensors:
     """One `cnn_train_dag` iteration: train-mode forward, backward of the summed objective, update.
+
+    A `distill` objective also needs the `distiller` (attached to `model`; its
+    parameters in `optimizer`) and f's `teacher_targets` for the batch.
 
     Nothing here waits for the device: the losses (those *before* the
     update, what MatConvNet accumulates in its statistics) and the error
@@ -201,8 +210,14 @@ def train_step(
     """
     model.train()
     optimizer.zero_grad()
-    scores = model(inputs)
-    value = objective(scores, labels, teacher_logits, check_labels=False)
+    if distiller is None:
+        scores = model(inputs)
+        value = objective(scores, labels, teacher_logits, check_labels=False)
+    else:
+        with distiller.capturing():
+            scores = model(inputs)
+        term = distiller(scores, labels, teacher_targets or {})
+        value = objective(scores, labels, teacher_logits, check_labels=False, distill_term=term)
     value.total.backward()
     optimizer.step(lr, int(inputs.shape[0]))
     with torch.no_grad():
@@ -302,6 +317,8 @@ class _Run:
     saved_config: dict[str, Any]
     history: list[dict[str, Any]]
     start_epoch: int
+    distiller: Distiller | None = None
+    targets: TeacherTargets | None = None
 
     @property
     def checkpoint_path(self) -> Path:
@@ -320,6 +337,7 @@ def train(
     progress: bool = True,
     on_step: Callable[[int, int, StepTensors], None] | None = None,
     batch_order: BatchOrder | None = None,
+    teacher_targets: TeacherTargets | None = None,
 ) -> TrainResult:
     """Train `model` in place for `config.epochs` epochs, checkpointing into `run_dir`.
 
@@ -333,8 +351,11 @@ def train(
     replaces the seeded shuffling (e.g. a recorded order). With `test_set`
     None there is no evaluation. If `run_dir` holds a checkpoint the run
     continues after its epoch (or returns at once if it is finished).
+    A `distill` objective (`Objective.for_method`) needs `teacher_targets`
+    (`cqd_port.train.teacher.teacher_targets`, rows indexed like `train_set`);
+    its `Distiller` is built here, its parameters trained and saved with g's.
     """
-    run = _resume(model, train_set, test_set, config, objective, Path(run_dir), teacher_logits, multipliers)
+    run = _resume(model, train_set, test_set, config, objective, Path(run_dir), teacher_logits, multipliers, teacher_targets)
     if run.start_epoch > config.epochs:
         return _finished(run)
     steps = images = 0
@@ -359,6 +380,8 @@ def train(
             run.history.append(record)
             _write_outputs(run, epoch, evaluation if last else None)
             bar.update(epoch_task, advance=1, info=_epoch_info(record))
+    if run.distiller is not None:
+        run.distiller.detach_hooks()
     elapsed = time.perf_counter() - t_start
     return TrainResult(
         run.history, evaluation, run.run_dir, config.epochs, run.start_epoch - 1, steps, images / elapsed if elapsed > 0 else float("nan")
@@ -374,6 +397,7 @@ def _resume(
     run_dir: Path,
     teacher_logits: torch.Tensor | None,
     multipliers: Mapping[str, Multipliers | tuple[float, float]] | None,
+    teacher_targets: TeacherTargets | None = None,
 ) -> _Run:
     """Check the inputs, put model, data and teacher on the device, continue from a checkpoint if any."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -399,7 +423,11 @@ def _resume(
     train_store = as_image_store(train_set).to(device)
     test_store = as_image_store(test_set).to(device) if test_set is not None else None
     _check_labels(model, train_store)
-    optimizer = make_optimizer(config.optimizer, model.named_parameters(), config.momentum, config.weight_decay, multipliers)
+    distiller, targets = _distillation(objective, model, train_store, teacher_targets, config.seed, device)
+    parameters = list(model.named_parameters())
+    if distiller is not None:
+        parameters += list(distiller.named_parameters(prefix=PARAMETER_PREFIX))
+    optimizer = make_optimizer(config.optimizer, parameters, config.momentum, config.weight_decay, multipliers)
     saved_config = {**config.to_dict(), "objective": objective.to_dict()}
     history: list[dict[str, Any]] = []
     start_epoch = 1
@@ -411,11 +439,27 @@ def _resume(
             model.load_state_dict({k: v.to(device) for k, v in ckpt.model.items()})
         except RuntimeError as exc:
             raise CqdError(f"{ckpt_path} does not fit this network ({str(exc).splitlines()[0]}); use a fresh run folder") from None
+        if distiller is not None:
+            distiller.load_state_dict({k: v.to(device) for k, v in ckpt.distiller.items()})
         optimizer.load_state_dict(ckpt.optimizer)
         history = list(ckpt.history)
         start_epoch = ckpt.epoch + 1
     teacher = teacher_logits.float().to(device) if teacher_logits is not None else None
-    return _Run(model, optimizer, objective, config, device, train_store, test_store, teacher, run_dir, saved_config, history, start_epoch)
+    return _Run(model, optimizer, objective, config, device, train_store, test_store, teacher, run_dir, saved_config, history, start_epoch, distiller, targets)
+
+
+def _distillation(
+    objective: Objective, model: torch.nn.Module, train_store: ImageStore, teacher_targets: TeacherTargets | None, seed: int, device: torch.device
+) -> tuple[Distiller | None, TeacherTargets | None]:
+    """For a `distill` objective: f's targets on the device and the distiller attached to g (connector seeded by `seed`)."""
+    if not objective.needs_teacher_targets:
+        return None, None
+    if teacher_targets is None:
+        raise CqdError(f"the {objective.distill.method} objective needs teacher_targets (f's outputs per training image); see cqd_port.train.teacher.teacher_targets")  # type: ignore[union-attr]
+    if teacher_targets.num_items != len(train_store):
+        raise CqdError(f"teacher targets cover {teacher_targets.num_items} images, the training set {len(train_store)}; compute them on this training set")
+    distiller = build_distiller(objective.distill, model, train_store.batch([0])[0], teacher_targets.item_shapes, seed)  # type: ignore[arg-type]
+    return distiller.to(device), teacher_targets.to(device)
 
 
 def _check_labels(model: torch.nn.Module, store: ImageStore) -> None:
@@ -455,7 +499,8 @@ def _run_epoch(run: _Run, epoch: int, batches: Sequence[Sequence[int]], bar: Any
             start += size
             inputs, labels = run.train_store.batch(index)
             teacher = run.teacher[index] if run.teacher is not None else None
-            out = train_step(run.model, run.optimizer, run.objective, inputs, labels, teacher, lr)
+            targets = run.targets.batch(index) if run.targets is not None else None
+            out = train_step(run.model, run.optimizer, run.objective, inputs, labels, teacher, lr, run.distiller, targets)
             sums += torch.stack([out.total.double(), out.softmaxlog.double(), out.distill.double(), out.errors.double()])
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(out.total), step, first_bad)
             bar.update(step_task, advance=1)
@@ -495,9 +540,13 @@ def _write_outputs(run: _Run, epoch: int, final_evaluation: Evaluation | None) -
     config = run.config
     save_training_checkpoint(
         run.checkpoint_path,
-        TrainingCheckpoint(epoch, run.model.state_dict(), run.optimizer.state_dict(), run.history, run.saved_config),
+        TrainingCheckpoint(
+            epoch, run.model.state_dict(), run.optimizer.state_dict(), run.history, run.saved_config,
+            run.distiller.state_dict() if run.distiller is not None else {},
+        ),
     )
     atomic_write_json(run.run_dir / HISTORY_NAME, run.history)
+    write_metrics(run.run_dir, run.history)
     last = epoch == config.epochs
     if config.plot and (last or (config.plot_every > 0 and epoch % config.plot_every == 0)):
         plot_history(run.history, run.run_dir / PLOT_NAME, config.plot_title)
@@ -509,7 +558,10 @@ def _finished(run: _Run) -> TrainResult:
     """A finished run: give back what it left, redoing only what a crash after the last checkpoint may have left unwritten."""
     config = run.config
     resumed_from = run.start_epoch - 1
+    if run.distiller is not None:
+        run.distiller.detach_hooks()
     atomic_write_json(run.run_dir / HISTORY_NAME, run.history)
+    write_metrics(run.run_dir, run.history)
     if config.plot and not (run.run_dir / PLOT_NAME).exists():
         plot_history(run.history, run.run_dir / PLOT_NAME, config.plot_title)
     evaluation = None
@@ -558,7 +610,7 @@ def history_figure(history: Sequence[Mapping[str, Any]], title: str = "") -> Any
     distills = any(float(h.get("train", {}).get("distill", 0.0) or 0.0) != 0.0 for h in history)
     panels = [("objective", "softmax-log loss")]
     if distills:
-        panels.append(("distill", "distillation term (cross-entropy to the teacher, before lambda)"))
+        panels.append(("distill", "distillation term (CQD: cross-entropy to the teacher), before its weight"))
     panels.append(("top1err", "top-1 error"))
     fig = Figure(figsize=(5 * len(panels), 4.4 if title else 4))
     FigureCanvasAgg(fig)
