@@ -43,7 +43,7 @@ from cqd_port.data import PREPARED_DEFAULT  # noqa: F401 - re-exported: prepare'
 from cqd_port.data.images import image_size, read_image_rgb
 from cqd_port.data.records import Box, DatasetIndex, ImageRecord, clip_box, map_box_to_resized, safe_join
 from cqd_port.errors import CqdError
-from cqd_port.fileio import atomic_path, atomic_write_json, check_output_dir
+from cqd_port.fileio import atomic_write_bytes, atomic_write_json, check_output_dir
 
 if TYPE_CHECKING:
     from cqd_port.data.degrade import DegradationConfig
@@ -234,9 +234,15 @@ def _process(job: tuple) -> tuple[str, tuple[int, int] | None, str | None]:
     except Exception as exc:  # noqa: BLE001 - collect per-image failures and report them together
         return rel, size, f"{degradation} failed: {exc}"
     params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if dst.suffix.lower() in (".jpg", ".jpeg") else []
-    with atomic_path(dst) as tmp:
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(result, cv2.COLOR_RGB2BGR), params):
-            raise CqdError(f"cannot write {dst}; check the --out folder is writable and has space")
+    # Encoded in memory (the same bytes cv2.imwrite writes), then written by fileio: a full disk is then a real
+    # ENOSPC with the size it needs (the disk-full line every writer gives), not a bare False from imwrite.
+    try:
+        encoded, data = cv2.imencode(dst.suffix, cv2.cvtColor(result, cv2.COLOR_RGB2BGR), params)
+    except cv2.error:
+        encoded = False
+    if not encoded:
+        raise CqdError(f"cannot encode {dst} as {dst.suffix}; convert the source images to .jpg or .png")
+    atomic_write_bytes(dst, data.tobytes())
     return rel, size, None
 
 
