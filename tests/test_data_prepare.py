@@ -234,3 +234,22 @@ def test_prepare_on_a_full_disk_gives_the_disk_full_line(birds, tmp_path, monkey
     assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
     assert ": disk full: writing it needs" in result.stderr and "free some space" in result.stderr
     assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp" in p.name]
+
+
+def test_resumed_prepare_removes_a_killed_run_s_half_written_images(birds, tmp_path):
+    import subprocess
+    import sys
+
+    from cqd_port import fileio
+
+    target = prepare_dataset("cub", "gray", birds, tmp_path, config=SMALL, progress=False)
+    first = sorted(target.rglob("*.jpg"))[0]
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a writer that is dead
+    leftover = first.parent / f".{first.name}.{child.pid}@{fileio._host()}.abcd1234.tmp.jpg"
+    leftover.write_bytes(b"half an image")
+    first.unlink()
+    (target / "manifest.json").unlink()  # the killed run had not finished
+    prepare_dataset("cub", "gray", birds, tmp_path, config=SMALL, progress=False)
+    assert first.is_file() and not leftover.exists()
+    assert not [p for p in target.rglob("*") if ".tmp" in p.name]

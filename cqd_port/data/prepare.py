@@ -17,7 +17,8 @@ gives e.g. the Local.+Res. task's B (low resolution of the full image); an
 overridden source is marked in the folder name (`lowres-full`), and so is a
 low-resolution kernel other than the default bilinear (`lowres-bicubic`).
 
-Resumable (finished files are skipped; every write is atomic), parallel
+Resumable (finished files are skipped; every write is atomic, and the
+temporary files of a killed run are removed when it resumes), parallel
 (`workers` processes; 0 = in-process) and deterministic: the random seed of
 each image (the distortion) is derived from the config's seed and the
 image's relative path, never from the order or the worker.
@@ -43,7 +44,7 @@ from cqd_port.data import PREPARED_DEFAULT  # noqa: F401 - re-exported: prepare'
 from cqd_port.data.images import image_size, read_image_rgb
 from cqd_port.data.records import Box, DatasetIndex, ImageRecord, clip_box, map_box_to_resized, safe_join
 from cqd_port.errors import CqdError
-from cqd_port.fileio import atomic_write_bytes, atomic_write_json, check_output_dir
+from cqd_port.fileio import atomic_write_bytes, atomic_write_json, check_output_dir, remove_stale_temporaries
 
 if TYPE_CHECKING:
     from cqd_port.data.degrade import DegradationConfig
@@ -378,6 +379,7 @@ def prepare_dataset(
         atomic_write_json(params_path, {**params, "fingerprint": fingerprint})
     if _is_current(target, index, fingerprint):
         return target  # finished from these very sources: nothing to redo (cheap, so reproduce can always ask)
+    remove_stale_temporaries(target, recursive=True)  # half-written images of a killed prepare (dead writers only)
 
     crop = effective == "box"
     sizes: dict[str, tuple[int, int]] = {}

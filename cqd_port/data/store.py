@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from cqd_port.errors import CqdError
-from cqd_port.fileio import atomic_path, atomic_write_json
+from cqd_port.fileio import atomic_path, atomic_write_json, remove_stale_temporaries
 
 __all__ = ["ImageStore", "as_image_store", "build_store", "check_average", "store_key"]
 
@@ -289,6 +289,7 @@ def build_store(
         if cached is not None:
             return ImageStore(cached, label_tensor, average_image, key)
         target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target.parent, [".store-*.tmp.npy"])  # stores of killed builds (dead writers only)
 
     bar = None
     if progress:
