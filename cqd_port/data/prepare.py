@@ -218,22 +218,27 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
-def _process(job: tuple) -> tuple[str, tuple[int, int] | None, str | None]:
-    """Degrade one image and write it atomically. Returns (path, source size, error or None)."""
+def _process(job: tuple) -> tuple[str, tuple[int, int] | None, str | None, bool]:
+    """Degrade one image and write it atomically.
+
+    Returns (path, source size, error or None, whether a plugin raised it).
+    """
     rel, src, dst, degradation, record_box, crop, config, seed = job
-    from cqd_port.data.degrade import degrade_from_source
+    from cqd_port.data.degrade import PluginFailure, degrade_from_source
 
     try:
         image = read_image_rgb(src)
     except CqdError:
-        return rel, None, "cannot be decoded"
+        return rel, None, "cannot be decoded", False
     size = image.shape[:2]
     if crop and record_box is None:
-        return rel, size, "has no bounding box to crop to"
+        return rel, size, "has no bounding box to crop to", False
     try:
-        result = degrade_from_source(degradation, image, record_box, crop, config, seed)
+        result = degrade_from_source(degradation, image, record_box, crop, config, seed, rel)
+    except PluginFailure as exc:
+        return rel, size, exc.detail, True
     except Exception as exc:  # noqa: BLE001 - collect per-image failures and report them together
-        return rel, size, f"{degradation} failed: {exc}"
+        return rel, size, f"{degradation} failed: {exc}", False
     params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if dst.suffix.lower() in (".jpg", ".jpeg") else []
     # Encoded in memory (the same bytes cv2.imwrite writes), then written by fileio: a full disk is then a real
     # ENOSPC with the size it needs (the disk-full line every writer gives), not a bare False from imwrite.
@@ -244,7 +249,7 @@ def _process(job: tuple) -> tuple[str, tuple[int, int] | None, str | None]:
     if not encoded:
         raise CqdError(f"cannot encode {dst} as {dst.suffix}; convert the source images to .jpg or .png")
     atomic_write_bytes(dst, data.tobytes())
-    return rel, size, None
+    return rel, size, None, False
 
 
 def usable_cpus() -> int:
@@ -266,7 +271,7 @@ def default_workers(num_images: int) -> int:
     return workers if workers > 1 else 0
 
 
-def _run(jobs: list[tuple], workers: int, progress: bool, label: str) -> Iterable[tuple[str, tuple[int, int] | None, str | None]]:
+def _run(jobs: list[tuple], workers: int, progress: bool, label: str) -> Iterable[tuple[str, tuple[int, int] | None, str | None, bool]]:
     bar = None
     if progress and jobs:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -392,16 +397,23 @@ def prepare_dataset(
     if workers is None:
         workers = default_workers(len(jobs))
     failures: list[str] = []
+    plugin_failures: list[str] = []
     label = f"{dataset}/{target.name}"
-    for rel, size, error in _run(jobs, workers, progress, label):
+    for rel, size, error, by_plugin in _run(jobs, workers, progress, label):
         if error is not None:
-            failures.append(f"{rel} ({error})")
+            (plugin_failures if by_plugin else failures).append(f"{rel} ({error})")
         elif size is not None:
             sizes[rel] = tuple(size)  # type: ignore[assignment]
-    if failures:
-        shown = "; ".join(failures[:5]) + ("; ..." if len(failures) > 5 else "")
+    if plugin_failures:  # the plugin's fault, not the images': say so, and where its parameters come from
+        from cqd_port.data.degrade import PARAMETERS_HINT
+
         raise CqdError(
-            f"{len(failures)} images could not be prepared ({shown}); replace or remove them under {index.root} and rerun "
+            f"degradation plugin '{degradation}' failed on {len(plugin_failures)} of {len(jobs)} images ({_first(plugin_failures)}); "
+            f"fix the plugin or its parameters ({PARAMETERS_HINT}) and rerun (finished images are kept)"
+        )
+    if failures:
+        raise CqdError(
+            f"{len(failures)} images could not be prepared ({_first(failures)}); replace or remove them under {index.root} and rerun "
             "(finished images are kept)"
         )
 
@@ -439,6 +451,10 @@ def prepare_dataset(
         atomic_write_json(target / "synthetic.json", {"synthetic": True, "prepared_from": str(Path(index.root).resolve())})
     atomic_write_json(target / MANIFEST, manifest)
     return target
+
+
+def _first(failures: list[str], shown: int = 5) -> str:
+    return "; ".join(failures[:shown]) + ("; ..." if len(failures) > shown else "")
 
 
 def read_prepared(directory: str | Path) -> DatasetIndex:
