@@ -43,6 +43,7 @@ from cqd_port.data.images import image_size
 from cqd_port.errors import CqdError
 from cqd_port.experiments.methods import FINAL_MODEL
 from cqd_port.fileio import atomic_write_json, atomic_write_text
+from cqd_port.seeds import check_seed
 
 if TYPE_CHECKING:
     from cqd_port.data.records import DatasetIndex, ImageRecord
@@ -221,7 +222,7 @@ def select_records(index: DatasetIndex, n: int, seed: int) -> list[ImageRecord]:
         )
     if n >= len(candidates):
         return candidates
-    chosen = np.random.default_rng(seed).choice(len(candidates), size=n, replace=False)
+    chosen = np.random.default_rng(check_seed(seed, "--seed of analyze gradients")).choice(len(candidates), size=n, replace=False)
     return [candidates[i] for i in sorted(chosen.tolist())]
 
 

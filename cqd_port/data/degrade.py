@@ -96,6 +96,8 @@ __all__ = [
 
 Box = Sequence[float]
 
+PARAMETERS_HINT = "data.parameters in a train config, --param for prepare and evaluate"
+
 DEFAULT_LOWRES_KERNEL = "bilinear"  # the user's specification; the release used "bicubic"
 LOWRES_KERNELS = ("bilinear", "bicubic")  # what the CLI offers: the specification and the release
 LOWRES_DEGRADATIONS = ("lowres", "localized_lowres")  # the degradations `lowres_kernel` applies to
@@ -119,16 +121,20 @@ class DegradationConfig:
     plugin_params: Optional[dict] = field(default=None, hash=False)  # keyword arguments of a `module:function` plugin
 
     def __post_init__(self) -> None:
+        from cqd_port.seeds import check_seed
+
         if self.sed_model is not None:
             object.__setattr__(self, "sed_model", str(self.sed_model))
+        object.__setattr__(self, "seed", check_seed(self.seed, "data.seed in a train config, --seed for prepare"))
         if self.plugin_params is not None:
+            shown = repr(self.plugin_params)[:200]
             if not isinstance(self.plugin_params, dict):
-                raise CqdError(f"DegradationConfig.plugin_params must be a mapping of keyword arguments, got {self.plugin_params!r}")
+                raise CqdError(f"plugin parameters must be name: value pairs, got {shown} ({PARAMETERS_HINT})")
             try:  # JSON-clean (tuples -> lists), so the prepared folder's record of them compares equal after a reload
                 object.__setattr__(self, "plugin_params", json.loads(json.dumps(self.plugin_params, sort_keys=True)))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, RecursionError):
                 raise CqdError(
-                    f"degradation parameters {self.plugin_params!r} must be numbers, strings, booleans or lists of them"
+                    f"plugin parameters {shown} must be numbers, strings, booleans or lists of them ({PARAMETERS_HINT})"
                 ) from None
         for option in ("resize_method", "lowres_kernel"):
             if getattr(self, option) not in METHODS:
@@ -257,9 +263,6 @@ DEGRADATIONS: dict[str, Degradation] = {
 def is_plugin(name: str) -> bool:
     """True for a user's degradation named `package.module:function`."""
     return ":" in name
-
-
-PARAMETERS_HINT = "data.parameters in a train config, --param for prepare and evaluate"
 
 
 class PluginFailure(CqdError):
