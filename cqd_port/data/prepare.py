@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 JPEG_QUALITY = 75  # MATLAB imwrite's default JPEG quality
 MANIFEST = "manifest.json"
 PARAMS_FILE = ".prepare-params.json"
+SOURCE_HINT = "--source for prepare, data.source in a train config"
+PREPARED_OPTION = "prepared-data folder (--out for prepare, data.prepared in a train config, --prepared for reproduce)"
 BOX_SOURCE_CUB = ("lowres", "edges", "edges_opencv", "edges_sobel", "distorted", "gray")
 
 
@@ -338,7 +340,7 @@ def prepare_dataset(
     needs_box = False if plugin else DEGRADATIONS[degradation].needs_box
     effective = source if source is not None else default_source(dataset, degradation)
     if needs_box and effective == "box":
-        raise CqdError(f"--source box does not apply to '{degradation}', which crops to the box itself; drop --source")
+        raise CqdError(f"source box does not apply to '{degradation}', which crops to the box itself; drop it ({SOURCE_HINT})")
     if degradation == "edges":  # a missing or broken model fails once, up front
         from cqd_port.data.sed import read_sed_model
 
@@ -351,10 +353,10 @@ def prepare_dataset(
         index = read_dataset(dataset, data_root)
     index.check_images_exist()
     if (effective == "box" or needs_box) and any(r.box is None for r in index.records):
-        raise CqdError(f"'{degradation}' from the box needs bounding boxes, but {index.root} has images without one; use --source full")
+        raise CqdError(f"'{degradation}' from the box needs bounding boxes, but {index.root} has images without one; use source full ({SOURCE_HINT})")
 
-    check_output_dir(out)
-    target = check_output_dir(output_dir(out, dataset, degradation, source, config.lowres_kernel, config.plugin_params))
+    check_output_dir(out, PREPARED_OPTION)
+    target = check_output_dir(output_dir(out, dataset, degradation, source, config.lowres_kernel, config.plugin_params), PREPARED_OPTION)
     out_size = config.out_size
     params = {
         "dataset": dataset,
@@ -375,7 +377,7 @@ def prepare_dataset(
             previous = None
         if not isinstance(previous, dict) or {k: v for k, v in previous.items() if k != "fingerprint"} != params:
             raise CqdError(
-                f"{target} was prepared with different settings ({params_path}); use another --out folder or delete {target}"
+                f"{target} was prepared with different settings ({params_path}); use another {PREPARED_OPTION} or delete {target}"
             )
         if previous.get("fingerprint") != fingerprint:
             _rebuild(target, f"the images under {index.root} changed since it was prepared")
