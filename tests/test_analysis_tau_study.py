@@ -169,3 +169,23 @@ def test_a_dataset_without_test_boxes_is_refused(setup, tmp_path):
 
     with pytest.raises(CqdError, match="bounding box"):
         select_records(index, 3, 0)
+
+
+def test_undefined_tau_is_reported_not_dropped_silently(setup, cli):
+    """A model whose scores ignore the image has an all-zero gradient: tau is 0/0. The output says how many, and
+    what the means and the percentage are computed on."""
+    from matconvnet_weights.convert import load_model, save_checkpoint
+
+    base, root, run_b, _ = setup
+    blind = base / "blind.pt"
+    model = load_model(run_b / "final.pt")
+    state = {k: (torch.zeros_like(v) if k == "fc.weight" else v) for k, v in model.state_dict().items()}
+    save_checkpoint(blind, model.specs, state, model.meta)
+    out = base / "out_blind"
+    result = cli("analyze", "gradients", "--model-b", run_b, "--model-cqd", blind, "--data-root", root, "--n", "5", "--out", out, "--panel", "2")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "images: 5 test images with a box" in lines
+    assert any(line.startswith("tau undefined (gradient map zero everywhere) on 5 of them (B model: 0, CQD model: 5)") for line in lines)
+    assert any("over the images compared: 0 of 5 images: both taus defined" in line for line in lines)
+    assert [r["tau_cqd"] for r in _read_csv(out / "tau.csv")] == ["nan"] * 5

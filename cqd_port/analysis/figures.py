@@ -84,9 +84,11 @@ def tau_scatter(
     c = np.asarray(tau_cqd, dtype=float)
     keep = np.isfinite(b) & np.isfinite(c)
     b, c = b[keep], c[keep]
+    left_out = int((~keep).sum())
     fig = Figure(figsize=(5.5, 5.5))
     ax = fig.add_subplot(1, 1, 1)
-    ax.scatter(b, c, s=8, alpha=0.5, color="#1f77b4", edgecolors="none", label=f"images (n={b.size})")
+    label = f"images (n={b.size})" if not left_out else f"images (n={b.size}; {left_out} with undefined tau left out)"
+    ax.scatter(b, c, s=8, alpha=0.5, color="#1f77b4", edgecolors="none", label=label)
     ax.plot([0, 1], [0, 1], color="black", linewidth=1, label="tau_CQD = tau_B")
     if b.size:
         mb, mc = float(b.mean()), float(c.mean())
@@ -94,7 +96,7 @@ def tau_scatter(
         ax.axhline(mc, color="#d62728", linestyle="--", linewidth=1, label=f"mean tau_CQD = {mc:.3f}")
         ax.plot([mb], [mc], marker="*", markersize=14, color="#ff7f0e", markeredgecolor="black", linestyle="none")
         higher = float((c > b).mean())
-        ax.text(0.02, 0.98, f"CQD higher on {100 * higher:.1f}% of images", transform=ax.transAxes, va="top")
+        ax.text(0.02, 0.98, f"CQD higher on {100 * higher:.1f}% of the {b.size} images", transform=ax.transAxes, va="top")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_aspect("equal")

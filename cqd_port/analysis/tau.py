@@ -158,6 +158,9 @@ class TauRow:
 
 @dataclass
 class TauStudyResult:
+    """The study's numbers. Means and the fraction are over the `compared` images whose two taus are both
+    defined; `undefined_b` / `undefined_cqd` count the images whose map was zero everywhere (tau NaN)."""
+
     rows: list[TauRow]
     mean_b: float
     mean_cqd: float
@@ -165,6 +168,26 @@ class TauStudyResult:
     csv_path: Path
     scatter_path: Path
     panel_path: Path
+    compared: int = 0
+    undefined_b: int = 0
+    undefined_cqd: int = 0
+
+    def summary_lines(self) -> list[str]:
+        """What `analyze gradients` prints: every count says what it counts, every mean what it is over."""
+        lines = [f"images: {len(self.rows)} test images with a box"]
+        if self.compared < len(self.rows):
+            lines.append(
+                f"tau undefined (gradient map zero everywhere) on {len(self.rows) - self.compared} of them "
+                f"(B model: {self.undefined_b}, CQD model: {self.undefined_cqd}); written as nan in tau.csv, "
+                f"left out of the numbers below"
+            )
+        compared = f"{self.compared} of {len(self.rows)} images: both taus defined"
+        lines += [
+            f"mean tau, B model:   {self.mean_b:.4f} (over the images compared: {compared})",
+            f"mean tau, CQD model: {self.mean_cqd:.4f} (same images)",
+            f"CQD's tau higher than B's on {100 * self.fraction_cqd_higher:.1f}% of the images compared ({compared})",
+        ]
+        return lines
 
 
 def resolve_checkpoint(path: str | os.PathLike[str], option: str) -> Path:
@@ -379,6 +402,9 @@ def run_tau_study(config: TauStudyConfig, progress: Any = None) -> TauStudyResul
         for r in records
     ]
     mean_b, mean_cqd, higher = summarize(rows)
+    compared = sum(1 for r in rows if math.isfinite(r.tau_b) and math.isfinite(r.tau_cqd))
+    undefined_b = sum(1 for r in rows if not math.isfinite(r.tau_b))
+    undefined_cqd = sum(1 for r in rows if not math.isfinite(r.tau_cqd))
     if config.synthetic is not None:
         synthetic = config.synthetic
     else:
@@ -419,4 +445,4 @@ def run_tau_study(config: TauStudyConfig, progress: Any = None) -> TauStudyResul
         )
     panel_path = gradient_panel(panel_rows, out / "gradient_maps.png", synthetic=synthetic)
     progress_path.unlink(missing_ok=True)
-    return TauStudyResult(rows, mean_b, mean_cqd, higher, csv_path, scatter_path, panel_path)
+    return TauStudyResult(rows, mean_b, mean_cqd, higher, csv_path, scatter_path, panel_path, compared, undefined_b, undefined_cqd)
