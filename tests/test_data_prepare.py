@@ -253,3 +253,8 @@ def test_resumed_prepare_removes_a_killed_run_s_half_written_images(birds, tmp_p
     prepare_dataset("cub", "gray", birds, tmp_path, config=SMALL, progress=False)
     assert first.is_file() and not leftover.exists()
     assert not [p for p in target.rglob("*") if ".tmp" in p.name]
+    # a finished folder too: a rerun that has nothing to redo still clears a dead writer's file
+    stray = target / f".manifest.json.{child.pid}@{fileio._host()}.zyxw9876.tmp.json"
+    stray.write_text("{")
+    prepare_dataset("cub", "gray", birds, tmp_path, config=SMALL, progress=False)
+    assert not stray.exists()

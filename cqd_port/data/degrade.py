@@ -136,13 +136,16 @@ class DegradationConfig:
                 raise CqdError(
                     f"plugin parameters {shown} must be numbers, strings, booleans or lists of them ({PARAMETERS_HINT})"
                 ) from None
-        for option in ("resize_method", "lowres_kernel"):
-            if getattr(self, option) not in METHODS:
-                raise CqdError(f"DegradationConfig.{option}={getattr(self, option)!r}: use one of {', '.join(METHODS)}")
+        if self.resize_method not in METHODS:
+            raise CqdError(f"DegradationConfig.resize_method={self.resize_method!r}: use one of {', '.join(METHODS)}")
+        if self.lowres_kernel not in METHODS:
+            raise CqdError(f"low-resolution kernel {self.lowres_kernel!r} (--lowres-kernel): use {' or '.join(LOWRES_KERNELS)}")
         if self.lowres_path not in ("code", "paper"):
-            raise CqdError(f"DegradationConfig.lowres_path={self.lowres_path!r}: use 'code' or 'paper'")
+            raise CqdError(f"low-resolution path {self.lowres_path!r} (--lowres-path): use code or paper")
         if self.out_size < 1 or self.lowres_size < 1:
-            raise CqdError(f"DegradationConfig sizes must be positive: out_size={self.out_size}, lowres_size={self.lowres_size}")
+            raise CqdError(
+                f"image sizes must be positive: out_size {self.out_size} (data.size in a train config), lowres_size {self.lowres_size}"
+            )
         self.tps_config()  # validates the distortion options
 
     def tps_config(self) -> TpsConfig:

@@ -384,9 +384,9 @@ def prepare_dataset(
             atomic_write_json(params_path, {**params, "fingerprint": fingerprint})
     else:
         atomic_write_json(params_path, {**params, "fingerprint": fingerprint})
+    remove_stale_temporaries(target, recursive=True)  # half-written files of a killed prepare (dead writers only)
     if _is_current(target, index, fingerprint):
         return target  # finished from these very sources: nothing to redo (cheap, so reproduce can always ask)
-    remove_stale_temporaries(target, recursive=True)  # half-written images of a killed prepare (dead writers only)
 
     crop = effective == "box"
     sizes: dict[str, tuple[int, int]] = {}
