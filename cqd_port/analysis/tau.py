@@ -209,11 +209,17 @@ def resolve_checkpoint(path: str | os.PathLike[str], option: str) -> Path:
 def load_analysis_model(
     path: str | os.PathLike[str], option: str, device: torch.device | str = "cpu"
 ) -> tuple[nn.Module, PreprocessingSpec]:
-    """Load a trained model (eval mode, on `device`) and the preprocessing it was trained with (from its meta)."""
+    """Load a trained model (eval mode, on `device`) and the preprocessing it was trained with (from its meta).
+
+    A MatConvNet-family checkpoint or a torchvision run's `final.pt`; the
+    latter takes 0..255 RGB at its input size (no average to subtract) and
+    does its own normalisation inside the module.
+    """
+    from cqd_port.models.torchvision_nets import is_torchvision_checkpoint, load_torchvision
     from matconvnet_weights.convert import load_model
 
     checkpoint = resolve_checkpoint(path, option)
-    model = load_model(checkpoint)
+    model = load_torchvision(checkpoint) if is_torchvision_checkpoint(checkpoint) else load_model(checkpoint)
     spec = preprocessing_from_meta(getattr(model, "meta", None), source=f"{option} {checkpoint}")
     model.eval()
     return model.to(device), spec
