@@ -8,6 +8,10 @@ permission-less folder, a file where a folder should be, a folder where the
 file should be) end in one `CqdError` line naming the path and the fix; the
 temporary file is removed first. `check_output_file` / `check_output_dir`
 make the same checks up front, before any long work.
+
+A process killed mid-write leaves its temporary behind; the name carries the
+writer's pid and host, so `remove_stale_temporaries` can delete the leftovers
+of dead writers and never a live writer's file.
 """
 
 from __future__ import annotations
