@@ -175,7 +175,7 @@ def _owner() -> str:
 # `.<name>.<pid>@<host>.<8 random chars>.tmp<suffix>` (atomic_path), or `.<name>.<8 random chars>.tmp<suffix>`
 # (written before the owner went into the name).
 _TEMPORARY = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]+)\.)?[a-z0-9_]{8}\.tmp(?:\.[^.]*)?$")
-STALE_AFTER_S = 3600.0
+STALE_AFTER_S = 24 * 3600.0  # a day: far beyond any one write, even a store built for hours on another host
 
 
 def _pid_alive(pid: int) -> bool:
@@ -206,7 +206,7 @@ def remove_stale_temporaries(
     system) and those without an owner in the name (older versions) are
     removed only when the caller holds the folder's lock (`lock_held=True`:
     no other writer can be at work there), or when untouched for
-    `stale_after_s` seconds (a writer renames its file within seconds).
+    `stale_after_s` seconds (default a day; a write is renamed long before).
 
     `patterns` (globs on the file name, e.g. `".checkpoint.pt.*.tmp.pt"`)
     narrows what is looked at; by default every `atomic_path` temporary.
