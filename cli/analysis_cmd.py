@@ -42,10 +42,8 @@ def _analyze_gradients(
             bar.advance(tasks[tag], advance)
 
         result = run_tau_study(config, progress=progress)
-    typer.echo(f"images: {len(result.rows)}")
-    typer.echo(f"mean tau, B model:   {result.mean_b:.4f}")
-    typer.echo(f"mean tau, CQD model: {result.mean_cqd:.4f}")
-    typer.echo(f"CQD's tau higher on {100 * result.fraction_cqd_higher:.1f}% of the images")
+    for line in result.summary_lines():
+        typer.echo(line)
     typer.echo(f"wrote {result.csv_path}, {result.scatter_path}, {result.panel_path}")
 
 

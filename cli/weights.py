@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cqd_port.errors import CqdError
 from matconvnet_weights.convert import MODEL_NAMES, convert_weights, layer_table, read_any, summary
 from matconvnet_weights.export import export_mat
 
@@ -118,6 +119,15 @@ def inspect_cmd(
 ) -> None:
     """Print the layer table and meta summary of a .mat model or a converted checkpoint."""
     console = _console()
+    torchvision = _torchvision_run(file)
+    if torchvision is not None:  # a torchvision run's final.pt: no MatConvNet layer table, its own summary
+        parameters = sum(p.numel() for p in torchvision.parameters())
+        console.print(
+            f"{file}: torchvision {torchvision.arch} saved by cqd-port train, {torchvision.num_classes} classes, "
+            f"input {torchvision.input_size}x{torchvision.input_size} (RGB 0..255, ImageNet mean/std inside), {parameters:,} parameters",
+            highlight=False, soft_wrap=True,
+        )
+        return
     with _status(f"reading {file}..."):
         network = read_any(file)
     console.print(table_view(network))
@@ -132,9 +142,24 @@ def export_mat_cmd(
 ) -> None:
     """Write a network as a MatConvNet model file: SimpleNN (beta18 layout) for chains, DagNN saveobj for graphs."""
     console = _console()
+    torchvision = _torchvision_run(file)
+    if torchvision is not None:
+        raise CqdError(
+            f"{file} is a torchvision {torchvision.arch} (a torchvision run's final.pt): MatConvNet has no such network, "
+            "so export-mat does not support torchvision runs; it writes vgg-m, vgg-vd-16 and converted MatConvNet models"
+        )
     with _status(f"writing {output}..."):
         written, layout = export_mat(file, output, force=force)
     console.print(f"wrote {written} ({layout})", highlight=False)
+
+
+def _torchvision_run(file: Path) -> Any:
+    """The network of a torchvision run's `final.pt`, or None for anything else (read by the MatConvNet readers)."""
+    from cqd_port.models.torchvision_nets import is_torchvision_checkpoint, load_torchvision
+
+    if file.suffix != ".pt" or not file.is_file() or not is_torchvision_checkpoint(file):
+        return None
+    return load_torchvision(file)
 
 
 def register(app: typer.Typer) -> None:

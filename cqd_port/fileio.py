@@ -8,6 +8,10 @@ permission-less folder, a file where a folder should be, a folder where the
 file should be) end in one `CqdError` line naming the path and the fix; the
 temporary file is removed first. `check_output_file` / `check_output_dir`
 make the same checks up front, before any long work.
+
+A process killed mid-write leaves its temporary behind; the name carries the
+writer's pid and host, so `remove_stale_temporaries` can delete the leftovers
+of dead writers and never a live writer's file.
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from cqd_port.errors import CqdError, DiskFullError
 
@@ -118,7 +125,9 @@ def check_output_file(target: str | os.PathLike[str], option: str = "--out") -> 
 def atomic_path(target: str | os.PathLike[str], expected_bytes: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to `target`; rename it onto `target` on success.
 
-    The temporary file keeps the target's suffix, so writers that dispatch on
+    The temporary file is `.<name>.<pid>@<host>.<random>.tmp<suffix>`: the
+    writer's process id and host, so `remove_stale_temporaries` can tell a
+    dead writer's leftover from a live one's file. It keeps the target's suffix, so writers that dispatch on
     the extension (matplotlib, cv2.imwrite) still work. On any exception the
     temporary file is removed and the target is left untouched. A full disk
     (`expected_bytes`, when known, goes into the message) and an unwritable
@@ -129,7 +138,7 @@ def atomic_path(target: str | os.PathLike[str], expected_bytes: int | None = Non
         check_free_space(target, expected_bytes)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{_owner()}.", suffix=f".tmp{target.suffix}", dir=target.parent)
     except OSError as exc:
         raise _path_error(exc, target, "output path") from None
     os.close(fd)
@@ -152,6 +161,84 @@ def atomic_path(target: str | os.PathLike[str], expected_bytes: int | None = Non
         if _caused_by_full_disk(exc) or (isinstance(exc, RuntimeError) and _looks_full(target, expected_bytes, written)):
             raise disk_full_error(target, expected_bytes, written) from None
         raise
+
+
+def _host() -> str:
+    """This machine's short host name, as it goes into temporary names (letters, digits, '-')."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0])[:32] or "host"
+
+
+def _owner() -> str:
+    return f"{os.getpid()}@{_host()}"
+
+
+# `.<name>.<pid>@<host>.<8 random chars>.tmp<suffix>` (atomic_path), or `.<name>.<8 random chars>.tmp<suffix>`
+# (written before the owner went into the name).
+_TEMPORARY = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]+)\.)?[a-z0-9_]{8}\.tmp(?:\.[^.]*)?$")
+STALE_AFTER_S = 24 * 3600.0  # a day: far beyond any one write, even a store built for hours on another host
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0  # someone else's process: alive
+    return True
+
+
+def remove_stale_temporaries(
+    folder: str | os.PathLike[str],
+    patterns: Iterable[str] | None = None,
+    *,
+    recursive: bool = False,
+    lock_held: bool = False,
+    stale_after_s: float = STALE_AFTER_S,
+) -> list[Path]:
+    """Delete the temporary files `atomic_path` left in `folder` when its writer died; return what was removed.
+
+    A killed process leaves `.<name>.<pid>@<host>.<random>.tmp<suffix>`
+    behind (`.checkpoint.pt.*.tmp.pt`, `.*.tmp.jpg` in a prepared folder,
+    `.store-*.tmp.npy` in a store cache). One is removed when its writer is
+    dead for sure: the pid written on THIS host is no longer running. A live
+    process's file is never touched. Files from another host (a shared file
+    system) and those without an owner in the name (older versions) are
+    removed only when the caller holds the folder's lock (`lock_held=True`:
+    no other writer can be at work there), or when untouched for
+    `stale_after_s` seconds (default a day; a write is renamed long before).
+
+    `patterns` (globs on the file name, e.g. `".checkpoint.pt.*.tmp.pt"`)
+    narrows what is looked at; by default every `atomic_path` temporary.
+    `recursive` looks in sub-folders too (a prepared folder's class folders).
+    Called by `prepare` on a folder it resumes and by the tensor store on its
+    cache; a run folder's lock holder should call it with `lock_held=True`.
+    """
+    import fnmatch
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    globs = list(patterns) if patterns is not None else None
+    host, now, removed = _host(), time.time(), []
+    candidates = folder.rglob(".*.tmp*") if recursive else folder.glob(".*.tmp*")
+    for path in candidates:
+        match = _TEMPORARY.match(path.name)
+        if match is None or (globs is not None and not any(fnmatch.fnmatchcase(path.name, g) for g in globs)):
+            continue
+        try:
+            if not path.is_file() or path.is_symlink():
+                continue
+            if match["pid"] is not None and match["host"] == host:
+                stale = not _pid_alive(int(match["pid"]))
+            else:
+                stale = lock_held or now - path.stat().st_mtime > stale_after_s
+            if stale:
+                path.unlink()
+                removed.append(path)
+        except OSError:  # gone meanwhile, or not ours to delete: leave it
+            continue
+    return removed
 
 
 def _caused_by_full_disk(exc: BaseException | None) -> bool:

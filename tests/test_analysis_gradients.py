@@ -151,3 +151,41 @@ def test_preprocessing_from_meta_is_the_training_preprocessing():
     assert spec.image_size == (224, 224) and not spec.average_image.any()
     with pytest.raises(CqdError, match="meta"):
         preprocessing_from_meta(["not", "a", "dict"], source="model.pt")
+
+
+class LinearNet(nn.Module):
+    """Scores = scale * W x: a model whose confidence (logit margin) is set by `scale`."""
+
+    def __init__(self, weight: torch.Tensor, scale: float) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * x.flatten(1) @ self.weight.flatten(1).T
+
+
+def test_a_saturated_softmax_still_gives_a_map_and_a_defined_tau():
+    """A margin of ~1000 makes 1 - p(y|x) exactly 0 in float32: the true gradient is all zeros (tau 0/0 = NaN).
+
+    The map is then the gradient's direction, d(z_y - z_runner-up)/dx in the limit: here W_y - W_k.
+    """
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(3, 3, 8, 8, generator=generator)  # 3 classes, 3 x 8 x 8 inputs
+    image = torch.randn(1, 3, 8, 8, generator=generator)
+    gentle, saturated = LinearNet(weight, 1e-3), LinearNet(weight, 1e4)
+    scores = saturated(image)[0]
+    label = int(scores.argmax())
+    runner_up = int(scores.argsort()[-2])
+    assert float(torch.softmax(scores, 0)[label]) == 1.0  # saturated in float32
+    maps = gradient_maps(saturated, image, torch.tensor([label]))
+    assert float(maps.sum()) > 0
+    expected = (weight[label] - weight[runner_up]).pow(2).sum(0).sqrt()
+    torch.testing.assert_close(maps[0] / maps[0].sum(), expected / expected.sum(), rtol=1e-4, atol=1e-7)
+    box = (2, 2, 5, 6)
+    assert tau_for_box(maps[0], box, (8, 8)) == pytest.approx(tau_for_box(expected, box, (8, 8)), abs=1e-6)
+    # an unsaturated model keeps the exact gradient (the tiny scale changes only its size)
+    exact = gradient_maps(gentle, image, torch.tensor([label]))[0]
+    probabilities = torch.softmax(gentle(image)[0], 0)
+    direction = (weight[label] - (probabilities[:, None, None, None] * weight).sum(0)) * 1e-3
+    torch.testing.assert_close(exact, direction.pow(2).sum(0).sqrt(), rtol=1e-4, atol=1e-9)

@@ -161,3 +161,63 @@ def test_report_table2(tmp_path, cli):
     assert result.exit_code == 0, result.stderr
     assert (results_dir / "figures" / "table2_bars.png").is_file()
     assert not list((results_dir / "figures").glob("curves_*"))  # no histories: bars only
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures as drawn (the Figure objects), besides the PNGs written."""
+    from cqd_port.analysis import figures
+
+    figs = []
+    real = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, path, dpi=100: figs.append(fig) or real(fig, path, dpi))
+    return figs
+
+
+def test_bar_legend_colours_are_the_methods_even_without_a_measured_bar(tmp_path, drawn):
+    from matplotlib.colors import to_rgba
+
+    from cqd_port.analysis.figures import METHOD_LABELS, method_colour
+
+    cells = [
+        {"task": "local_cub", "method": "upper_bound", "accuracy": 60.0, "paper": 67.0},
+        {"task": "local_cub", "method": "fine_tuning", "accuracy": None, "paper": 55.0},
+        {"task": "lowres_cub", "method": "staged", "accuracy": None, "paper": 45.0},
+        {"task": "lowres_cub", "method": "cqd", "accuracy": 50.0, "paper": 52.0},
+    ]
+    results_bars(cells, tmp_path / "bars.png")
+    legend = drawn[-1].axes[0].get_legend()
+    entries = {text.get_text(): handle for text, handle in zip(legend.get_texts(), legend.legend_handles)}
+    for method in ("upper_bound", "fine_tuning", "staged", "cqd"):
+        (label, handle), = [(t, h) for t, h in entries.items() if t.startswith(METHOD_LABELS[method])]
+        colour = handle.get_facecolor() if method in ("upper_bound", "cqd") else handle.get_edgecolor()
+        assert colour == pytest.approx(to_rgba(method_colour(method))), method
+        assert ("not measured" in label) == (method in ("fine_tuning", "staged"))
+
+
+def test_one_epoch_curves_have_whole_epoch_ticks_and_axes_from_zero(tmp_path, drawn):
+    training_curves({"cqd": {"train": {"objective": [1.3], "top1err": [0.6]}, "test": {"objective": [1.35], "top1err": [0.65]}}},
+                    tmp_path / "curves.png", task="local_cub")
+    fig = drawn[-1]
+    fig.canvas.draw()
+    objective, error = fig.axes
+    for ax in (objective, error):
+        assert ax.get_xlim() == (0.5, 1.5)
+        assert [t for t in ax.get_xticks() if 0.5 <= t <= 1.5] == [1.0]
+    assert objective.get_ylim()[0] == 0 and objective.get_ylim()[1] > 1.35  # the highest point is inside, not on the edge
+    assert error.get_ylim() == (0, 1)
+
+
+def test_gradient_panel_titles_stay_inside_the_figure(tmp_path, drawn):
+    rng = np.random.default_rng(0)
+    image = (rng.random((300, 500, 3)) * 255).astype(np.uint8)
+    maps = rng.random((2, 32, 32))
+    caption = "Black_Footed_Albatross_0046_18_a_long_file_name.jpg (Black footed Albatross)"
+    rows = [PanelRow(image, (10, 5, 300, 200), maps[0], (4, 2, 20, 21), 0.4, maps[1], (4, 2, 20, 21), 0.6, caption=caption)] * 2
+    gradient_panel(rows, tmp_path / "panel.png", synthetic=True)
+    fig = drawn[-1]
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    for ax in fig.axes:
+        extent = ax.title.get_window_extent(renderer)
+        assert box.x0 <= extent.x0 and extent.x1 <= box.x1 and extent.y1 <= box.y1, ax.title.get_text()

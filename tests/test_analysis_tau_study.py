@@ -169,3 +169,41 @@ def test_a_dataset_without_test_boxes_is_refused(setup, tmp_path):
 
     with pytest.raises(CqdError, match="bounding box"):
         select_records(index, 3, 0)
+
+
+def test_undefined_tau_is_reported_not_dropped_silently(setup, cli):
+    """A model whose scores ignore the image has an all-zero gradient: tau is 0/0. The output says how many, and
+    what the means and the percentage are computed on."""
+    from matconvnet_weights.convert import load_model, save_checkpoint
+
+    base, root, run_b, _ = setup
+    blind = base / "blind.pt"
+    model = load_model(run_b / "final.pt")
+    state = {k: (torch.zeros_like(v) if k == "fc.weight" else v) for k, v in model.state_dict().items()}
+    save_checkpoint(blind, model.specs, state, model.meta)
+    out = base / "out_blind"
+    result = cli("analyze", "gradients", "--model-b", run_b, "--model-cqd", blind, "--data-root", root, "--n", "5", "--out", out, "--panel", "2")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "images: 5 test images with a box" in lines
+    assert any(line.startswith("tau undefined (gradient map zero everywhere) on 5 of them (B model: 0, CQD model: 5)") for line in lines)
+    assert any("over the images compared: 0 of 5 images: both taus defined" in line for line in lines)
+    assert [r["tau_cqd"] for r in _read_csv(out / "tau.csv")] == ["nan"] * 5
+
+
+def test_torchvision_runs_are_analysed_too(setup, cli):
+    """A torchvision run's final.pt (e.g. from `cqd-port train` with a resnet) is read as such, not refused."""
+    from cqd_port.models.torchvision_nets import build_torchvision, save_torchvision
+
+    base, root, _, _ = setup
+    paths = []
+    for seed in (0, 1):
+        model, _ = build_torchvision("squeezenet1_1", CLASSES, None, 32, seed)
+        paths.append(base / f"tv{seed}" / "final.pt")
+        paths[-1].parent.mkdir(parents=True, exist_ok=True)
+        save_torchvision(paths[-1], model)
+    out = base / "out_tv"
+    result = cli("analyze", "gradients", "--model-b", paths[0].parent, "--model-cqd", paths[1], "--data-root", root, "--n", "3", "--out", out, "--panel", "1")
+    assert result.exit_code == 0, result.stderr
+    taus = [(float(r["tau_b"]), float(r["tau_cqd"])) for r in _read_csv(out / "tau.csv")]
+    assert len(taus) == 3 and all(0 <= t <= 1 for pair in taus for t in pair)

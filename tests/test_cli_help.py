@@ -43,6 +43,21 @@ def test_help_at_80_columns(path, cli, monkeypatch):
     assert max(len(line) for line in text.splitlines()) <= 80
 
 
+@pytest.mark.parametrize("path", [p for p, _ in COMMANDS], ids=" ".join)
+def test_help_shows_values_as_typed_not_python_types(path, cli):
+    """No `{FILE.mat}` (typer's mark of a required argument) and no `<list[str]>` (a repeatable option's Python type)."""
+    text = cli(*path, "--help").stdout
+    usage = text.splitlines()[0]
+    assert usage.startswith("Usage: ") and f"{' '.join(path)} [OPTIONS]" in usage and "{" not in usage and "}" not in usage
+    assert "list[" not in text and "<Path>" not in text
+
+
+def test_usage_names_arguments_as_typed(cli):
+    assert cli("convert-weights", "--help").stdout.splitlines()[0].endswith("cqd-port convert-weights [OPTIONS] FILE.mat")
+    assert cli("train", "--help").stdout.splitlines()[0].endswith("cqd-port train [OPTIONS] [CONFIG]")
+    assert "--param <str>" in cli("prepare", "--help").stdout
+
+
 def test_flags_are_flags(cli):
     result = cli("reproduce", "--dry-run", "true")
     assert result.exit_code == 2 and "true" in result.stderr

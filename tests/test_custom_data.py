@@ -190,3 +190,79 @@ def test_prepare_cli_folder_and_plugin(cli, tmp_path):
     assert json.loads((target / "manifest.json").read_text())["parameters"]["plugin_params"] == {"sigma": 1.0}
     result = cli("prepare", "--dataset", "folder", "--degradation", "no_such_mod:blur", "--data-root", str(root), "--out", str(tmp_path / "p2"))
     assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "no_such_mod:blur" in result.stderr
+
+
+@pytest.fixture
+def gate_plugins(tmp_path, monkeypatch):
+    (tmp_path / "my_gate_plugins.py").write_text(textwrap.dedent("""
+        import functools
+        from os import system
+        from subprocess import call as run_it
+        import numpy as np
+        def scaled(image, seed, sigma=1.0):
+            return np.clip(image * float(sigma), 0, 255).astype(np.uint8)
+        def needs_sigma(image, seed, sigma):
+            return image
+        def any_params(image, seed, **options):
+            return image
+        def img_first(img, seed):
+            return img
+        def picky(image, seed):
+            if seed % 2:
+                raise RuntimeError("odd seed")
+            return image
+        def shape_of(image, seed):
+            return np.full_like(image, min(image.shape[0], 255))
+        partial_scaled = functools.partial(scaled, sigma=2.0)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "my_gate_plugins"
+    sys.modules.pop("my_gate_plugins", None)
+
+
+@pytest.mark.parametrize("spec", ["os:system", "subprocess:call", "builtins:eval", "posix:system", "my_gate_plugins:system", "my_gate_plugins:run_it"])
+def test_builtin_and_standard_library_callables_are_refused_before_any_call(gate_plugins, tmp_path, spec):
+    marker = tmp_path / "called"
+    config = DegradationConfig(out_size=32, plugin_params={"command": f"touch {marker}", "args": ["touch", str(marker)]})
+    with pytest.raises(CqdError, match="standard-library|standard library") as info:
+        check_plugin(spec, config)
+    assert spec in str(info.value) and "\n" not in str(info.value)
+    assert not marker.exists()
+
+
+def test_plugin_signature_is_checked_before_the_call(gate_plugins):
+    spec = f"{gate_plugins}:scaled"
+    with pytest.raises(CqdError) as info:
+        check_plugin(spec, DegradationConfig(out_size=32, plugin_params={"sigmaa": 2, "gain": 1}))
+    message = str(info.value)
+    assert "'sigmaa'" in message and "'gain'" in message and "its parameters: sigma" in message
+    assert "data.parameters" in message and "--param" in message and "\n" not in message
+    with pytest.raises(CqdError, match=r"needs parameter 'sigma' without a default.*data.parameters"):
+        check_plugin(f"{gate_plugins}:needs_sigma", DegradationConfig(out_size=32))
+    with pytest.raises(CqdError, match="first parameter must be image"):
+        load_plugin(f"{gate_plugins}:img_first")
+    check_plugin(f"{gate_plugins}:any_params", DegradationConfig(out_size=32, plugin_params={"whatever": 1}))  # **options takes any
+    check_plugin(f"{gate_plugins}:partial_scaled", DegradationConfig(out_size=32))  # a partial of a user function is user code
+
+
+def test_any_exception_inside_a_plugin_is_one_line_naming_plugin_image_and_exception(gate_plugins):
+    spec = f"{gate_plugins}:scaled"
+    with pytest.raises(CqdError) as info:
+        check_plugin(spec, DegradationConfig(out_size=32, plugin_params={"sigma": "abc"}))
+    message = str(info.value)
+    assert spec in message and "the test image" in message and "ValueError" in message and "'abc'" in message
+    assert "\n" not in message and "data.parameters" in message
+    # on one real image, named as the caller names it (the catalog checks a plugin on the dataset's first image)
+    image = np.full((40, 50, 3), 100, np.uint8)
+    with pytest.raises(CqdError, match="failed on cat/0.png"):
+        check_plugin(spec, DegradationConfig(out_size=32, plugin_params={"sigma": "abc"}), image, "cat/0.png")
+    check_plugin(f"{gate_plugins}:shape_of", DegradationConfig(out_size=32), image, "cat/0.png")
+
+
+def test_prepare_blames_a_failing_plugin_not_the_images(gate_plugins, tmp_path, cli):
+    root = make_image_folder(tmp_path / "data", per_class=3)
+    spec = f"{gate_plugins}:picky"
+    result = cli("prepare", "--dataset", "folder", "--degradation", spec, "--data-root", root, "--out", tmp_path / "out", "--workers", "0", "--no-progress")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"degradation plugin '{spec}' failed on" in result.stderr and "RuntimeError: odd seed" in result.stderr
+    assert "--param" in result.stderr and "replace or remove" not in result.stderr

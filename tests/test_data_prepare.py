@@ -214,3 +214,47 @@ def test_distorted_box_follows_the_aspect_keeping_resize_and_top_left_canvas():
     # every other degradation resizes the whole image (aspect not kept)
     assert _output_box((101, 1, 200, 100), (100, 200), False, 64, "lowres", SMALL) == (33, 1, 64, 64)
     assert _output_box((1, 1, 50, 100), (100, 200), False, 64, "lowres", SMALL) == (1, 1, 16, 64)
+
+
+def test_prepare_on_a_full_disk_gives_the_disk_full_line(birds, tmp_path, monkeypatch, cli):
+    """ENOSPC while an image is written: the one-line disk-full error every other writer gives, no temporary left."""
+    import errno
+
+    from cqd_port import fileio
+
+    real = fileio.Path.write_bytes
+
+    def full(self, data):
+        if self.suffix == ".jpg":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(fileio.Path, "write_bytes", full)
+    result = cli("prepare", "--dataset", "cub", "--degradation", "gray", "--data-root", birds, "--out", tmp_path / "out", "--workers", "0", "--no-progress")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert ": disk full: writing it needs" in result.stderr and "free some space" in result.stderr
+    assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp" in p.name]
+
+
+def test_resumed_prepare_removes_a_killed_run_s_half_written_images(birds, tmp_path):
+    import subprocess
+    import sys
+
+    from cqd_port import fileio
+
+    target = prepare_dataset("cub", "gray", birds, tmp_path, config=SMALL, progress=False)
+    first = sorted(target.rglob("*.jpg"))[0]
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a writer that is dead
+    leftover = first.parent / f".{first.name}.{child.pid}@{fileio._host()}.abcd1234.tmp.jpg"
+    leftover.write_bytes(b"half an image")
+    first.unlink()
+    (target / "manifest.json").unlink()  # the killed run had not finished
+    prepare_dataset("cub", "gray", birds, tmp_path, config=SMALL, progress=False)
+    assert first.is_file() and not leftover.exists()
+    assert not [p for p in target.rglob("*") if ".tmp" in p.name]
+    # a finished folder too: a rerun that has nothing to redo still clears a dead writer's file
+    stray = target / f".manifest.json.{child.pid}@{fileio._host()}.zyxw9876.tmp.json"
+    stray.write_text("{")
+    prepare_dataset("cub", "gray", birds, tmp_path, config=SMALL, progress=False)
+    assert not stray.exists()

@@ -98,3 +98,44 @@ def test_stored_average_image_matches_matconvnet_and_the_mean_colour_does_not(pa
         store = ImageStore(ref.image.float(), torch.zeros(ref.image.shape[0], dtype=torch.long), average)
         errors[mode] = relative_error(store.batch(torch.arange(ref.image.shape[0]))[0], ref.input)[1]
     assert errors["stored"] <= 1e-6 and errors["colour"] > 1e-3, errors
+
+
+def _free_space(monkeypatch, free: int) -> None:
+    """The disk under every path has `free` bytes left (shutil.disk_usage as fileio asks it)."""
+    import shutil as shutil_module
+
+    from cqd_port import fileio
+
+    usage = shutil_module.disk_usage("/")
+    monkeypatch.setattr(fileio.shutil, "disk_usage", lambda path: usage._replace(free=free))
+
+
+def test_store_on_a_nearly_full_disk_is_the_disk_full_line_not_sigbus(tmp_path, monkeypatch):
+    from cqd_port.errors import DiskFullError
+
+    index = _index(tmp_path, [(16, 12)] * 3)
+    paths, labels = [r.path for r in index.records], [r.label for r in index.records]
+    cache = tmp_path / "store"
+    _free_space(monkeypatch, 1000)  # the store needs 3 x 3 x 16 x 12 bytes plus its header
+    with pytest.raises(DiskFullError, match="disk full") as info:
+        build_store(index.root, paths, labels, (16, 12), cache_dir=cache)
+    assert "\n" not in str(info.value) and "store-" in str(info.value)
+    assert list(cache.iterdir()) == []  # no .store-*.tmp.npy left
+
+
+def test_store_whose_blocks_cannot_be_reserved_is_the_disk_full_line(tmp_path, monkeypatch):
+    """The space check passed, then the disk filled (another writer): the blocks are reserved up front, so ENOSPC, not SIGBUS."""
+    import errno
+
+    import cqd_port.data.store as store_module
+    from cqd_port.errors import DiskFullError
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_module.os, "posix_fallocate", no_space)
+    index = _index(tmp_path, [(16, 12)] * 2)
+    cache = tmp_path / "store"
+    with pytest.raises(DiskFullError, match="disk full"):
+        build_store(index.root, [r.path for r in index.records], [r.label for r in index.records], (16, 12), cache_dir=cache)
+    assert list(cache.iterdir()) == []

@@ -115,3 +115,68 @@ def test_really_read_only_folder(tmp_path):
             check_output_dir(folder)
     finally:
         folder.chmod(0o755)
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_stale_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    host = fileio._host()
+    dead, alive = _dead_pid(), os.getpid()
+    names = {
+        "dead": f".checkpoint.pt.{dead}@{host}.abcd1234.tmp.pt",
+        "alive": f".checkpoint.pt.{alive}@{host}.abcd1234.tmp.pt",
+        "other_host": f".0001.jpg.{dead}@elsewhere-9.abcd1234.tmp.jpg",
+        "legacy_old": ".store-0123.npy.k2j3l4m5.tmp.npy",
+        "legacy_new": ".0002.jpg.zz9_x8y7.tmp.jpg",
+        "not_ours": ".notes.tmp",
+        "plain": "checkpoint.pt",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"x")
+    os.utime(tmp_path / names["legacy_old"], (1, 1))  # untouched for decades
+    removed = fileio.remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([names["dead"], names["legacy_old"]])
+    left = {p.name for p in tmp_path.iterdir()}
+    assert names["alive"] in left and names["other_host"] in left and names["legacy_new"] in left
+    # a live process's file survives even a lock holder's sweep; the lock holder clears the rest
+    removed = fileio.remove_stale_temporaries(tmp_path, lock_held=True)
+    assert sorted(p.name for p in removed) == sorted([names["other_host"], names["legacy_new"]])
+    assert {p.name for p in tmp_path.iterdir()} == {names["alive"], names["not_ours"], names["plain"]}
+
+
+def test_stale_temporaries_patterns_and_sub_folders(tmp_path):
+    host, dead = fileio._host(), _dead_pid()
+    (tmp_path / "cls").mkdir()
+    jpg = tmp_path / "cls" / f".a.jpg.{dead}@{host}.abcd1234.tmp.jpg"
+    ckpt = tmp_path / f".checkpoint.pt.{dead}@{host}.abcd1234.tmp.pt"
+    jpg.write_bytes(b"x")
+    ckpt.write_bytes(b"x")
+    assert fileio.remove_stale_temporaries(tmp_path, [".*.tmp.jpg"]) == []  # not recursive: the sub-folder is not looked at
+    assert fileio.remove_stale_temporaries(tmp_path, [".*.tmp.jpg"], recursive=True) == [jpg]
+    assert ckpt.exists()
+
+
+def test_atomic_path_names_its_temporary_after_the_live_writer(tmp_path):
+    with fileio.atomic_path(tmp_path / "a.pt") as tmp:
+        tmp.write_bytes(b"x")
+        assert f".a.pt.{os.getpid()}@{fileio._host()}." in tmp.name
+        assert fileio.remove_stale_temporaries(tmp_path, lock_held=True) == []  # never a live writer's file
+    assert (tmp_path / "a.pt").read_bytes() == b"x"
+
+
+def test_checkpoint_save_and_prepare_remove_a_killed_run_s_leftovers(tmp_path):
+    from cqd_port.train.checkpoint import TrainingCheckpoint, save_training_checkpoint
+
+    host, dead = fileio._host(), _dead_pid()
+    leftover = tmp_path / f".checkpoint.pt.{dead}@{host}.abcd1234.tmp.pt"
+    leftover.write_bytes(b"3.3 MB of a killed run")
+    save_training_checkpoint(tmp_path / "checkpoint.pt", TrainingCheckpoint(epoch=1, model={}, optimizer={}, history=[], config={}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]

@@ -140,3 +140,14 @@ def test_shortened_schedule_keeps_both_ends():
     assert len(short) == 4
     assert short[0] == 2 * 0.0005 and short[-1] == 2 * CUB_SCHEDULE[29]
     assert list(short) == sorted(short, reverse=True)
+
+
+@pytest.mark.parametrize("kind", ["matconvnet", "torch"])
+@pytest.mark.parametrize("momentum, weight_decay, key", [(-1.0, 5e-4, "train.momentum"), (0.9, -1.0, "train.weight_decay"), (float("nan"), 5e-4, "train.momentum"), (0.9, float("inf"), "train.weight_decay")])
+def test_negative_or_non_finite_momentum_and_weight_decay_are_refused_naming_the_key(kind, momentum, weight_decay, key):
+    from cqd_port.train.sgd import make_optimizer
+
+    with pytest.raises(CqdError, match=rf"^{key}: .* must be a non-negative number, e\.g\. {key.partition('.')[2]}: ") as info:
+        make_optimizer(kind, TwoParams().named_parameters(), momentum, weight_decay)
+    assert "\n" not in str(info.value)
+    make_optimizer(kind, TwoParams().named_parameters(), 0.0, 0.0)  # zero is fine

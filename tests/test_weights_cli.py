@@ -195,3 +195,19 @@ def test_disk_full_is_one_line_and_leaves_nothing(cli, tmp_path: Path, parity_di
     _assert_clean_error(result, f"{out}: disk full: writing it needs about 2.")
     assert "4.0 KiB free" in result.stderr
     assert not out.exists() and list(out.parent.glob("*")) == []
+
+
+def test_inspect_and_export_mat_on_a_torchvision_run_say_what_it_is(tmp_path, cli):
+    """A torchvision run's final.pt is described by inspect, and refused plainly by export-mat (not 'convert it')."""
+    from cqd_port.models.torchvision_nets import build_torchvision, save_torchvision
+
+    model, _ = build_torchvision("squeezenet1_1", 3, None, 32, 0)
+    final = tmp_path / "final.pt"
+    save_torchvision(final, model)
+    result = cli("inspect", final)
+    assert result.exit_code == 0, result.stderr
+    assert "torchvision squeezenet1_1" in result.stdout and "3 classes" in result.stdout and "32x32" in result.stdout
+    result = cli("export-mat", final, "-o", tmp_path / "net.mat")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "does not support torchvision runs" in result.stderr and "convert-weights" not in result.stderr
+    assert not (tmp_path / "net.mat").exists()

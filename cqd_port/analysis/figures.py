@@ -10,6 +10,7 @@ by the callers), never live models.
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from cqd_port.fileio import atomic_path
@@ -84,9 +86,11 @@ def tau_scatter(
     c = np.asarray(tau_cqd, dtype=float)
     keep = np.isfinite(b) & np.isfinite(c)
     b, c = b[keep], c[keep]
+    left_out = int((~keep).sum())
     fig = Figure(figsize=(5.5, 5.5))
     ax = fig.add_subplot(1, 1, 1)
-    ax.scatter(b, c, s=8, alpha=0.5, color="#1f77b4", edgecolors="none", label=f"images (n={b.size})")
+    label = f"images (n={b.size})" if not left_out else f"images (n={b.size}; {left_out} with undefined tau left out)"
+    ax.scatter(b, c, s=8, alpha=0.5, color="#1f77b4", edgecolors="none", label=label)
     ax.plot([0, 1], [0, 1], color="black", linewidth=1, label="tau_CQD = tau_B")
     if b.size:
         mb, mc = float(b.mean()), float(c.mean())
@@ -94,7 +98,7 @@ def tau_scatter(
         ax.axhline(mc, color="#d62728", linestyle="--", linewidth=1, label=f"mean tau_CQD = {mc:.3f}")
         ax.plot([mb], [mc], marker="*", markersize=14, color="#ff7f0e", markeredgecolor="black", linestyle="none")
         higher = float((c > b).mean())
-        ax.text(0.02, 0.98, f"CQD higher on {100 * higher:.1f}% of images", transform=ax.transAxes, va="top")
+        ax.text(0.02, 0.98, f"CQD higher on {100 * higher:.1f}% of the {b.size} images", transform=ax.transAxes, va="top")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_aspect("equal")
@@ -145,6 +149,9 @@ def _display_map(values: np.ndarray) -> np.ndarray:
     return np.clip(values / top, 0.0, 1.0)
 
 
+_CAPTION_CHARS = 40  # characters of a 9-point title that fit over one 3-inch panel column
+
+
 def gradient_panel(rows: Sequence[PanelRow], path: str | os.PathLike[str], *, synthetic: bool = False) -> Path:
     """Figure 4 left: per row the image, the B model's gradient map and the CQD model's, each with the box."""
     n = max(len(rows), 1)
@@ -155,7 +162,8 @@ def gradient_panel(rows: Sequence[PanelRow], path: str | os.PathLike[str], *, sy
         ax_img.imshow(image, cmap=None if image.ndim == 3 else "gray")
         x1, y1, x2, y2 = (float(v) - 1 for v in row.box)  # 1-based -> 0-based pixel centres
         _draw_box(ax_img, x1, y1, x2, y2, "#ffd700")
-        ax_img.set_title(row.caption or "image", fontsize=9)
+        # Wrapped to the panel's width: a long file name would otherwise run off the figure's edge.
+        ax_img.set_title(textwrap.fill(row.caption or "image", width=_CAPTION_CHARS), fontsize=9)
         for col, (values, box, name, value) in enumerate(
             ((row.map_b, row.box_b, "B", row.tau_b), (row.map_cqd, row.box_cqd, "CQD", row.tau_cqd)), start=2
         ):
@@ -202,6 +210,7 @@ def results_bars(
     ax = fig.add_subplot(1, 1, 1)
     by_key = {(str(c["task"]), str(c["method"])): c for c in cells}
     drawn_paper_label = False
+    handles: list = []
     for m, method in enumerate(methods):
         xs, measured, spread, papers, paper_xs = [], [], [], [], []
         for t, task in enumerate(tasks):
@@ -221,19 +230,27 @@ def results_bars(
         colour = method_colour(method)
         if paper_xs:
             ax.bar(paper_xs, papers, width=width, fill=False, hatch="///", edgecolor=colour, linewidth=0.6)
-        ax.bar(xs, measured, width=width * 0.6, color=colour, label=METHOD_LABELS.get(method, method))
+        ax.bar(xs, measured, width=width * 0.6, color=colour)
+        # The legend is drawn from explicit patches: an empty bar group (a method with only the paper's numbers)
+        # would otherwise get matplotlib's default colour in the legend, not the method's.
+        name = METHOD_LABELS.get(method, method)
+        if xs:
+            handles.append(Patch(facecolor=colour, edgecolor=colour, label=name))
+        else:
+            handles.append(Patch(facecolor="none", edgecolor=colour, hatch="///", label=f"{name}: paper only, not measured"))
         if any(spread):
             ax.errorbar(xs, measured, yerr=spread, fmt="none", ecolor="black", elinewidth=0.8, capsize=2, zorder=4)
         if paper_xs:
-            ax.scatter(paper_xs, papers, marker="_", s=120, color="black", zorder=3,
-                       label=None if drawn_paper_label else "paper (hatched bar, black mark)")
+            ax.scatter(paper_xs, papers, marker="_", s=120, color="black", zorder=3)
+            if not drawn_paper_label:
+                handles.insert(0, Line2D([], [], color="black", marker="_", linestyle="none", markersize=11, label="paper (hatched bar, black mark)"))
             drawn_paper_label = True
     ax.set_xticks(range(len(tasks)))
     ax.set_xticklabels(tasks, rotation=20, ha="right", fontsize=9)
     ax.set_ylabel("per-image accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title(_synthetic_title(f"Table {table}: measured (solid) vs paper (hatched)", synthetic), fontsize=10)
-    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    ax.legend(handles=handles, fontsize=7, ncol=2, loc="upper right")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
@@ -259,6 +276,7 @@ def training_curves(
     """
     fig = Figure(figsize=(11, 4.2))
     axes = [fig.add_subplot(1, 2, i + 1) for i in range(len(CURVE_METRICS))]
+    epochs, highest = 1, {metric: 0.0 for metric, _ in CURVE_METRICS}
     for method in sorted(histories, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m)):
         colour = method_colour(method)
         for ax, (metric, _) in zip(axes, CURVE_METRICS):
@@ -267,11 +285,18 @@ def training_curves(
                 if not series:
                     continue
                 values = np.asarray(series, dtype=float)
+                epochs = max(epochs, values.size)
+                if np.isfinite(values).any():
+                    highest[metric] = max(highest[metric], float(np.nanmax(values[np.isfinite(values)])))
                 ax.plot(np.arange(1, values.size + 1), values, style, color=colour, marker="." if values.size < 30 else None,
                         label=f"{METHOD_LABELS.get(method, method)} ({split})")
-    for ax, (_, label) in zip(axes, CURVE_METRICS):
+    for ax, (metric, label) in zip(axes, CURVE_METRICS):
+        # Whole epochs only, half an epoch of room either side: one epoch is one point at 1, not an axis
+        # from 0.945 to 1.05. The objective and the error are never negative; the error is a fraction.
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0.5, epochs + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_ylim(0, 1 if metric == "top1err" else 1.1 * highest[metric] or 1)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="upper right")

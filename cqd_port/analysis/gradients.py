@@ -15,6 +15,19 @@ and average the trainer takes from the model's meta). Subtracting the
 average is a constant shift, so the gradient with respect to the
 preprocessed input equals the gradient with respect to the resized image;
 the maps therefore live in the network's input coordinates (imageSize).
+
+Saturated images. For a model so confident that every other class's
+probability underflows in float32 (a logit margin above about 100),
+d log p(y|x) / dz = onehot - softmax(z) is exactly zero: the map is all
+zeros and tau is 0/0. Since
+
+    d log p(y|x)/dx = (1 - p_y) d(z_y - sum_{k != y} w_k z_k)/dx,  w = softmax(z without y)
+
+(w held fixed), the bracket is the gradient's direction, with weights that
+do not underflow; for those images (and only those) the map is taken from
+it. tau is a ratio of the map's sums, so it is the limit of tau as the
+margin grows, not a new definition; the displayed maps are normalised per
+image anyway.
 """
 
 from __future__ import annotations
@@ -85,8 +98,24 @@ def input_gradients(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
                 )
             log_likelihood = torch.log_softmax(scores, dim=1).gather(1, labels[:, None]).sum()
             (gradient,) = torch.autograd.grad(log_likelihood, x)
+            gradient = gradient.detach()
+            saturated = (gradient.flatten(1).abs().amax(dim=1) == 0).nonzero().flatten()
+            if saturated.numel() and scores.shape[1] > 1:
+                gradient[saturated] = _saturated_direction(model, images[saturated], labels[saturated])
     finally:
         model.train(was_training)
+    return gradient
+
+
+def _saturated_direction(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """d(z_y - sum_{k != y} w_k z_k)/dx, w = softmax of the other classes' scores (fixed): the direction of
+    d log p(y|x)/dx where 1 - p_y underflowed to zero (see the module docstring)."""
+    x = images.detach().clone().requires_grad_(True)
+    scores = class_scores(model, x)
+    others = scores.detach().scatter(1, labels[:, None], float("-inf"))
+    weights = torch.softmax(others, dim=1)  # zero at the true label
+    objective = (scores.gather(1, labels[:, None])[:, 0] - (weights * scores).sum(dim=1)).sum()
+    (gradient,) = torch.autograd.grad(objective, x)
     return gradient.detach()
 
 

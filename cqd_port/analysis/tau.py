@@ -43,6 +43,7 @@ from cqd_port.data.images import image_size
 from cqd_port.errors import CqdError
 from cqd_port.experiments.methods import FINAL_MODEL
 from cqd_port.fileio import atomic_write_json, atomic_write_text
+from cqd_port.seeds import check_seed
 
 if TYPE_CHECKING:
     from cqd_port.data.records import DatasetIndex, ImageRecord
@@ -157,6 +158,9 @@ class TauRow:
 
 @dataclass
 class TauStudyResult:
+    """The study's numbers. Means and the fraction are over the `compared` images whose two taus are both
+    defined; `undefined_b` / `undefined_cqd` count the images whose map was zero everywhere (tau NaN)."""
+
     rows: list[TauRow]
     mean_b: float
     mean_cqd: float
@@ -164,6 +168,26 @@ class TauStudyResult:
     csv_path: Path
     scatter_path: Path
     panel_path: Path
+    compared: int = 0
+    undefined_b: int = 0
+    undefined_cqd: int = 0
+
+    def summary_lines(self) -> list[str]:
+        """What `analyze gradients` prints: every count says what it counts, every mean what it is over."""
+        lines = [f"images: {len(self.rows)} test images with a box"]
+        if self.compared < len(self.rows):
+            lines.append(
+                f"tau undefined (gradient map zero everywhere) on {len(self.rows) - self.compared} of them "
+                f"(B model: {self.undefined_b}, CQD model: {self.undefined_cqd}); written as nan in tau.csv, "
+                f"left out of the numbers below"
+            )
+        compared = f"{self.compared} of {len(self.rows)} images: both taus defined"
+        lines += [
+            f"mean tau, B model:   {self.mean_b:.4f} (over the images compared: {compared})",
+            f"mean tau, CQD model: {self.mean_cqd:.4f} (same images)",
+            f"CQD's tau higher than B's on {100 * self.fraction_cqd_higher:.1f}% of the images compared ({compared})",
+        ]
+        return lines
 
 
 def resolve_checkpoint(path: str | os.PathLike[str], option: str) -> Path:
@@ -185,11 +209,17 @@ def resolve_checkpoint(path: str | os.PathLike[str], option: str) -> Path:
 def load_analysis_model(
     path: str | os.PathLike[str], option: str, device: torch.device | str = "cpu"
 ) -> tuple[nn.Module, PreprocessingSpec]:
-    """Load a trained model (eval mode, on `device`) and the preprocessing it was trained with (from its meta)."""
+    """Load a trained model (eval mode, on `device`) and the preprocessing it was trained with (from its meta).
+
+    A MatConvNet-family checkpoint or a torchvision run's `final.pt`; the
+    latter takes 0..255 RGB at its input size (no average to subtract) and
+    does its own normalisation inside the module.
+    """
+    from cqd_port.models.torchvision_nets import is_torchvision_checkpoint, load_torchvision
     from matconvnet_weights.convert import load_model
 
     checkpoint = resolve_checkpoint(path, option)
-    model = load_model(checkpoint)
+    model = load_torchvision(checkpoint) if is_torchvision_checkpoint(checkpoint) else load_model(checkpoint)
     spec = preprocessing_from_meta(getattr(model, "meta", None), source=f"{option} {checkpoint}")
     model.eval()
     return model.to(device), spec
@@ -221,7 +251,7 @@ def select_records(index: DatasetIndex, n: int, seed: int) -> list[ImageRecord]:
         )
     if n >= len(candidates):
         return candidates
-    chosen = np.random.default_rng(seed).choice(len(candidates), size=n, replace=False)
+    chosen = np.random.default_rng(check_seed(seed, "--seed of analyze gradients")).choice(len(candidates), size=n, replace=False)
     return [candidates[i] for i in sorted(chosen.tolist())]
 
 
@@ -378,6 +408,9 @@ def run_tau_study(config: TauStudyConfig, progress: Any = None) -> TauStudyResul
         for r in records
     ]
     mean_b, mean_cqd, higher = summarize(rows)
+    compared = sum(1 for r in rows if math.isfinite(r.tau_b) and math.isfinite(r.tau_cqd))
+    undefined_b = sum(1 for r in rows if not math.isfinite(r.tau_b))
+    undefined_cqd = sum(1 for r in rows if not math.isfinite(r.tau_cqd))
     if config.synthetic is not None:
         synthetic = config.synthetic
     else:
@@ -418,4 +451,4 @@ def run_tau_study(config: TauStudyConfig, progress: Any = None) -> TauStudyResul
         )
     panel_path = gradient_panel(panel_rows, out / "gradient_maps.png", synthetic=synthetic)
     progress_path.unlink(missing_ok=True)
-    return TauStudyResult(rows, mean_b, mean_cqd, higher, csv_path, scatter_path, panel_path)
+    return TauStudyResult(rows, mean_b, mean_cqd, higher, csv_path, scatter_path, panel_path, compared, undefined_b, undefined_cqd)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from cqd_port.data.records import DatasetIndex, ImageRecord
+from cqd_port.data.records import DATA_ROOT_HINT, DatasetIndex, ImageRecord
 from cqd_port.errors import CqdError
 
 
@@ -144,7 +144,7 @@ def read_cars_devkit(root: Path, name: str = "cars", allow_unlabelled_test: bool
     if meta is None or train_path is None:
         raise CqdError(
             f"no Stanford Cars annotations under {root}: expected cars_annos.mat (with car_ims/) or the devkit's "
-            "cars_meta.mat and cars_train_annos.mat (in the root or devkit/); point --data-root at the dataset"
+            f"cars_meta.mat and cars_train_annos.mat (in the root or devkit/); point the dataset folder ({DATA_ROOT_HINT}) at the dataset"
         )
     class_names = _class_names(meta, _load(meta))
     test_path = _find(root, "cars_test_annos_withlabels.mat")
@@ -172,7 +172,7 @@ def read_cars(root: str | Path, name: str = "cars", allow_unlabelled_test: bool 
     """Read Stanford Cars, auto-detecting the distribution (`cars_annos.mat` wins when both exist)."""
     root = Path(root)
     if not root.is_dir():
-        raise CqdError(f"Stanford Cars data root {root} does not exist; pass --data-root pointing at the dataset")
+        raise CqdError(f"Stanford Cars data root {root} does not exist; point the dataset folder ({DATA_ROOT_HINT}) at the dataset")
     if (root / "cars_annos.mat").is_file():
         return read_cars_annos(root, name)
     return read_cars_devkit(root, name, allow_unlabelled_test)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cqd_port.data.records import DatasetIndex, ImageRecord, matlab_round
+from cqd_port.data.records import DATA_ROOT_HINT, DatasetIndex, ImageRecord, matlab_round
 from cqd_port.errors import CqdError
 
 CUB_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt", "classes.txt")
@@ -25,7 +25,7 @@ CUB_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "bo
 def _read_table(path: Path, columns: int, kinds: tuple[type, ...]) -> list[tuple]:
     """Parse a whitespace table; the last column may contain spaces when it is a str."""
     if not path.is_file():
-        raise CqdError(f"missing CUB index file {path}; --data-root must point at CUB_200_2011 (the folder holding images.txt)")
+        raise CqdError(f"missing CUB index file {path}; point the dataset folder ({DATA_ROOT_HINT}) at CUB_200_2011 (the folder holding images.txt)")
     rows: list[tuple] = []
     try:
         text = path.read_text(encoding="utf-8")
@@ -52,7 +52,7 @@ def read_cub(root: str | Path, name: str = "cub") -> DatasetIndex:
     """
     root = Path(root)
     if not root.is_dir():
-        raise CqdError(f"CUB data root {root} does not exist; pass --data-root pointing at CUB_200_2011")
+        raise CqdError(f"CUB data root {root} does not exist; point the dataset folder ({DATA_ROOT_HINT}) at CUB_200_2011")
     images = _read_table(root / "images.txt", 2, (int, str))
     labels = dict(_read_table(root / "image_class_labels.txt", 2, (int, int)))
     split = dict(_read_table(root / "train_test_split.txt", 2, (int, int)))

@@ -45,9 +45,14 @@ A user's own degradation is named `package.module:function` (a *plugin*, not
 in the registry): the image is made `original` (out_size x out_size x 3
 uint8) and handed to `function(image, seed=image_seed, **plugin_params)`,
 which must return a uint8 array of that same shape; `plugin_params` are the
-config's. `check_plugin` imports a plugin and runs it once on a test image,
-so a missing module or a broken contract is a one-line error naming it
-before any image is written. Example: `cqd_port.plugins.blur:gaussian_blur`.
+config's. The contract is a gate, checked before the plugin is called: a
+builtin or standard-library callable (`os:system`, `builtins:eval`) is
+refused, the signature must take `image` first and a `seed`, and every
+parameter name must be one it takes (required ones given). Whatever the
+plugin raises becomes one error line naming it, the image and the exception.
+`check_plugin` does all this and runs it once (on a test image or one the
+caller gives), so a missing module or a broken contract is a one-line error
+naming it before any image is written. Example: `cqd_port.plugins.blur:gaussian_blur`.
 
 Which image a degradation starts from (the bird crop or the full picture)
 is decided by the caller (`cqd_port.data.prepare`); only `localized` and
@@ -85,10 +90,13 @@ __all__ = [
     "is_plugin",
     "load_plugin",
     "check_plugin",
+    "PluginFailure",
     "degradation_folder",
 ]
 
 Box = Sequence[float]
+
+PARAMETERS_HINT = "data.parameters in a train config, --param for prepare and evaluate"
 
 DEFAULT_LOWRES_KERNEL = "bilinear"  # the user's specification; the release used "bicubic"
 LOWRES_KERNELS = ("bilinear", "bicubic")  # what the CLI offers: the specification and the release
@@ -113,24 +121,31 @@ class DegradationConfig:
     plugin_params: Optional[dict] = field(default=None, hash=False)  # keyword arguments of a `module:function` plugin
 
     def __post_init__(self) -> None:
+        from cqd_port.seeds import check_seed
+
         if self.sed_model is not None:
             object.__setattr__(self, "sed_model", str(self.sed_model))
+        object.__setattr__(self, "seed", check_seed(self.seed, "data.seed in a train config, --seed for prepare"))
         if self.plugin_params is not None:
+            shown = repr(self.plugin_params)[:200]
             if not isinstance(self.plugin_params, dict):
-                raise CqdError(f"DegradationConfig.plugin_params must be a mapping of keyword arguments, got {self.plugin_params!r}")
+                raise CqdError(f"plugin parameters must be name: value pairs, got {shown} ({PARAMETERS_HINT})")
             try:  # JSON-clean (tuples -> lists), so the prepared folder's record of them compares equal after a reload
                 object.__setattr__(self, "plugin_params", json.loads(json.dumps(self.plugin_params, sort_keys=True)))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, RecursionError):
                 raise CqdError(
-                    f"degradation parameters {self.plugin_params!r} must be numbers, strings, booleans or lists of them"
+                    f"plugin parameters {shown} must be numbers, strings, booleans or lists of them ({PARAMETERS_HINT})"
                 ) from None
-        for option in ("resize_method", "lowres_kernel"):
-            if getattr(self, option) not in METHODS:
-                raise CqdError(f"DegradationConfig.{option}={getattr(self, option)!r}: use one of {', '.join(METHODS)}")
+        if self.resize_method not in METHODS:
+            raise CqdError(f"DegradationConfig.resize_method={self.resize_method!r}: use one of {', '.join(METHODS)}")
+        if self.lowres_kernel not in METHODS:
+            raise CqdError(f"low-resolution kernel {self.lowres_kernel!r} (--lowres-kernel): use {' or '.join(LOWRES_KERNELS)}")
         if self.lowres_path not in ("code", "paper"):
-            raise CqdError(f"DegradationConfig.lowres_path={self.lowres_path!r}: use 'code' or 'paper'")
+            raise CqdError(f"low-resolution path {self.lowres_path!r} (--lowres-path): use code or paper")
         if self.out_size < 1 or self.lowres_size < 1:
-            raise CqdError(f"DegradationConfig sizes must be positive: out_size={self.out_size}, lowres_size={self.lowres_size}")
+            raise CqdError(
+                f"image sizes must be positive: out_size {self.out_size} (data.size in a train config), lowres_size {self.lowres_size}"
+            )
         self.tps_config()  # validates the distortion options
 
     def tps_config(self) -> TpsConfig:
@@ -253,11 +268,47 @@ def is_plugin(name: str) -> bool:
     return ":" in name
 
 
+class PluginFailure(CqdError):
+    """A plugin raised on one image; `detail` is the exception alone (`Type: message`), for lists of failures."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+def _defining_module(function: Callable[..., Any]) -> str:
+    """The module a callable was defined in (through `functools.partial`), '' when unknown."""
+    import functools
+
+    while isinstance(function, functools.partial):
+        function = function.func
+    if isinstance(function, type):
+        return function.__module__ or ""
+    return getattr(function, "__module__", None) or getattr(type(function), "__module__", "") or ""
+
+
+def _is_standard_library(module_name: str) -> bool:
+    import sys
+
+    top = module_name.partition(".")[0].lstrip("_")
+    return module_name.partition(".")[0] in sys.stdlib_module_names or top in sys.stdlib_module_names or top == "builtins"
+
+
 def load_plugin(spec: str) -> Callable[..., np.ndarray]:
-    """Import `package.module:function`; a one-line CqdError naming it when it cannot be loaded."""
+    """Import `package.module:function`; a one-line CqdError naming it when it cannot be a degradation.
+
+    Refused before anything is called: a module or function that cannot be
+    found, a builtin or standard-library callable (`os:system`,
+    `builtins:eval`: never a degradation), and a callable whose signature
+    lacks the contract's `image` (first, positional) and `seed` parameters.
+    """
+    import inspect
+
     module_name, _, function_name = spec.partition(":")
     if not module_name or not function_name or ":" in function_name:
         raise CqdError(f"degradation plugin '{spec}': write it as package.module:function")
+    if _is_standard_library(module_name):
+        raise CqdError(f"degradation plugin '{spec}': {module_name} is Python's standard library, not a degradation; name your own package.module:function")
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - any import failure of user code is the user's to fix
@@ -268,20 +319,86 @@ def load_plugin(spec: str) -> Callable[..., np.ndarray]:
     function = getattr(module, function_name, None)
     if not callable(function):
         raise CqdError(f"degradation plugin '{spec}': {module_name} has no function {function_name}; check the name after ':'")
+    origin = _defining_module(function)
+    if inspect.isbuiltin(function) or _is_standard_library(origin):
+        raise CqdError(
+            f"degradation plugin '{spec}': {function_name} is {origin or 'a'} builtin or standard-library callable, not a degradation; "
+            "write a function (image, seed, ...) that returns the degraded image"
+        )
+    parameters = _plugin_parameters(spec, function)
+    names = list(parameters)
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if not names or names[0] != "image" or parameters["image"].kind not in positional:
+        raise CqdError(
+            f"degradation plugin '{spec}' cannot be called as {function_name}(image, seed=...): it takes ({', '.join(names)}); "
+            f"its first parameter must be image (the uint8 HxWx3 array): def {function_name}(image, seed, ...)"
+        )
+    seed = parameters.get("seed")
+    if seed is None or seed.kind not in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+        raise CqdError(
+            f"degradation plugin '{spec}' cannot be called as {function_name}(image, seed=...): it takes ({', '.join(names)}), "
+            f"no seed; add one (the per-image seed, for reproducible randomness): def {function_name}(image, seed, ...)"
+        )
     return function
 
 
-def _run_plugin(spec: str, image: np.ndarray, config: DegradationConfig, image_seed: int) -> np.ndarray:
-    """`original`, then the plugin; its output checked against the contract (uint8, the input's HxWx3)."""
+def _plugin_parameters(spec: str, function: Callable[..., Any]) -> dict[str, Any]:
+    import inspect
+
+    try:
+        return dict(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        raise CqdError(
+            f"degradation plugin '{spec}': its parameters cannot be read (a compiled callable?); "
+            "write it as a Python function (image, seed, ...)"
+        ) from None
+
+
+def _check_plugin_parameters(spec: str, function: Callable[..., Any], params: dict) -> None:
+    """The user's parameters against the plugin's signature: every name known, every required one given."""
+    import inspect
+
+    parameters = _plugin_parameters(spec, function)
+    keyword = {
+        name: p
+        for name, p in parameters.items()
+        if name not in ("image", "seed") and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+    takes_any = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    unknown = [name for name in params if name not in keyword and not takes_any]
+    if unknown:
+        known = ", ".join(keyword) or "none besides image and seed"
+        raise CqdError(
+            f"degradation plugin '{spec}': unexpected keyword argument {', '.join(repr(n) for n in unknown)} "
+            f"(its parameters: {known}); fix {PARAMETERS_HINT}"
+        )
+    missing = [name for name, p in keyword.items() if p.default is inspect.Parameter.empty and name not in params]
+    if missing:
+        raise CqdError(
+            f"degradation plugin '{spec}' needs parameter {', '.join(repr(n) for n in missing)} without a default; "
+            f"give it in {PARAMETERS_HINT}"
+        )
+
+
+def _run_plugin(
+    spec: str, image: np.ndarray, config: DegradationConfig, image_seed: int, image_name: str = "an image"
+) -> np.ndarray:
+    """`original`, then the plugin; its output checked against the contract (uint8, the input's HxWx3).
+
+    The plugin is user code: whatever it raises becomes one CqdError line
+    naming the plugin, the image and the exception.
+    """
     function = load_plugin(spec)
-    base = _original(image, None, config, image_seed)
     params = dict(config.plugin_params or {})
+    _check_plugin_parameters(spec, function, params)
+    base = _original(image, None, config, image_seed)
     try:
         result = function(base.copy(), seed=int(image_seed), **params)
-    except TypeError as exc:
-        raise CqdError(
-            f"degradation plugin '{spec}' cannot be called as {spec.partition(':')[2]}(image, seed=..., "
-            f"{', '.join(f'{k}=...' for k in params)}) ({exc}); match its parameters to the config's"
+    except Exception as exc:  # noqa: BLE001 - the plugin is the user's code: any failure is reported, not a traceback
+        detail = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        raise PluginFailure(
+            f"degradation plugin '{spec}' failed on {image_name} ({detail}); fix the plugin or its parameters ({PARAMETERS_HINT})",
+            detail,
         ) from None
     if not isinstance(result, np.ndarray) or result.dtype != np.uint8 or result.shape != base.shape:
         got = (
@@ -290,17 +407,25 @@ def _run_plugin(spec: str, image: np.ndarray, config: DegradationConfig, image_s
             else f"dtype {result.dtype}, shape {tuple(result.shape)}"
         )
         raise CqdError(
-            f"degradation plugin '{spec}' returned {got}; it must return a uint8 array of shape {tuple(base.shape)} "
+            f"degradation plugin '{spec}' returned {got} for {image_name}; it must return a uint8 array of shape {tuple(base.shape)} "
             "(the input's HxWx3; convert with np.clip(x, 0, 255).astype(np.uint8))"
         )
     return result
 
 
-def check_plugin(spec: str, config: DegradationConfig) -> None:
-    """Import the plugin and run it once on a test image: a CqdError naming it on any breach of the contract."""
-    n = config.out_size
-    ramp = np.linspace(0, 255, n * n * 3).reshape(n, n, 3)
-    _run_plugin(spec, np.round(ramp).astype(np.uint8), config, 0)
+def check_plugin(spec: str, config: DegradationConfig, image: np.ndarray | None = None, image_name: str = "") -> None:
+    """Import the plugin, check its signature against the parameters and run it once: a CqdError naming it on any breach.
+
+    `image` (any uint8 image, e.g. the dataset's first; `image_name` names it
+    in messages) is what it runs on; by default a synthetic out_size ramp.
+    Cheap, so a caller can check a plugin before any image is written or any
+    training starts.
+    """
+    if image is None:
+        n = config.out_size
+        image = np.round(np.linspace(0, 255, n * n * 3).reshape(n, n, 3)).astype(np.uint8)
+        image_name = image_name or "the test image"
+    _run_plugin(spec, to_rgb_uint8(image), config, 0, image_name or "the check image")
 
 
 def degradation_folder(name: str, plugin_params: dict | None = None) -> str:
@@ -323,10 +448,14 @@ def degrade(
     box: Optional[Box] = None,
     config: DegradationConfig = DegradationConfig(),
     image_seed: int = 0,
+    image_name: str = "an image",
 ) -> np.ndarray:
-    """Apply the degradation `name` (or a `module:function` plugin) to one uint8 image -> out_size x out_size x 3 uint8."""
+    """Apply the degradation `name` (or a `module:function` plugin) to one uint8 image -> out_size x out_size x 3 uint8.
+
+    `image_name` (e.g. its relative path) names the image in a plugin's error.
+    """
     if is_plugin(name):
-        return _run_plugin(name, to_rgb_uint8(image), config, int(image_seed))
+        return _run_plugin(name, to_rgb_uint8(image), config, int(image_seed), image_name)
     entry = DEGRADATIONS.get(name)
     if entry is None:
         raise CqdError(f"unknown degradation {name!r}: use one of {', '.join(DEGRADATIONS)}")
@@ -339,7 +468,7 @@ def degrade(
 
 
 def degrade_from_source(
-    name: str, image: np.ndarray, box: Optional[Box], crop: bool, config: DegradationConfig, image_seed: int
+    name: str, image: np.ndarray, box: Optional[Box], crop: bool, config: DegradationConfig, image_seed: int, image_name: str = "an image"
 ) -> np.ndarray:
     """`degrade` from the image the source rule picks (`prepare`, `gallery`).
 
@@ -351,4 +480,4 @@ def degrade_from_source(
         box = (1, 1, image.shape[1], image.shape[0])
     elif box is not None:
         box = clip_box(box, image.shape[1], image.shape[0])
-    return degrade(name, image, box, config, image_seed)
+    return degrade(name, image, box, config, image_seed, image_name)

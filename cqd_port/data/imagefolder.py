@@ -28,6 +28,7 @@ import numpy as np
 
 from cqd_port.data.records import Box, DatasetIndex, ImageRecord, matlab_round, safe_join
 from cqd_port.errors import CqdError
+from cqd_port.seeds import check_seed
 
 __all__ = ["IMAGE_SUFFIXES", "is_image_folder", "read_image_folder"]
 
@@ -85,7 +86,7 @@ def _read_boxes(path: Path) -> dict[str, Box]:
 
 def _stratified_test(labels: list[int], test_fraction: float, seed: int) -> set[int]:
     """Positions chosen for testing: round(n * fraction) of each class, seeded, class by class."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed, "data.split_seed in a train config"))
     by_class: dict[int, list[int]] = {}
     for position, label in enumerate(labels):
         by_class.setdefault(label, []).append(position)

@@ -17,7 +17,8 @@ gives e.g. the Local.+Res. task's B (low resolution of the full image); an
 overridden source is marked in the folder name (`lowres-full`), and so is a
 low-resolution kernel other than the default bilinear (`lowres-bicubic`).
 
-Resumable (finished files are skipped; every write is atomic), parallel
+Resumable (finished files are skipped; every write is atomic, and the
+temporary files of a killed run are removed when it resumes), parallel
 (`workers` processes; 0 = in-process) and deterministic: the random seed of
 each image (the distortion) is derived from the config's seed and the
 image's relative path, never from the order or the worker.
@@ -43,7 +44,7 @@ from cqd_port.data import PREPARED_DEFAULT  # noqa: F401 - re-exported: prepare'
 from cqd_port.data.images import image_size, read_image_rgb
 from cqd_port.data.records import Box, DatasetIndex, ImageRecord, clip_box, map_box_to_resized, safe_join
 from cqd_port.errors import CqdError
-from cqd_port.fileio import atomic_path, atomic_write_json, check_output_dir
+from cqd_port.fileio import atomic_write_bytes, atomic_write_json, check_output_dir, remove_stale_temporaries
 
 if TYPE_CHECKING:
     from cqd_port.data.degrade import DegradationConfig
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
 JPEG_QUALITY = 75  # MATLAB imwrite's default JPEG quality
 MANIFEST = "manifest.json"
 PARAMS_FILE = ".prepare-params.json"
+SOURCE_HINT = "--source for prepare, data.source in a train config"
+PREPARED_OPTION = "prepared-data folder (--out for prepare, data.prepared in a train config, --prepared for reproduce)"
 BOX_SOURCE_CUB = ("lowres", "edges", "edges_opencv", "edges_sobel", "distorted", "gray")
 
 
@@ -217,27 +220,38 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
-def _process(job: tuple) -> tuple[str, tuple[int, int] | None, str | None]:
-    """Degrade one image and write it atomically. Returns (path, source size, error or None)."""
+def _process(job: tuple) -> tuple[str, tuple[int, int] | None, str | None, bool]:
+    """Degrade one image and write it atomically.
+
+    Returns (path, source size, error or None, whether a plugin raised it).
+    """
     rel, src, dst, degradation, record_box, crop, config, seed = job
-    from cqd_port.data.degrade import degrade_from_source
+    from cqd_port.data.degrade import PluginFailure, degrade_from_source
 
     try:
         image = read_image_rgb(src)
     except CqdError:
-        return rel, None, "cannot be decoded"
+        return rel, None, "cannot be decoded", False
     size = image.shape[:2]
     if crop and record_box is None:
-        return rel, size, "has no bounding box to crop to"
+        return rel, size, "has no bounding box to crop to", False
     try:
-        result = degrade_from_source(degradation, image, record_box, crop, config, seed)
+        result = degrade_from_source(degradation, image, record_box, crop, config, seed, rel)
+    except PluginFailure as exc:
+        return rel, size, exc.detail, True
     except Exception as exc:  # noqa: BLE001 - collect per-image failures and report them together
-        return rel, size, f"{degradation} failed: {exc}"
+        return rel, size, f"{degradation} failed: {exc}", False
     params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if dst.suffix.lower() in (".jpg", ".jpeg") else []
-    with atomic_path(dst) as tmp:
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(result, cv2.COLOR_RGB2BGR), params):
-            raise CqdError(f"cannot write {dst}; check the --out folder is writable and has space")
-    return rel, size, None
+    # Encoded in memory (the same bytes cv2.imwrite writes), then written by fileio: a full disk is then a real
+    # ENOSPC with the size it needs (the disk-full line every writer gives), not a bare False from imwrite.
+    try:
+        encoded, data = cv2.imencode(dst.suffix, cv2.cvtColor(result, cv2.COLOR_RGB2BGR), params)
+    except cv2.error:
+        encoded = False
+    if not encoded:
+        raise CqdError(f"cannot encode {dst} as {dst.suffix}; convert the source images to .jpg or .png")
+    atomic_write_bytes(dst, data.tobytes())
+    return rel, size, None, False
 
 
 def usable_cpus() -> int:
@@ -259,7 +273,7 @@ def default_workers(num_images: int) -> int:
     return workers if workers > 1 else 0
 
 
-def _run(jobs: list[tuple], workers: int, progress: bool, label: str) -> Iterable[tuple[str, tuple[int, int] | None, str | None]]:
+def _run(jobs: list[tuple], workers: int, progress: bool, label: str) -> Iterable[tuple[str, tuple[int, int] | None, str | None, bool]]:
     bar = None
     if progress and jobs:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -326,7 +340,7 @@ def prepare_dataset(
     needs_box = False if plugin else DEGRADATIONS[degradation].needs_box
     effective = source if source is not None else default_source(dataset, degradation)
     if needs_box and effective == "box":
-        raise CqdError(f"--source box does not apply to '{degradation}', which crops to the box itself; drop --source")
+        raise CqdError(f"source box does not apply to '{degradation}', which crops to the box itself; drop it ({SOURCE_HINT})")
     if degradation == "edges":  # a missing or broken model fails once, up front
         from cqd_port.data.sed import read_sed_model
 
@@ -339,10 +353,10 @@ def prepare_dataset(
         index = read_dataset(dataset, data_root)
     index.check_images_exist()
     if (effective == "box" or needs_box) and any(r.box is None for r in index.records):
-        raise CqdError(f"'{degradation}' from the box needs bounding boxes, but {index.root} has images without one; use --source full")
+        raise CqdError(f"'{degradation}' from the box needs bounding boxes, but {index.root} has images without one; use source full ({SOURCE_HINT})")
 
-    check_output_dir(out)
-    target = check_output_dir(output_dir(out, dataset, degradation, source, config.lowres_kernel, config.plugin_params))
+    check_output_dir(out, PREPARED_OPTION)
+    target = check_output_dir(output_dir(out, dataset, degradation, source, config.lowres_kernel, config.plugin_params), PREPARED_OPTION)
     out_size = config.out_size
     params = {
         "dataset": dataset,
@@ -363,13 +377,14 @@ def prepare_dataset(
             previous = None
         if not isinstance(previous, dict) or {k: v for k, v in previous.items() if k != "fingerprint"} != params:
             raise CqdError(
-                f"{target} was prepared with different settings ({params_path}); use another --out folder or delete {target}"
+                f"{target} was prepared with different settings ({params_path}); use another {PREPARED_OPTION} or delete {target}"
             )
         if previous.get("fingerprint") != fingerprint:
             _rebuild(target, f"the images under {index.root} changed since it was prepared")
             atomic_write_json(params_path, {**params, "fingerprint": fingerprint})
     else:
         atomic_write_json(params_path, {**params, "fingerprint": fingerprint})
+    remove_stale_temporaries(target, recursive=True)  # half-written files of a killed prepare (dead writers only)
     if _is_current(target, index, fingerprint):
         return target  # finished from these very sources: nothing to redo (cheap, so reproduce can always ask)
 
@@ -384,16 +399,23 @@ def prepare_dataset(
     if workers is None:
         workers = default_workers(len(jobs))
     failures: list[str] = []
+    plugin_failures: list[str] = []
     label = f"{dataset}/{target.name}"
-    for rel, size, error in _run(jobs, workers, progress, label):
+    for rel, size, error, by_plugin in _run(jobs, workers, progress, label):
         if error is not None:
-            failures.append(f"{rel} ({error})")
+            (plugin_failures if by_plugin else failures).append(f"{rel} ({error})")
         elif size is not None:
             sizes[rel] = tuple(size)  # type: ignore[assignment]
-    if failures:
-        shown = "; ".join(failures[:5]) + ("; ..." if len(failures) > 5 else "")
+    if plugin_failures:  # the plugin's fault, not the images': say so, and where its parameters come from
+        from cqd_port.data.degrade import PARAMETERS_HINT
+
         raise CqdError(
-            f"{len(failures)} images could not be prepared ({shown}); replace or remove them under {index.root} and rerun "
+            f"degradation plugin '{degradation}' failed on {len(plugin_failures)} of {len(jobs)} images ({_first(plugin_failures)}); "
+            f"fix the plugin or its parameters ({PARAMETERS_HINT}) and rerun (finished images are kept)"
+        )
+    if failures:
+        raise CqdError(
+            f"{len(failures)} images could not be prepared ({_first(failures)}); replace or remove them under {index.root} and rerun "
             "(finished images are kept)"
         )
 
@@ -431,6 +453,10 @@ def prepare_dataset(
         atomic_write_json(target / "synthetic.json", {"synthetic": True, "prepared_from": str(Path(index.root).resolve())})
     atomic_write_json(target / MANIFEST, manifest)
     return target
+
+
+def _first(failures: list[str], shown: int = 5) -> str:
+    return "; ".join(failures[:shown]) + ("; ..." if len(failures) > shown else "")
 
 
 def read_prepared(directory: str | Path) -> DatasetIndex:

@@ -15,6 +15,9 @@ from pathlib import Path, PurePosixPath
 
 from cqd_port.errors import CqdError
 
+# Where a user names the dataset folder, in each command: hints name them all, so the one the user ran is there.
+DATA_ROOT_HINT = "data.root in a train config, --data-root for prepare, --cub-root/--cars-root for reproduce, --data for evaluate"
+
 Box = tuple[int, int, int, int]
 
 
@@ -95,7 +98,7 @@ class DatasetIndex:
             shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
             raise CqdError(
                 f"{len(missing)} of {len(self.records)} images of dataset '{self.name}' are missing under "
-                f"{self.root} ({shown}); point --data-root at the complete dataset or restore the images"
+                f"{self.root} ({shown}); point the dataset folder ({DATA_ROOT_HINT}) at the complete dataset or restore the images"
             )
 
 

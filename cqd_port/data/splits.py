@@ -15,6 +15,7 @@ import numpy as np
 
 from cqd_port.data.records import DatasetIndex, ImageRecord
 from cqd_port.errors import CqdError
+from cqd_port.seeds import check_seed
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ def validation_split(index: DatasetIndex, fraction: float = 1 / 3, seed: int = 0
     if not 0.0 < fraction < 1.0:
         raise CqdError(f"validation fraction {fraction} must lie strictly between 0 and 1")
     train = index.train_records()
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed, "the validation split's seed"))
     by_class: dict[int, list[int]] = {}
     for position, record in enumerate(train):
         by_class.setdefault(record.label, []).append(position)

@@ -35,6 +35,7 @@ drawn from the trainer's seeded generator; there are no DataLoader workers.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -46,7 +47,7 @@ import numpy as np
 import torch
 
 from cqd_port.errors import CqdError
-from cqd_port.fileio import atomic_path, atomic_write_json
+from cqd_port.fileio import atomic_path, atomic_write_json, remove_stale_temporaries
 
 __all__ = ["ImageStore", "as_image_store", "build_store", "check_average", "store_key"]
 
@@ -288,6 +289,7 @@ def build_store(
         if cached is not None:
             return ImageStore(cached, label_tensor, average_image, key)
         target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target.parent, [".store-*.tmp.npy"])  # stores of killed builds (dead writers only)
 
     bar = None
     if progress:
@@ -302,8 +304,9 @@ def build_store(
             _fill(array, root, paths, image_size, boxes, dtype, bar, on_image)
             images = torch.from_numpy(array)
         else:
-            with atomic_path(target) as tmp:
+            with atomic_path(target, _npy_bytes(shape, dtype)) as tmp:
                 array = np.lib.format.open_memmap(tmp, mode="w+", dtype=_DTYPES[dtype], shape=shape)
+                _reserve(tmp)
                 _fill(array, root, paths, image_size, boxes, dtype, bar, on_image)
                 array.flush()
                 del array
@@ -314,6 +317,30 @@ def build_store(
         if bar is not None:
             bar.stop()
     return ImageStore(images, label_tensor, average_image, key)
+
+
+def _npy_bytes(shape: tuple[int, ...], dtype: str) -> int:
+    """The size of the store's `.npy` file: the pixels plus a generous header (checked against the free space first)."""
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(_DTYPES[dtype]).itemsize + 4096
+
+
+def _reserve(path: Path) -> None:
+    """Allocate every block of the memory-mapped file now.
+
+    `open_memmap` makes a sparse file; a page written into a hole on a full disk
+    kills the process with SIGBUS, no message. Reserved blocks fail here
+    instead, with ENOSPC, which `atomic_path` turns into the disk-full line.
+    """
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # file systems without it: the space check stands
+            raise
+    except AttributeError:  # no posix_fallocate on this platform
+        pass
+    finally:
+        os.close(fd)
 
 
 def _fill(array: np.ndarray, root, paths, image_size, boxes, dtype, bar, on_image) -> None:

@@ -419,11 +419,13 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Read and check a YAML config file (see `parse_config`)."""
     import yaml
 
+    from cqd_port.yamlio import load_yaml_text
+
     path = Path(path)
     if not path.is_file():
         raise CqdError(f"config file {path} does not exist; write one from `cqd-port train --example > {path.name}`")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml_text(path.read_text(encoding="utf-8"), path)  # strict: duplicate keys, anchors/aliases refused
     except (OSError, UnicodeDecodeError) as exc:
         raise CqdError(f"cannot read {path} ({exc})") from None
     except yaml.YAMLError as exc:

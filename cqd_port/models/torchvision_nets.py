@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from cqd_port.errors import CqdError
+from cqd_port.seeds import check_seed
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -127,7 +128,7 @@ def _head(model: nn.Module) -> tuple[str, nn.Module]:
 
 def _replace_head(model: nn.Module, num_classes: int, seed: int) -> str:
     name, old = _head(model)
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = torch.Generator().manual_seed(check_seed(seed))
     if isinstance(old, nn.Linear):
         new: nn.Module = nn.Linear(old.in_features, num_classes, bias=True)
         shape: tuple[int, ...] = (num_classes, old.in_features)
@@ -175,6 +176,7 @@ def build_torchvision(
         raise CqdError(f"unknown network '{arch}': use vgg-m, vgg-vd-16 or a torchvision classifier such as resnet18, resnet50, efficientnet_b0, vit_b_16")
     if num_classes < 1:
         raise CqdError(f"num_classes {num_classes}: a classifier needs at least one class")
+    seed = check_seed(seed)  # before any work: torch.manual_seed crashes on seeds beyond 64 bits
     size = int(input_size) if input_size else default_input_size(arch)
     kwargs: dict[str, Any] = {"weights": None, "num_classes": 1000}
     if arch in _AUX_ARCHS:
@@ -182,7 +184,7 @@ def build_torchvision(
     if arch.startswith(("vit_", "maxvit")) and weights is None:
         kwargs["image_size"] = size  # position embeddings (vit) or windows (maxvit) are built for the input size
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
+        torch.manual_seed(check_seed(seed))
         try:
             backbone = models.get_model(arch, **kwargs)
         except (ValueError, TypeError, AssertionError) as exc:

@@ -196,7 +196,9 @@ def init_state(specs: Sequence[LayerSpec], seed: int = 0, method: str = "gaussia
     and "xavierimproved" (N(0, 2 / (h w out))); biases zero. Drawn with
     PyTorch's generator, so the numbers differ from MATLAB's `randn`.
     """
-    generator = torch.Generator().manual_seed(int(seed))
+    from cqd_port.seeds import check_seed
+
+    generator = torch.Generator().manual_seed(check_seed(seed))
     state: dict[str, torch.Tensor] = {}
     for spec in specs:
         if spec.type == "bnorm":

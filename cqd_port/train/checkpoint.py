@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from cqd_port.errors import CqdError
-from cqd_port.fileio import atomic_torch_save
+from cqd_port.fileio import atomic_torch_save, remove_stale_temporaries
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "cqd-port-train-checkpoint"
@@ -38,7 +38,13 @@ class TrainingCheckpoint:
 
 
 def save_training_checkpoint(path: str | Path, checkpoint: TrainingCheckpoint) -> None:
-    """Write `checkpoint` to `path` atomically (tensors moved to the CPU)."""
+    """Write `checkpoint` to `path` atomically (tensors moved to the CPU).
+
+    The half-written checkpoints a killed run left beside it (`.checkpoint.pt.*.tmp.pt`,
+    as large as the model) go first, if their writers are dead (`remove_stale_temporaries`).
+    """
+    path = Path(path)
+    remove_stale_temporaries(path.parent, [f".{path.name}.*.tmp{path.suffix}"])
     data = {
         "format": FORMAT,
         "version": VERSION,

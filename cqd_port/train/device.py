@@ -25,7 +25,7 @@ def select_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise CqdError(f"device '{name}' requested but no CUDA GPU is available; use --device cpu or auto")
+            raise CqdError(f"device '{name}' requested but no CUDA GPU is available; use cpu or auto (train.device in a train config, --device for the other commands)")
         index = 0
         if ":" in name:
             suffix = name.split(":", 1)[1]

@@ -27,6 +27,8 @@ float32 before the subtraction), not a fused `addcmul`.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -237,7 +239,15 @@ def make_optimizer(
     weight_decay: float,
     multipliers: Mapping[str, Multipliers | tuple[float, float]] | None = None,
 ) -> "MatConvNetSGD | TorchSGD":
-    """`matconvnet` (the release's update, `MatConvNetSGD`) or `torch` (`TorchSGD`)."""
+    """`matconvnet` (the release's update, `MatConvNetSGD`) or `torch` (`TorchSGD`).
+
+    A negative or non-finite momentum or weight decay is refused in one line
+    naming its YAML key (torch.optim.SGD's bare ValueError, or a silently
+    diverging MatConvNet update, otherwise).
+    """
+    for key, value, example in (("train.momentum", momentum, 0.9), ("train.weight_decay", weight_decay, 0.0005)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+            raise CqdError(f"{key}: {value!r} must be a non-negative number, e.g. {key.partition('.')[2]}: {example}")
     if kind == "matconvnet":
         return MatConvNetSGD(named_parameters, momentum, weight_decay, multipliers)
     if kind == "torch":
