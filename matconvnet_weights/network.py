@@ -377,7 +377,10 @@ class NetworkBuilder:
         # from_numpy keeps MATLAB's column-major strides: no copy here.
         if value.dtype != np.float32:
             value = value.astype(np.float32, order="K")
-        return torch.from_numpy(value)
+        tensor = torch.from_numpy(value)
+        if not bool(torch.isfinite(tensor).all()):
+            raise self.fail(name, f"{what} holds NaN or Inf values; the file is corrupt: re-export the network")
+        return tensor
 
     # -- layers
     def conv(self, name: str, filters: Any, biases: Any, pad: Any = 0, stride: Any = 1, dilate: Any = 1) -> None:
@@ -415,8 +418,8 @@ class NetworkBuilder:
         self._store(name, "weight", weight)
         if bias is not None:
             self._store(name, "bias", bias)
+        self.channels = cout  # before _add: a graph layer's output variable gets the layer's output channels
         self._add(name, "conv", attrs)
-        self.channels = cout
 
     def pool(self, name: str, method: Any, size: Any, pad: Any = 0, stride: Any = 1) -> None:
         """`vl_nnpool`: max pads with -inf, avg divides by the non-padding pixels."""
@@ -505,8 +508,8 @@ class NetworkBuilder:
             if bias.numel() != cout:
                 raise self.fail(name, f"has {bias.numel()} biases for {cout} outputs; they must match")
             self._store(name, "bias", bias)
-        self._add(name, "convt", attrs)
         self.channels = cout
+        self._add(name, "convt", attrs)
 
     def scale(self, name: str, multiplier: Any, bias: Any) -> None:
         """`dagnn.Scale`: parameters kept in NCHW order with MATLAB's singleton dimensions (bsxfun broadcasting)."""
@@ -552,8 +555,8 @@ class NetworkBuilder:
 
     def unknown(self, name: str, mtype: str) -> None:
         """A layer the port cannot run: kept so `inspect` shows it; its output channels are unknown."""
-        self._add(name, "unknown", {"matconvnet_type": mtype})
         self.channels = None
+        self._add(name, "unknown", {"matconvnet_type": mtype})
 
     def finish(self, meta: dict[str, Any], layout: str) -> ImportedNetwork:
         if not self.specs:

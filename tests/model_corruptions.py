@@ -236,7 +236,7 @@ def _weights_cases(top: dict[str, Any]) -> list[tuple[str, dict[str, Any], bool]
             if label == "NaN filters":
                 params[names[0]]["value"] = np.full_like(params[names[0]]["value"], np.nan)
             elif label == "short biases":
-                params[names[1]]["value"] = params[names[1]]["value"][:-1] if len(names) > 1 else None
+                params[names[1]]["value"] = np.asarray(params[names[1]]["value"]).ravel()[:-1].reshape(1, -1) if len(names) > 1 else None
                 refuse = len(names) > 1
             else:
                 params[names[0]]["value"] = value
@@ -355,8 +355,8 @@ def _type_cases(top: dict[str, Any]) -> list[tuple[str, dict[str, Any], bool]]:
 
 def corrupt_models(real_models: Path, folder: Path, numeric_per_file: int = 12, seed: int = 2026,
                    files: tuple[str, ...] | None = None, depths: tuple[int, ...] = (5_000, 100_000),
-                   truncations_per_file: int = 3) -> list[Case]:
-    """Write the corrupted copies under `folder`; returns them in a fixed order."""
+                   truncations_per_file: int = 3, kinds: tuple[str, ...] | None = None) -> list[Case]:
+    """Write the corrupted copies under `folder`; returns them in a fixed order (`kinds`: only these classes)."""
     from matconvnet_weights.matfile import load_mat
 
     rng = np.random.default_rng(seed)
@@ -364,15 +364,20 @@ def corrupt_models(real_models: Path, folder: Path, numeric_per_file: int = 12, 
     names = files or tuple(sorted(p.name for p in real_models.glob("*.mat")))
     for name in names:
         source = real_models / name
-        top = load_mat(source)
         stem = source.stem
-        groups = [("numeric", _numeric_cases(top, rng, numeric_per_file)), ("weights", _weights_cases(top)),
-                  ("channels", _channel_cases(top)), ("graph", _graph_cases(top)), ("types", _type_cases(top))]
-        for kind, mutations in groups:
-            for i, (what, mutated, refuse) in enumerate(mutations):
+        top = load_mat(source) if kinds is None or set(kinds) - {"truncated", "nesting"} else {}
+        groups = [("numeric", lambda: _numeric_cases(top, rng, numeric_per_file)), ("weights", lambda: _weights_cases(top)),
+                  ("channels", lambda: _channel_cases(top)), ("graph", lambda: _graph_cases(top)),
+                  ("types", lambda: _type_cases(top))]
+        for kind, make in groups:
+            if kinds is not None and kind not in kinds:
+                continue
+            for i, (what, mutated, refuse) in enumerate(make()):
                 path = write_plain(folder / f"{stem}.{kind}.{i:02d}.mat", mutated)
                 cases.append(Case(path, kind, f"{name}: {what}", refuse))
         data = source.read_bytes()
+        if kinds is not None and "truncated" not in kinds:
+            continue
         for i, cut in enumerate(sorted(int(c) for c in rng.integers(1, len(data) - 1, truncations_per_file))):
             path = folder / f"{stem}.truncated.{i:02d}.mat"
             path.write_bytes(data[:cut])
