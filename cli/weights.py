@@ -15,8 +15,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cqd_port.errors import CqdError
-from matconvnet_weights.convert import MODEL_NAMES, convert_weights, layer_table, read_any, summary
+from matconvnet_weights.convert import (
+    MODEL_NAMES,
+    TorchvisionCheckpointError,
+    convert_weights,
+    cut_hint,
+    layer_table,
+    read_any,
+    summary,
+)
 from matconvnet_weights.export import export_mat
 
 
@@ -84,7 +91,7 @@ def summary_lines(network: Any) -> list[str]:
         lines.append(f"interpolation: {info['interpolation']}")
     if info["unknown_layers"]:
         listed = ", ".join(f"'{_printable(n)}' ({_printable(t)})" for n, t in info["unknown_layers"])
-        lines.append(f"unknown layer types (convert-weights refuses them; --cut-at keeps the layers before): {listed}")
+        lines.append(f"unknown layer types (convert-weights refuses them): {listed}; {_printable(cut_hint(network))}")
     lines.extend(f"note: {_printable(note)}" for note in info["notes"])
     return lines
 
@@ -119,20 +126,39 @@ def inspect_cmd(
 ) -> None:
     """Print the layer table and meta summary of a .mat model or a converted checkpoint."""
     console = _console()
-    torchvision = _torchvision_run(file)
-    if torchvision is not None:  # a torchvision run's final.pt: no MatConvNet layer table, its own summary
-        parameters = sum(p.numel() for p in torchvision.parameters())
-        console.print(
-            f"{file}: torchvision {torchvision.arch} saved by cqd-port train, {torchvision.num_classes} classes, "
-            f"input {torchvision.input_size}x{torchvision.input_size} (RGB 0..255, ImageNet mean/std inside), {parameters:,} parameters",
-            highlight=False, soft_wrap=True,
-        )
-        return
     with _status(f"reading {file}..."):
-        network = read_any(file)
+        try:
+            network = read_any(file)
+        except TorchvisionCheckpointError:
+            network = None
+    if network is None:
+        _inspect_torchvision(console, file)
+        return
     console.print(table_view(network))
     for line in summary_lines(network):
         console.print(line, highlight=False, soft_wrap=True)
+
+
+def _inspect_torchvision(console: Console, file: Path) -> None:
+    """A torchvision run's `final.pt`: its architecture, by top-level block, and its preprocessing."""
+    from cqd_port.models.torchvision_nets import load_torchvision
+
+    model = load_torchvision(file)
+    table = Table(title=f"{model.arch} (torchvision), {model.num_classes} classes, input 3x{model.input_size}x{model.input_size}")
+    for column, justify in (("#", "right"), ("block", "left"), ("type", "left"), ("count", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    total = 0
+    for index, (name, block) in enumerate(model.backbone.named_children(), start=1):
+        count = sum(p.numel() for p in block.parameters())
+        total += count
+        table.add_row(str(index), name, type(block).__name__, f"{count:,}" if count else "")
+    table.add_section()
+    table.add_row("", "total", "", f"{total:,}")
+    console.print(table)
+    meta = model.meta
+    console.print("layout: torchvision", highlight=False)
+    console.print(f"classifier: {model.head or 'none replaced'}", highlight=False)
+    console.print(f"preprocessing: {meta['preprocessing']}", highlight=False, soft_wrap=True)
 
 
 def export_mat_cmd(
@@ -142,24 +168,9 @@ def export_mat_cmd(
 ) -> None:
     """Write a network as a MatConvNet model file: SimpleNN (beta18 layout) for chains, DagNN saveobj for graphs."""
     console = _console()
-    torchvision = _torchvision_run(file)
-    if torchvision is not None:
-        raise CqdError(
-            f"{file} is a torchvision {torchvision.arch} (a torchvision run's final.pt): MatConvNet has no such network, "
-            "so export-mat does not support torchvision runs; it writes vgg-m, vgg-vd-16 and converted MatConvNet models"
-        )
     with _status(f"writing {output}..."):
         written, layout = export_mat(file, output, force=force)
     console.print(f"wrote {written} ({layout})", highlight=False)
-
-
-def _torchvision_run(file: Path) -> Any:
-    """The network of a torchvision run's `final.pt`, or None for anything else (read by the MatConvNet readers)."""
-    from cqd_port.models.torchvision_nets import is_torchvision_checkpoint, load_torchvision
-
-    if file.suffix != ".pt" or not file.is_file() or not is_torchvision_checkpoint(file):
-        return None
-    return load_torchvision(file)
 
 
 def register(app: typer.Typer) -> None:

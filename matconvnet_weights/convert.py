@@ -35,7 +35,20 @@ from matconvnet_weights.network import ImportedNetwork, input_shape
 from matconvnet_weights.read import read_network
 
 CHECKPOINT_FORMAT = "cqd-port-checkpoint/1"
+TORCHVISION_FORMAT = "cqd-port-torchvision/1"  # cqd_port.models.torchvision_nets.save_torchvision
 MODEL_NAMES = ("vgg-m", "vgg-vd-16")
+
+
+class TorchvisionCheckpointError(CqdError):
+    """A torchvision run's `final.pt` where a MatConvNet-layout network is needed (`inspect` shows it instead)."""
+
+    def __init__(self, path: Path, arch: str) -> None:
+        self.path, self.arch = path, arch
+        super().__init__(
+            f"{path}: a torchvision run's network ({arch}); this command does not support torchvision runs: it takes MatConvNet-layout networks only "
+            "(vgg-m, vgg-vd-16, converted .mat models): `cqd-port inspect` shows it, and gradient analysis or "
+            "export-mat need runs trained with a MatConvNet network"
+        )
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -115,6 +128,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> ImportedNetwork:
             f"{path}: not a readable checkpoint (not a complete PyTorch zip archive: truncated or corrupt); "
             "convert the model again with convert-weights"
         ) from None
+    if isinstance(payload, dict) and payload.get("format") == TORCHVISION_FORMAT:
+        raise TorchvisionCheckpointError(path, str(payload.get("arch", "?")))
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CqdError(
@@ -173,11 +188,27 @@ def check_convertible(network: ImportedNetwork, source: Any) -> None:
     if unknown:
         listed = ", ".join(f"'{display_name(s)}' ({s.attrs.get('matconvnet_type', '?')})" for s in unknown[:8])
         more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
-        first = display_name(unknown[0])
         raise CqdError(
             f"{source}: cannot convert layer(s) of types the port does not know: {listed}{more}; "
-            f"`inspect` shows the whole network, and --cut-at keeps the layers before '{first}'"
+            f"`inspect` shows the whole network; {cut_hint(network)}"
         )
+
+
+def cut_hint(network: ImportedNetwork) -> str:
+    """Which `--cut-at LAYER` (inclusive) keeps the network before its first unknown layer, if any can."""
+    specs = network.specs
+    index = next(i for i, s in enumerate(specs) if s.type == "unknown")
+    first = display_name(specs[index])
+    if network.is_graph:
+        writer = {s.attrs["outputs"][0]: s for s in specs if s.attrs.get("outputs")}
+        feeding = [display_name(writer[v]) for v in specs[index].attrs.get("inputs", []) if v in writer]
+        if feeding:
+            return f"--cut-at {feeding[0]} keeps the network up to '{feeding[0]}' (inclusive), the layer feeding '{first}'"
+        return f"'{first}' reads the network input, so no --cut-at can keep a network before it"
+    if index == 0:
+        return f"'{first}' is the first layer, so no --cut-at can keep a network before it"
+    before = display_name(specs[index - 1])
+    return f"--cut-at {before} keeps the layers up to '{before}' (inclusive), those before '{first}'"
 
 
 def cut_at(network: ImportedNetwork, layer: str) -> ImportedNetwork:

@@ -49,6 +49,7 @@ from matconvnet_weights.network import (
     read_meta,
 )
 from matconvnet_weights.simplenn import is_loss_type
+from matconvnet_weights.validate import FieldError, check_graph, variable_names
 
 DAGNN_TYPES = (
     "dagnn.Conv",
@@ -86,13 +87,16 @@ def read_dagnn(top: dict[str, Any], path: Path) -> ImportedNetwork:
             raise CqdError(f"{path}: two layers are named '{layer['name']}'; layer names must be unique")
         names_seen.add(layer["name"])
         layer["type"] = str(layer.get("type", "")) if isinstance(layer.get("type", ""), str) else "?"
-        layer["inputs"] = _names(layer.get("inputs"))
-        layer["outputs"] = _names(layer.get("outputs"))
-        layer["params"] = _names(layer.get("params"))
+        for field in ("inputs", "outputs", "params"):
+            try:
+                layer[field] = variable_names(layer.get(field))
+            except FieldError as exc:
+                raise CqdError(f"{path}: layer '{layer['name']}': '{field}' {exc}") from None
         if not layer["outputs"]:
             raise CqdError(f"{path}: layer '{layer['name']}' writes no variable; not a valid DagNN layer")
 
     kept, dropped = _drop_trailing_losses(layers, path)
+    check_graph(kept, path, _declared_variables(top.get("vars")))
     chain = _chain_order(kept)
     meta = read_meta(top, path)
     builder = NetworkBuilder(path)
@@ -105,7 +109,7 @@ def read_dagnn(top: dict[str, Any], path: Path) -> ImportedNetwork:
     if chain is not None:
         order = chain
     else:
-        stand_ins = [LayerSpec(str(i), "unknown", {"inputs": l["inputs"], "outputs": l["outputs"]}) for i, l in enumerate(kept)]
+        stand_ins = [LayerSpec(l["name"], "unknown", {"inputs": l["inputs"], "outputs": l["outputs"]}) for l in kept]
         order = [kept[i] for i in execution_order(stand_ins)]
     variables: dict[str, str] = {}
     for layer in order:
@@ -131,14 +135,10 @@ def _as_list(value: Any) -> list[Any]:
     return [value] if isinstance(value, dict) else list(value) if isinstance(value, list) else []
 
 
-def _names(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value] if value else []
-    if isinstance(value, list):
-        return [str(v) for v in value if isinstance(v, str) and v]
-    return []
+def _declared_variables(value: Any) -> list[str]:
+    """The variable names of `net.vars` (empty when the file has none, or they have no names)."""
+    names = [v.get("name") for v in _as_list(value) if isinstance(v, dict)]
+    return [n for n in names if isinstance(n, str)] if names and all(isinstance(n, str) for n in names) else []
 
 
 def _drop_trailing_losses(layers: list[dict[str, Any]], path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -21,7 +21,9 @@ is allocated (a v5 element longer than the file; a v7.3 dataset declaring
 more bytes than its stored chunks could expand to, or than the machine's
 memory), HDF5 object references are followed with cycle detection and a
 depth limit, and an allocation that still fails is reported as a corrupt
-file.
+file. v5 values nested more than `_MAX_DEPTH` deep (a cell in a cell in a
+cell...) are refused from their element tags (`_NestingScanner`) before
+`scipy.io.loadmat` sees them: it recurses in C and would overflow the stack.
 
 Unlike `scipy.io.loadmat(squeeze_me=True)` and `mat73` (which squeeze
 singleton dimensions), arrays keep exactly the dimensions MATLAB saved:
@@ -33,6 +35,7 @@ MATLAB only drops *trailing* singleton dimensions, which
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,7 +111,8 @@ def _check_v5_elements(path: Path) -> None:
     """Walk the top-level data elements of a v5 file: each declared length must fit in the file.
 
     scipy trusts these lengths (and would ask for a buffer of the declared
-    size); a compressed element must also hold a zlib stream.
+    size); a compressed element must also hold a zlib stream. Every matrix,
+    compressed or not, is also scanned for its nesting depth.
     """
     size = path.stat().st_size
     with open(path, "rb") as handle:
@@ -116,6 +120,7 @@ def _check_v5_elements(path: Path) -> None:
         if len(header) < 128:
             return  # scipy's own error says what is wrong
         endian = "<" if header[126:128] == b"IM" else ">"
+        is_v5 = header[126:128] in (b"IM", b"MI")
         offset = 128
         while offset + 8 <= size:
             handle.seek(offset)
@@ -131,11 +136,81 @@ def _check_v5_elements(path: Path) -> None:
                 )
             if dtype == _MI_COMPRESSED:
                 _check_compressed_matrix(path, handle, offset, int(nbytes), endian)
+            elif dtype == _MI_MATRIX and is_v5:
+                _scan_stored_matrix(path, handle, offset, int(nbytes), endian)
             offset += 8 + int(nbytes) + ((-int(nbytes)) % 8 if dtype != _MI_COMPRESSED else 0)
 
 
 _MI_COMPRESSED, _MI_MATRIX, _MI_INT32 = 15, 14, 5
 _MX_CELL, _MX_STRUCT, _MX_OBJECT, _MX_SPARSE = 1, 2, 3, 5
+
+
+class _NestingScanner:
+    """Follows the element tags of a v5 matrix as its bytes arrive, without recursion, and fails
+    as soon as matrices nest more than `_MAX_DEPTH` deep.
+
+    A matrix (miMATRIX) holds sub-elements; those that are matrices again (the cells of a
+    cell array, the fields of a struct, an object's contents) nest one level deeper; the
+    others (flags, dimensions, names, numbers) are skipped by their declared length. Only
+    the open matrices' end offsets are kept, so memory does not grow with the data.
+    """
+
+    def __init__(self, endian: str, fail) -> None:
+        self.tag = struct.Struct(endian + "II")
+        self.fail = fail
+        self.received = 0  # stream offset just past the bytes fed so far
+        self.next_tag = 0  # stream offset of the next element tag
+        self.pending = b""  # the start of a tag split between two pieces
+        self.ends: list[int] = []  # end offsets of the open matrices
+
+    def wanted(self) -> int:
+        """The next stream offset the scanner needs (it may skip ahead to it)."""
+        return max(self.received, self.next_tag)
+
+    def skip_to(self, offset: int) -> None:
+        """The bytes before `offset` (inside a skipped element) will not be fed."""
+        if offset > self.received:
+            self.received, self.pending = offset, b""
+
+    def feed(self, data: bytes) -> None:
+        buffer = self.pending + data if self.pending else data
+        start = self.received - len(self.pending)
+        ends, next_tag = self.ends, self.next_tag
+        while True:
+            while ends and next_tag >= ends[-1]:
+                ends.pop()
+            at = next_tag - start
+            if at + 8 > len(buffer):
+                break
+            dtype, nbytes = self.tag.unpack_from(buffer, at)
+            if dtype >> 16:  # a small element packed in its tag
+                next_tag += 8
+            elif dtype == _MI_MATRIX:
+                ends.append(next_tag + 8 + nbytes)
+                next_tag += 8
+                if len(ends) > _MAX_DEPTH:
+                    raise self.fail(f"holds values nested more than {_MAX_DEPTH} deep (cells or structs inside each other)")
+            else:
+                next_tag += 8 + nbytes + (-nbytes) % 8
+        self.next_tag = next_tag
+        self.received += len(data)
+        at = next_tag - start
+        self.pending = bytes(buffer[at:]) if 0 <= at < len(buffer) else b""
+
+
+def _scan_stored_matrix(path: Path, handle, offset: int, nbytes: int, endian: str) -> None:
+    """The nesting depth of an uncompressed top-level matrix, reading only its tags."""
+    scanner = _NestingScanner(endian, lambda what: CqdError(
+        f"{path}: the variable at byte {offset} {what}; the file is corrupt: re-download it or save it again"
+    ))
+    total = 8 + nbytes
+    while (want := scanner.wanted()) < total:
+        scanner.skip_to(want)
+        handle.seek(offset + want)
+        piece = handle.read(min(1 << 16, total - want))
+        if not piece:
+            return
+        scanner.feed(piece)
 
 
 def _check_compressed_matrix(path: Path, handle, offset: int, nbytes: int, endian: str) -> None:
@@ -149,6 +224,7 @@ def _check_compressed_matrix(path: Path, handle, offset: int, nbytes: int, endia
         f"{path}: the variable at byte {offset} {what}; the file is corrupt: re-download it or save it again"
     )
     inflater = zlib.decompressobj()
+    scanner = _NestingScanner(endian, fail)
     handle.seek(offset + 8)
     remaining, head, total = nbytes, b"", 0
     limit = max(nbytes * _MAX_EXPANSION, 1 << 20)
@@ -163,6 +239,7 @@ def _check_compressed_matrix(path: Path, handle, offset: int, nbytes: int, endia
                 total += len(out)
                 if len(head) < 64:
                     head += out[: 64 - len(head)]
+                scanner.feed(out)
                 if total > limit:
                     raise fail(f"inflates past {limit:,} bytes (more than zlib can compress)")
                 if not inflater.unconsumed_tail:

@@ -29,6 +29,7 @@ from cqd_port.layout import bias_vector, filters_to_oihw, mcn_to_nchw, pad_trail
 from cqd_port.models.layers import LayerSpec, is_graph
 from cqd_port.nn.functional import BETA18_BNORM_EPSILON
 from matconvnet_weights.matfile import OpaqueValue
+from matconvnet_weights.validate import MAX_FIELD_INTEGER, FieldError, describe, field_numbers, integers
 
 LAYOUT_SIMPLENN = "simplenn"
 LAYOUT_SIMPLENN_OLD = "simplenn-pre-beta17"
@@ -121,9 +122,10 @@ def read_meta(top: dict[str, Any], path: Path) -> dict[str, Any]:
             if key == "averageImage":
                 normalization[key] = _average_image(value, path)
             elif key == "imageSize":
-                normalization[key] = [int(round(v)) for v in _floats(value)]
+                normalization[key] = _meta_integers(value, path, "meta.normalization.imageSize")
             elif key == "keepAspect":
-                normalization[key] = bool(_floats(value)[0]) if _floats(value) else True
+                flags = _meta_numbers(value, path, "meta.normalization.keepAspect")
+                normalization[key] = bool(flags[0]) if flags else True
             else:
                 normalization[key] = to_plain(value)
     meta["normalization"] = normalization
@@ -137,21 +139,41 @@ def read_meta(top: dict[str, Any], path: Path) -> dict[str, Any]:
     inputs = src.get("inputs")
     if inputs is not None:
         inputs = [inputs] if isinstance(inputs, dict) else inputs
+        if not isinstance(inputs, list):
+            raise CqdError(f"{path}: meta.inputs is {describe(inputs)}; expected a struct array with name and size")
         meta["inputs"] = [
-            {"name": str(i.get("name", "")), "size": [int(round(v)) for v in _floats(i.get("size", []))]}
+            {"name": str(i.get("name", "")), "size": _meta_integers(i.get("size", []), path, "meta.inputs.size")}
             for i in inputs
             if isinstance(i, dict)
         ]
     for key, value in src.items():  # anything else in meta, kept as plain values
-        if key not in ("normalization", "classes", "inputs"):
+        if key == "inputSize":
+            meta.setdefault("extra", {})[key] = _meta_integers(value, path, "meta.inputSize")
+        elif key not in ("normalization", "classes", "inputs"):
             meta.setdefault("extra", {})[key] = to_plain(value)
     return meta
 
 
+def _meta_numbers(value: Any, path: Path, field: str) -> list[float]:
+    try:
+        return field_numbers(value)
+    except FieldError as exc:
+        raise CqdError(f"{path}: {field} {exc}") from None
+
+
+def _meta_integers(value: Any, path: Path, field: str) -> list[int]:
+    try:
+        return integers(value, minimum=1)
+    except FieldError as exc:
+        raise CqdError(f"{path}: {field} {exc}") from None
+
+
 def _average_image(value: Any, path: Path) -> np.ndarray | None:
-    if not isinstance(value, np.ndarray) or value.size == 0:
+    if not isinstance(value, np.ndarray) or value.size == 0 or value.dtype.kind not in "biuf":
         return None
     array = np.asarray(value, dtype=np.float32)
+    if not np.isfinite(array).all():
+        raise CqdError(f"{path}: meta.normalization.averageImage holds NaN or Inf; the file is corrupt: re-export it")
     if array.size == 3:  # a mean colour, however it was shaped
         return array.reshape(1, 1, 3)
     if array.ndim > 3:
@@ -170,7 +192,7 @@ def declared_input_size(meta: dict[str, Any]) -> tuple[list[int], str] | None:
         if len(size) >= 2 and all(v > 0 for v in size[:2]):
             return size, "meta.inputs"
     size = (meta.get("extra") or {}).get("inputSize")
-    if isinstance(size, list) and len(size) >= 2 and all(isinstance(v, (int, float)) and v > 0 for v in size[:2]):
+    if isinstance(size, list) and len(size) >= 2 and all(isinstance(v, (int, float)) and 0 < v < MAX_FIELD_INTEGER for v in size[:2]):
         return [int(v) for v in size], "meta.inputSize"
     size = meta.get("normalization", {}).get("imageSize")
     if isinstance(size, list) and len(size) >= 2 and all(v > 0 for v in size[:2]):
@@ -224,20 +246,9 @@ def to_plain(value: Any) -> Any:
         return value.tolist()
     if isinstance(value, np.generic):
         return value.item()
+    if type(value).__module__.startswith("scipy.sparse"):  # not loadable with weights_only=True
+        return f"<MATLAB sparse {'x'.join(map(str, value.shape))} matrix>"
     return value
-
-
-def _floats(value: Any) -> list[float]:
-    if value is None:
-        return []
-    if isinstance(value, (int, float)):
-        return [float(value)]
-    if isinstance(value, list):
-        return [f for v in value for f in _floats(v)]
-    array = np.asarray(value)
-    if array.dtype.kind not in "biuf":
-        raise TypeError(f"expected numbers, got {array.dtype}")
-    return [float(v) for v in array.ravel(order="F")]
 
 
 def _string_list(value: Any) -> list[str]:
@@ -281,15 +292,15 @@ class NetworkBuilder:
 
     def _numbers(self, name: str, attr: str, value: Any) -> list[float]:
         try:
-            return _floats(value)
-        except TypeError:
-            raise self.fail(name, f"'{attr}' must be numeric, got {type(value).__name__}") from None
+            return field_numbers(value)
+        except FieldError as exc:
+            raise self.fail(name, f"'{attr}' {exc}") from None
 
     def _pair(self, name: str, attr: str, value: Any) -> list[int]:
         v = self._numbers(name, attr, value)
         if len(v) == 1:
             v = v * 2
-        if len(v) != 2 or any(x < 1 or x != int(x) for x in v):
+        if len(v) != 2 or any(x < 1 or x != int(x) or x > MAX_FIELD_INTEGER for x in v):
             raise self.fail(name, f"'{attr}' must be one or two positive integers [y x], got {v}")
         return [int(x) for x in v]
 
@@ -299,7 +310,7 @@ class NetworkBuilder:
             v = v * 4
         elif len(v) == 2:
             v = [v[0], v[0], v[1], v[1]]
-        if len(v) != 4 or any(x < 0 or x != int(x) for x in v):
+        if len(v) != 4 or any(x < 0 or x != int(x) or x > MAX_FIELD_INTEGER for x in v):
             raise self.fail(name, f"'pad' must be 1, 2 or 4 non-negative integers [top bottom left right], got {v}")
         return [int(x) for x in v]
 
@@ -369,7 +380,10 @@ class NetworkBuilder:
         # from_numpy keeps MATLAB's column-major strides: no copy here.
         if value.dtype != np.float32:
             value = value.astype(np.float32, order="K")
-        return torch.from_numpy(value)
+        tensor = torch.from_numpy(value)
+        if not bool(torch.isfinite(tensor).all()):
+            raise self.fail(name, f"{what} holds NaN or Inf values; the file is corrupt: re-export the network")
+        return tensor
 
     # -- layers
     def conv(self, name: str, filters: Any, biases: Any, pad: Any = 0, stride: Any = 1, dilate: Any = 1) -> None:
@@ -407,12 +421,14 @@ class NetworkBuilder:
         self._store(name, "weight", weight)
         if bias is not None:
             self._store(name, "bias", bias)
+        self.channels = cout  # before _add: a graph layer's output variable gets the layer's output channels
         self._add(name, "conv", attrs)
-        self.channels = cout
 
     def pool(self, name: str, method: Any, size: Any, pad: Any = 0, stride: Any = 1) -> None:
         """`vl_nnpool`: max pads with -inf, avg divides by the non-padding pixels."""
-        method = str(method).lower() if isinstance(method, str) else method
+        if not isinstance(method, str):
+            raise self.fail(name, f"pooling 'method' must be the text 'max' or 'avg', got {describe(method)}")
+        method = method.lower()
         if method not in ("max", "avg"):
             raise self.fail(name, f"pooling method {method!r} is not 'max' or 'avg'")
         if size is None:
@@ -470,7 +486,7 @@ class NetworkBuilder:
     def convt(self, name: str, filters: Any, biases: Any, upsample: Any = 1, crop: Any = 0, groups: Any = 1) -> None:
         """`vl_nnconvt`: filters FH x FW x K x FD -> FD x K x FH x FW (PyTorch's conv_transpose2d layout)."""
         group_values = self._numbers(name, "numGroups", groups) or [1.0]
-        if group_values[0] < 1 or group_values[0] != int(group_values[0]):
+        if group_values[0] < 1 or group_values[0] != int(group_values[0]) or group_values[0] > MAX_FIELD_INTEGER:
             raise self.fail(name, f"'numGroups' must be a positive integer, got {group_values[0]}")
         attrs = {
             "upsample": self._pair(name, "upsample", upsample),
@@ -495,8 +511,8 @@ class NetworkBuilder:
             if bias.numel() != cout:
                 raise self.fail(name, f"has {bias.numel()} biases for {cout} outputs; they must match")
             self._store(name, "bias", bias)
-        self._add(name, "convt", attrs)
         self.channels = cout
+        self._add(name, "convt", attrs)
 
     def scale(self, name: str, multiplier: Any, bias: Any) -> None:
         """`dagnn.Scale`: parameters kept in NCHW order with MATLAB's singleton dimensions (bsxfun broadcasting)."""
@@ -511,6 +527,13 @@ class NetworkBuilder:
         self._add(name, "scale", {"has_bias": bool(has_bias)})
 
     def sum(self, name: str) -> None:
+        """`dagnn.Sum`: every input must have the channels of the first."""
+        if self._io is not None:
+            known = {v: self._var_channels.get(v) for v in self._io[0]}
+            widths = {c for c in known.values() if c is not None}
+            if len(widths) > 1:
+                listed = ", ".join(f"'{v}' {c}" for v, c in known.items() if c is not None)
+                raise self.fail(name, f"adds variables with different channel counts ({listed}); they must match")
         self._add(name, "sum", {})
 
     def concat(self, name: str, dim: Any = 3) -> None:
@@ -529,14 +552,14 @@ class NetworkBuilder:
         v = self._numbers(name, "crop", value) or [0.0]
         if len(v) == 1:
             v = v * 2
-        if len(v) != 2 or any(x < 0 or x != int(x) for x in v):
+        if len(v) != 2 or any(x < 0 or x != int(x) or x > MAX_FIELD_INTEGER for x in v):
             raise self.fail(name, f"'crop' must be one or two non-negative integers [y x], got {v}")
         return [int(x) for x in v]
 
     def unknown(self, name: str, mtype: str) -> None:
         """A layer the port cannot run: kept so `inspect` shows it; its output channels are unknown."""
-        self._add(name, "unknown", {"matconvnet_type": mtype})
         self.channels = None
+        self._add(name, "unknown", {"matconvnet_type": mtype})
 
     def finish(self, meta: dict[str, Any], layout: str) -> ImportedNetwork:
         if not self.specs:

@@ -206,7 +206,7 @@ def test_inspect_and_export_mat_on_a_torchvision_run_say_what_it_is(tmp_path, cl
     save_torchvision(final, model)
     result = cli("inspect", final)
     assert result.exit_code == 0, result.stderr
-    assert "torchvision squeezenet1_1" in result.stdout and "3 classes" in result.stdout and "32x32" in result.stdout
+    assert "squeezenet1_1 (torchvision)" in result.stdout and "3 classes" in result.stdout and "3x32x32" in result.stdout
     result = cli("export-mat", final, "-o", tmp_path / "net.mat")
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert "does not support torchvision runs" in result.stderr and "convert-weights" not in result.stderr

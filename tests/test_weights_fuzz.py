@@ -175,24 +175,12 @@ def _corrupted_copies(parity_dir: Path, folder: Path) -> list[Path]:
 
 def _worker(listing: str) -> None:
     """Inspect every file listed, under an address-space limit; one JSON line per file."""
-    import resource
     import signal
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import run_cli  # noqa: E402 - the real entry point, in-process
+    from model_fuzz_worker import prepare
 
-    import typer.main
-
-    import cqd_port_cli.main  # noqa: F401 - import everything before limiting memory
-
-    # Typer rebuilds the click command on every call (~0.06 s); build it once for the 300 calls.
-    build = typer.main.get_command
-    built = build(cqd_port_cli.main.app)
-    typer.main.get_command = lambda app: built if app is cqd_port_cli.main.app else build(app)
-
-    with open("/proc/self/status") as handle:
-        vm = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmSize:"))
-    resource.setrlimit(resource.RLIMIT_AS, (vm + MEMORY_HEADROOM, vm + MEMORY_HEADROOM))
+    run_cli = prepare(MEMORY_HEADROOM)
 
     def timeout(*_: object) -> None:
         raise TimeoutError("inspect took over 20 s")

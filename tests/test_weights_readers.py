@@ -208,12 +208,25 @@ def test_dagnn_branch_makes_a_graph(parity_dir: Path) -> None:
 
 
 def test_dagnn_two_input_layer_makes_a_graph(parity_dir: Path) -> None:
+    # pool1's output concatenated with itself (24 channels) feeds conv2, whose filters are made 24 deep
+    top = _dag(parity_dir)
+    cat = {"name": "cat", "type": "dagnn.Concat", "inputs": ["x4", "x4"], "outputs": ["x4c"], "params": [], "block": {"dim": 3}}
+    top["layers"].insert(4, cat)
+    top["layers"][5]["inputs"] = ["x4c"]
+    conv2 = next(p for p in top["params"] if p["name"] == top["layers"][5]["params"][0])
+    conv2["value"] = np.concatenate([conv2["value"], conv2["value"]], axis=2)
+    network = read_dagnn(top, parity_dir / "concat.mat")
+    concat = next(s for s in network.specs if s.type == "concat")
+    assert concat.attrs["inputs"] == ["x4", "x4"] and concat.attrs["dim"] == 3
+
+
+def test_dagnn_concat_whose_channels_do_not_fit_the_next_layer_is_refused(parity_dir: Path) -> None:
+    # conv2 replaced by a Concat of x4 and x2 (24 channels): conv3's 32-deep filters cannot read it
     top = _dag(parity_dir)
     top["layers"][4]["inputs"] = ["x4", "x2"]
     top["layers"][4]["type"] = "dagnn.Concat"
-    network = read_dagnn(top, parity_dir / "concat.mat")
-    concat = next(s for s in network.specs if s.type == "concat")
-    assert concat.attrs["inputs"] == ["x4", "x2"] and concat.attrs["dim"] == 3
+    with pytest.raises(CqdError, match="layer 'conv3': filter depth 32 does not divide the 24 input channels"):
+        read_dagnn(top, parity_dir / "concat.mat")
 
 
 def test_dagnn_unknown_type_is_kept_then_refused_by_conversion(parity_dir: Path) -> None:
