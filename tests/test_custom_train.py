@@ -226,7 +226,7 @@ def test_evaluate_refuses_other_classes_and_unfinished_runs(folder, tmp_path):
 
 
 def test_the_out_folder_is_locked_while_training_and_a_stale_lock_is_taken_over(folder, tmp_path, monkeypatch, capsys):
-    import cqd_port.experiments.methods as methods
+    import cqd_port.experiments.run as runner
 
     out = tmp_path / "locked"
     out.mkdir()
@@ -234,14 +234,14 @@ def test_the_out_folder_is_locked_while_training_and_a_stale_lock_is_taken_over(
     import socket
 
     (out / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 12345, "time": "then"}))
-    real, seen = methods.execute_run, []
+    real, seen = runner.execute_run, []
 
-    def execute_run_checking_the_lock(run, config, data, *args, **kwargs):
+    def execute_run_checking_the_lock(node, job, space, data, *args, **kwargs):
         holder = json.loads((out / ".lock").read_text())
         seen.append(holder["pid"])
-        return real(run, config, data, *args, **kwargs)
+        return real(node, job, space, data, *args, **kwargs)
 
-    monkeypatch.setattr(methods, "execute_run", execute_run_checking_the_lock)
+    monkeypatch.setattr(runner, "execute_run", execute_run_checking_the_lock)
     outcome = run_custom(parse_config(tiny(folder, out, method="fine_tuning")), progress=False)
     import os
 

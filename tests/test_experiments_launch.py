@@ -24,8 +24,11 @@ import torch
 
 from cqd_port.data.synth import make_synthetic_dataset
 from cqd_port.errors import CqdError
-from cqd_port.experiments.execute import EXECUTIONS, LOCK, RunLock
-from cqd_port.experiments.grid import GridConfig, describe_plan, plan_grid, run_grid
+from cqd_port.experiments.dryrun import describe_plan
+from cqd_port.experiments.grid import run_grid
+from cqd_port.experiments.plan import plan_grid
+from cqd_port.experiments.runfolder import EXECUTIONS, LOCK, RunLock
+from cqd_port.experiments.settings import GridConfig
 from cqd_port.experiments.results import load_results
 from cqd_port.models.vgg import init_state, vgg_m_specs
 from matconvnet_weights.convert import save_checkpoint
@@ -108,8 +111,8 @@ def test_identity_mismatch_is_refused_then_rerun(tiny, tmp_path):
     with pytest.raises(CqdError) as error:  # today's bug: a 1-epoch run reported for --epochs 2
         run_grid(plan_grid(1, ["local_cub"], ["fine_tuning"], epochs=2), config)
     message = str(error.value)
-    assert "run.hyper.epochs" in message and "--out" in message and "--rerun" in message and "\n" not in message
-    with pytest.raises(CqdError, match="config.lr_scale"):
+    assert "(epochs, schedule)" in message and "--out" in message and "--rerun" in message and "\n" not in message
+    with pytest.raises(CqdError, match=r"other settings \(schedule\)"):  # --lr-scale scales the schedule
         run_grid(plan_grid(1, ["local_cub"], ["fine_tuning"], epochs=1), replace(config, lr_scale=0.5))
     outcome = run_grid(plan_grid(1, ["local_cub"], ["fine_tuning"], epochs=2), config, rerun=True)
     record = json.loads((tmp_path / "runs/local_cub/fine_tuning/run.json").read_text())
@@ -149,7 +152,7 @@ def test_killed_run_resumes_over_its_stale_lock_and_dry_run_says_so(tiny, tmp_pa
     from cqd_port.experiments.launch import launch_local
     from cqd_port.experiments.plan import schedule_grid
 
-    launch_local(schedule_grid(plan, config), config, say=messages.append)
+    launch_local(schedule_grid(plan, config.catalog()), config, say=messages.append)
     record = json.loads((folder / "run.json").read_text())
     assert record["status"] == "finished" and record["resumed_from_epoch"] == 1
     assert any("taking over a stale lock" in m for m in messages)
@@ -317,7 +320,7 @@ def test_slurm_requeued_job_resumes(tiny, tmp_path, monkeypatch):
 
     config = _config(tiny, tmp_path / "runs")
     plan = plan_grid(1, ["local_cub"], ["upper_bound"], epochs=1)
-    schedule = schedule_grid(plan, config)
+    schedule = schedule_grid(plan, config.catalog())
     job = NodeJob(schedule.nodes["local_cub/upper_bound"], schedule, config)
     resubmission = job.checkpoint()  # what submitit requeues on preemption/timeout
     assert resubmission.function is job

@@ -47,8 +47,8 @@ def _job_line(node: Node, resolver: JobResolver, out: Path) -> str:
     state = status_text(folder)
     try:
         job = resolver.job(node)
-    except CqdError as exc:  # e.g. a start model missing: listed under 'pretrained models'
-        job, state = None, f"{state}; settings unresolved: {exc}"
+    except CqdError:  # e.g. a start model missing: listed under 'pretrained models'
+        job = None
     if job is not None and state == FINISHED and job.complete and not folder.reusable(identity(job)):
         state = f"finished with other settings ({', '.join((folder.mismatch(identity(job)) or [])[:4])}): refused unless --rerun"
     shown = replace(run, batch_size=job.batch_size) if job is not None else run

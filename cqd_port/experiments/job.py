@@ -78,5 +78,15 @@ def identity_hash(job: RunJob) -> str:
 
 
 def differing(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Names of the fields that differ between two identities (a field missing on one side differs)."""
-    return [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    """Names of the fields that differ between two identities (a field missing on one side differs);
+    for the data, which variant: `data cub/lowres`."""
+    names = []
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key) == current.get(key):
+            continue
+        if key == "data" and isinstance(saved.get(key), list) and isinstance(current.get(key), list):
+            before, now = dict(map(tuple, saved[key])), dict(map(tuple, current[key]))
+            names += [f"data {label}" for label in sorted(set(before) | set(now)) if before.get(label) != now.get(label)]
+        else:
+            names.append(key)
+    return names
