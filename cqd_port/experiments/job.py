@@ -88,5 +88,5 @@ def differing(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
             before, now = dict(map(tuple, saved[key])), dict(map(tuple, current[key]))
             names += [f"data {label}" for label in sorted(set(before) | set(now)) if before.get(label) != now.get(label)]
         else:
-            names.append(key)
+            names.append(key.rstrip("_"))  # lambda_ -> lambda, as the user writes it
     return names
