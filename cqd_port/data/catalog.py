@@ -265,17 +265,18 @@ class DataCatalog:
             if not is_plugin(concrete.degradation) or self.is_prepared(variant):
                 continue
             config = self.degradation_config(variant)
-            check_plugin(concrete.degradation, config)
             root = self.dataset_root(variant.dataset)
-            if root is None:
-                continue  # cannot be prepared anyway: check_preparable names the missing root
-            index = self.read_source(variant.dataset) or read_dataset(variant.dataset, root)
-            if not index.records:
-                continue
-            record = index.records[0]
-            source = concrete.source or default_source(variant.dataset, concrete.degradation)
-            crop = source == "box" and record.box is not None
+            index = None
+            if root is not None:  # without it, check_preparable names the missing root
+                index = self.read_source(variant.dataset) or read_dataset(variant.dataset, root)
+            record = index.records[0] if index is not None and index.records else None
+            where = "a test image" if record is None else str(index.resolve(record))
             try:
+                check_plugin(concrete.degradation, config)
+                if record is None:
+                    continue
+                source = concrete.source or default_source(variant.dataset, concrete.degradation)
+                crop = source == "box" and record.box is not None
                 result = degrade_from_source(
                     concrete.degradation, read_image_rgb(index.resolve(record)), record.box, crop, config, image_seed(config.seed, record.path)
                 )
@@ -283,8 +284,8 @@ class DataCatalog:
                 raise
             except Exception as exc:  # noqa: BLE001 - the user's code failed: name it, no traceback
                 raise CqdError(
-                    f"degradation plugin '{concrete.degradation}' failed on {index.resolve(record)} "
-                    f"({type(exc).__name__}: {exc}); fix the plugin or its parameters"
+                    f"degradation plugin '{concrete.degradation}' failed on {where} ({type(exc).__name__}: {exc}); "
+                    "fix the plugin or its parameters"
                 ) from None
             if not isinstance(result, np.ndarray) or result.dtype != np.uint8 or result.ndim != 3 or result.shape[2] != 3:
                 raise CqdError(
