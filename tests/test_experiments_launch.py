@@ -333,3 +333,56 @@ def test_slurm_requeued_job_resumes(tiny, tmp_path, monkeypatch):
             NodeJob(node, schedule, config)()
     record = resubmission.function()
     assert record["status"] == "finished"
+
+
+# --------------------------------------------------------------------------- issue 16: data identity, dry run
+
+
+def test_reproduce_never_reuses_a_run_after_its_prepared_data_changed(tiny, tmp_path):
+    import shutil
+
+    root, birds = tiny
+    data = tmp_path / "birds"
+    shutil.copytree(birds, data)
+    config = replace(_config(tiny, tmp_path / "runs"), cub_root=data, prepared=tmp_path / "prepared")
+    plan = plan_grid(1, ["local_cub"], ["upper_bound"], epochs=1)
+    run_grid(plan, config)
+    images = sorted((data / "images").rglob("*.jpg"))
+    shutil.copy(images[1], images[0])  # the dataset changed in place (e.g. `synth` over it) ...
+    config.catalog().ensure(plan_grid(1, ["local_cub"], ["upper_bound"]).runs["local_cub/upper_bound"].test)  # ... and `prepare` rebuilt it
+    with pytest.raises(CqdError, match=r"local_cub/upper_bound holds a run made with other settings \(data cub/localized\).*--rerun") as error:
+        run_grid(plan, replace(config, cub_root=None))  # never "done, reused" with the old numbers
+    assert "\n" not in str(error.value)
+    run_grid(plan, config, rerun=True)
+    saved = json.loads((tmp_path / "runs/local_cub/upper_bound/identity.json").read_text())["job"]
+    assert dict(map(tuple, saved["data"]))["cub/localized"] == config.catalog().manifest_digest(plan.runs["local_cub/upper_bound"].test)
+
+
+def test_dry_run_lists_every_seed_and_validation_run_with_the_chosen_lambda(tiny, tmp_path, cli):
+    root, birds = tiny
+    config = _config(tiny, tmp_path / "runs")
+    plan = plan_grid(1, ["local_cub"], ["cqd"], epochs=1)
+    select = {"lambda": (20.0, 200.0)}
+    run_grid(plan, config, select=select)
+    stdout = "\n".join(describe_plan(plan, config, (0, 1), select))
+    jobs = dict(re.findall(r"^  (\S+) \[([^\]]+)\]: ", stdout, re.M))
+    expected = {
+        f"{prefix}{key}"
+        for prefix in ("", "seed1/")
+        for key in ("local_cub/upper_bound", "local_cub/cqd")
+    } | {f"select/{prefix}local_cub/cqd/lambda{v}_T10" for prefix in ("", "seed1/") for v in (20, 200)}
+    assert set(jobs) == expected
+    assert {k for k, state in jobs.items() if state == "finished"} == {k for k in expected if not k.startswith(("seed1/", "select/seed1/"))}
+    assert {jobs[k] for k in expected if "seed1/" in k} == {"pending"}
+    chosen = json.loads((config.out / "local_cub/cqd/run.json").read_text())["objective"]["lambda"]
+    line = next(l for l in stdout.splitlines() if l.startswith("  local_cub/cqd ["))
+    assert f"(lambda {chosen:g}, T 10: chosen on 2 validation runs)" in line  # not the paper's 200 unless chosen
+    seed1 = next(l for l in stdout.splitlines() if l.startswith("  seed1/local_cub/cqd ["))
+    assert "not chosen yet" in seed1
+    result = cli(  # the command line passes seeds and selection to the dry run (it listed seed 0 only)
+        "reproduce", "--dry-run", "--tasks", "local_cub", "--methods", "cqd", "--epochs", "1", "--seeds", "0,1",
+        "--select", "lambda=20,200", "--out", tmp_path / "other", "--prepared", config.prepared, "--models", root / "models",
+    )
+    assert result.exit_code == 0, result.stderr
+    listed = set(re.findall(r"^  (\S+) \[pending\]: ", result.stdout, re.M))
+    assert listed == expected and not (tmp_path / "other").exists()
