@@ -53,8 +53,8 @@ def _job_line(node: Node, resolver: JobResolver, out: Path) -> str:
         state = f"finished with other settings ({', '.join((folder.mismatch(identity(job)) or [])[:4])}): refused unless --rerun"
     shown = replace(run, batch_size=job.batch_size) if job is not None else run
     what = shown.describe()
-    if run.select_from and job is not None:
-        if job.lambda_ is not None:
+    if run.select_from:
+        if job is not None and job.lambda_ is not None:
             what = what.replace(f"(lambda and T: the best of {len(run.select_from)} validation runs)",
                                 f"(lambda {job.lambda_:g}, T {job.temperature:g}: chosen on {len(run.select_from)} validation runs)")
         else:
