@@ -30,10 +30,10 @@ from typing import Any
 
 import submitit
 
-from cqd_port.data.catalog import DomainData
+from cqd_port.data.catalog import DataVariant, DomainData
 from cqd_port.errors import CqdError
 from cqd_port.experiments.job import PENDING, identity
-from cqd_port.experiments.plan import JobResolver, Node, Schedule, workspace
+from cqd_port.experiments.plan import JobResolver, Node, Schedule, run_variants, workspace
 from cqd_port.experiments.run import execute_run
 from cqd_port.experiments.runfolder import FINISHED, RunFolder, RunLock, is_failed, mismatch_error, read_run_json
 from cqd_port.experiments.settings import GridConfig
@@ -71,14 +71,15 @@ class SlurmOptions:
 class NodeJob(submitit.helpers.Checkpointable):
     """One node of the schedule as a submitit job; requeued as it is (the run resumes from its checkpoint)."""
 
-    def __init__(self, node: Node, schedule: Schedule, config: GridConfig, rerun: bool = False) -> None:
+    def __init__(self, node: Node, schedule: Schedule, config: GridConfig, rerun: bool = False, data_ready: bool = False) -> None:
         self.node = node
         self.schedule = schedule
         self.config = config
         self.rerun = rerun
+        self.data_ready = data_ready
 
     def __call__(self) -> dict[str, Any]:
-        return execute_node(self.node, self.schedule, self.config, rerun=self.rerun, device=slot_device(self.config))
+        return execute_node(self.node, self.schedule, self.config, rerun=self.rerun, device=slot_device(self.config), data_ready=self.data_ready)
 
 
 def slot_device(config: GridConfig) -> str:
@@ -90,13 +91,12 @@ def slot_device(config: GridConfig) -> str:
     return str(config.device)
 
 
-def prepare_variant(node: Node, config: GridConfig, say: Callable[[str], None] = print) -> None:
-    """The data stage of one variant: prepared (or found current) under its folder's lock."""
-    assert node.variant is not None
+def prepare_variant(variant: DataVariant, config: GridConfig, say: Callable[[str], None] = print, progress: bool | None = None) -> None:
+    """The data stage of one variant: prepared (or found current: rebuilt when its raw images changed) under its folder's lock."""
     catalog = config.catalog()
-    folder = catalog.variant_dir(node.variant)
+    folder = catalog.variant_dir(variant)
     with RunLock(folder.parent / f".{folder.name}.lock", say):
-        catalog.ensure(node.variant, config.progress)
+        catalog.ensure(variant, config.progress if progress is None else progress)
 
 
 def execute_node(
@@ -107,17 +107,23 @@ def execute_node(
     data: DomainData | None = None,
     device: str | None = None,
     say: Callable[[str], None] = print,
+    data_ready: bool = False,
 ) -> dict[str, Any]:
     """Run one job to completion (resuming what an earlier attempt left); return the run's run.json ({} for data).
 
-    The job is resolved here, when it starts (its data prepared, its candidates finished), and executed by
-    `cqd_port.experiments.run.execute_run`.
+    The job is resolved here, when it starts: its data made current first (unless the caller's data stage
+    just did: `data_ready`), so the digests it records are those of the data it trains on; its
+    candidates finished. It is executed by `cqd_port.experiments.run.execute_run`.
     """
     if node.kind == "prepare":
-        prepare_variant(node, config, say)
+        assert node.variant is not None
+        prepare_variant(node.variant, config, say)
         return {}
     run = node.run
     assert run is not None
+    if not data_ready:
+        for variant in run_variants(run):
+            prepare_variant(variant, config, say, progress=False)
     resolver = JobResolver(schedule, config)
     archs = [run.arch] if run.trains and run.init == "imagenet" else []
     space = replace(workspace(config, archs), device=device or str(config.device))
@@ -205,7 +211,7 @@ def launch_local(
     """
     config = absolute(config)
     for node in schedule.prepares():
-        prepare_variant(node, config, say)
+        prepare_variant(node.variant, config, say)
     resolver = JobResolver(schedule, config)
     records: dict[str, dict] = {}
     todo = [n for n in schedule.runs() if not node_done(n, resolver)]
@@ -217,7 +223,7 @@ def launch_local(
         data = DomainData(lambda v: config.catalog().ensure(v, False), domain_a=config.domain_a)
         device = f"cuda:{slots[0]}" if slots and str(config.device) != "cpu" else config.device
         for node in todo:
-            records[node.key] = execute_node(node, schedule, config, rerun, data=data, device=device, say=say)
+            records[node.key] = execute_node(node, schedule, config, rerun, data=data, device=device, say=say, data_ready=True)
             line = _status_line(node.key, records[node.key])
             if line:
                 say(line)
@@ -241,7 +247,7 @@ def launch_local(
                     continue
                 if free and all(d in done for d in node.depends):
                     slot = free.pop(0)
-                    job = _local_executor(config, slot).submit(NodeJob(node, schedule, worker_config, rerun))
+                    job = _local_executor(config, slot).submit(NodeJob(node, schedule, worker_config, rerun, data_ready=True))
                     running[node.key] = (job, slot)
                     pending.remove(node)
                     say(f"{node.key}: started on {'cpu' if str(config.device) == 'cpu' else f'GPU {slot}'} (job {job.job_id})")
