@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -150,3 +151,10 @@ def test_every_interpretive_setting_is_noted_on_its_cells(tmp_path):
     assert any("lambda = 200" in n and "run_CQD.m" in n for n in notes2[("vgg16_vgg16", "cqd")])
     assert any("lambda = 50" in n and "Section 4.2" in n for n in notes2[("vgg16_vggm", "cqd")])
     assert not any("lambda" in n for n in notes2[("vggm_vggm", "cqd")])  # the paper's and the release's 200 agree
+
+
+def test_a_batch_size_below_one_is_refused():
+    from cqd_port.experiments.settings import GridConfig
+
+    with pytest.raises(CqdError, match="batch size 0: must be at least 1"):
+        GridConfig(out=Path("runs"), batch_size=0)  # `config.batch_size or ...` took 0 as 'the paper's'
