@@ -32,7 +32,7 @@ import submitit
 
 from cqd_port.data.catalog import DataVariant, DomainData
 from cqd_port.errors import CqdError
-from cqd_port.experiments.job import PENDING, identity
+from cqd_port.experiments.job import PENDING, differing, identity
 from cqd_port.experiments.plan import JobResolver, Node, Schedule, run_variants, workspace
 from cqd_port.experiments.run import execute_run
 from cqd_port.experiments.runfolder import FINISHED, RunFolder, RunLock, is_failed, mismatch_error, read_run_json
@@ -173,10 +173,29 @@ def check_identities(schedule: Schedule, config: GridConfig, rerun: bool, resolv
         folder = run_folder(config, node.key)
         if not (folder.path / "run.json").is_file() or is_failed(folder.status()):
             continue
-        current = identity(resolver.job(node))
-        names = [n for n in folder.mismatch(current) or [] if PENDING not in json.dumps(current.get(n))]
+        names = known_mismatch(folder, identity(resolver.job(node)))
         if names:
             raise mismatch_error(folder.path, names)
+
+
+def known_mismatch(folder: RunFolder, current: dict[str, Any]) -> list[str] | None:
+    """What differs between a folder's saved identity and the parts of `current` already known
+    (data not prepared yet and a selection not made yet are left out; the run's own start compares them)."""
+    saved = folder.saved_identity()
+    if saved is None:
+        return folder.mismatch(current)
+    now, then = dict(current), dict(saved)
+    if PENDING in json.dumps(now.get("selection")):
+        for key in ("selection", "lambda_", "temperature"):
+            now.pop(key, None)
+            then.pop(key, None)
+    unknown = {label for label, digest in now.get("data", []) if digest == PENDING}
+    now["data"] = [pair for pair in now.get("data", []) if pair[0] not in unknown]
+    then["data"] = [pair for pair in then.get("data", []) if pair[0] not in unknown]
+    for key in [k for k, value in now.items() if PENDING in json.dumps(value)]:
+        now.pop(key)
+        then.pop(key, None)
+    return differing(then, now) or None
 
 
 def _local_executor(config: GridConfig, slot: int) -> submitit.LocalExecutor:

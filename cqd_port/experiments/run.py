@@ -68,8 +68,7 @@ def blocked_by(run: RunSpec, space: Workspace) -> str | None:
             continue
         if is_failed(status):
             setting = (
-                "lower its learning rate (train.lr_scale, e.g. 0.1, for `cqd-port train`; --lr-scale is the demo's) or "
-                "use train.optimizer torch"
+                "lower its learning rate (`cqd-port train`: train.lr_scale, e.g. 0.1, or train.schedule)"
                 if status.startswith(DIVERGED_PREFIX)
                 else "fix what its run.json names"
             )
@@ -260,7 +259,7 @@ def execute_run(
     if blocked:
         raise CqdError(blocked)
     if not job.complete:
-        raise CqdError(f"{node.key}: its data or selection is not ready ({job}); rerun the same command")
+        raise CqdError(f"{node.key}: its data, start model or selection is not ready yet (see --dry-run); rerun the same command")
     folder = space.folder(node.key)
     with folder.claim(identity(job), rerun, say) as reused:
         if reused is not None:
