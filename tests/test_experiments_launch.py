@@ -386,3 +386,15 @@ def test_dry_run_lists_every_seed_and_validation_run_with_the_chosen_lambda(tiny
     assert result.exit_code == 0, result.stderr
     listed = set(re.findall(r"^  (\S+) \[pending\]: ", result.stdout, re.M))
     assert listed == expected and not (tmp_path / "other").exists()
+
+
+def test_deleted_prepared_data_is_made_again_and_the_runs_reused(tiny, tmp_path):
+    import shutil
+
+    config = replace(_config(tiny, tmp_path / "runs"), prepared=tmp_path / "prepared")
+    plan = plan_grid(1, ["local_cub"], ["upper_bound"], epochs=1)
+    first = json.loads((run_grid(plan, config).results_json).read_text())
+    shutil.rmtree(tmp_path / "prepared")  # the same data, prepared again: the same manifest, the run stands
+    messages: list[str] = []
+    outcome = run_grid(plan, replace(config, progress=True), on_run=lambda key, record: messages.append(key))
+    assert not messages and json.loads(outcome.results_json.read_text())["cells"] == first["cells"]
