@@ -115,7 +115,7 @@ def forward_backward(specs: list, batch: int, size: int, device: torch.device, t
 
 def project(table: int, rates: dict[str, dict[str, float]], epochs: int | None = None) -> dict[str, Any]:
     """Seconds of every run of Table `table` at the measured rates, one run after another."""
-    from cqd_port.experiments.grid import plan_grid
+    from cqd_port.experiments.plan import plan_grid
 
     plan = plan_grid(table, epochs=epochs)
     total = 0.0

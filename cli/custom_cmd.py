@@ -30,6 +30,7 @@ def register(app: typer.Typer) -> None:
         overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override a key, e.g. --set train.epochs=5 (repeatable)."),
         example: bool = typer.Option(False, "--example", help="Print a commented template configuration and stop."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+        rerun: bool = typer.Option(False, "--rerun", help="Retrain runs whose folder holds a run made with other settings or data (instead of stopping)."),
     ) -> None:
         """One run of any method (A, B, A+B, A,B, CQD, A-CQD) on your data, degradation and networks. Resumes."""
         from cqd_port.experiments.custom import EXAMPLE_CONFIG, load_config, run_custom
@@ -39,7 +40,7 @@ def register(app: typer.Typer) -> None:
             return
         if config is None:
             raise CqdError("give the run's CONFIG.yaml (write one with `cqd-port train --example > run.yaml`)")
-        outcome = run_custom(load_config(config, overrides or []), progress=progress)
+        outcome = run_custom(load_config(config, overrides or []), progress=progress, rerun=rerun)
         for key, record in outcome.records.items():
             accuracy = record.get("accuracy")
             typer.echo(f"{key}: test accuracy {accuracy:.2f}%" if accuracy is not None else f"{key}: {record.get('status')}")

@@ -70,12 +70,14 @@ def register(app: typer.Typer) -> None:
         workers: Optional[int] = typer.Option(None, "--workers", help="Processes preparing missing data variants (default: one per usable CPU; 0: in this process)."),
         average_image: str = typer.Option("stored", "--average-image", help="Subtract the model's averageImage as stored (the release's imdb_get_batch) or its mean colour (colour)."),
         domain_a: str = typer.Option("native", "--domain-a", help="Domain A and full images: native (read at native resolution, resized in single precision, as the release) or prepared (their 224x224 JPEGs)."),
-        dry_run: bool = typer.Option(False, "--dry-run", help="Print every cell, the runs it needs and the data, then stop."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print every cell, every job (all seeds, validation runs) with its state and lambda/T, the data and models, then stop."),
     ) -> None:
         """Train and evaluate every cell of the paper's Table 1 or 2; write results.json and results.md."""
-        from cqd_port.experiments.grid import GridConfig, describe_plan, plan_grid, run_grid, submit_grid
+        from cqd_port.experiments.dryrun import describe_plan
+        from cqd_port.experiments.grid import run_grid, submit_grid
         from cqd_port.experiments.launch import LAUNCHERS, SlurmOptions
-        from cqd_port.experiments.plan import parse_seeds, parse_select
+        from cqd_port.experiments.plan import parse_seeds, parse_select, plan_grid
+        from cqd_port.experiments.settings import GridConfig
 
         if launcher not in LAUNCHERS:
             raise CqdError(f"--launcher {launcher}: use local or slurm")
@@ -106,9 +108,7 @@ def register(app: typer.Typer) -> None:
             domain_a=domain_a,
         )
         if dry_run:
-            typer.echo("\n".join(describe_plan(plan, config)))
-            if len(seed_list) > 1 or grid:
-                typer.echo(f"\nseeds {', '.join(map(str, seed_list))}" + (f"; selection on validation: {grid}" if grid else ""))
+            typer.echo("\n".join(describe_plan(plan, config, seed_list, grid)))
             return
         if launcher == "slurm":
             options = SlurmOptions(partition, account, time_minutes, gpus_per_job, cpus_per_job, mem, list(sbatch_extra or []))

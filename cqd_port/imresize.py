@@ -42,6 +42,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from cqd_port.errors import CqdError
+from cqd_port.matlab import matlab_uint8, round_saturate
 
 __all__ = ["imresize", "imresize_torch", "resize_weights", "output_shape", "matlab_uint8", "METHODS"]
 
@@ -175,19 +176,6 @@ def _pass_order(scale: tuple[float, float]) -> tuple[int, int]:
 _INT_RANGES = {np.dtype(np.uint8): (0.0, 255.0), np.dtype(np.uint16): (0.0, 65535.0)}
 
 
-def _round_clip(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    # MATLAB's double -> uint conversion: round half away from zero, saturate.
-    return np.clip(np.floor(x + 0.5), lo, hi)
-
-
-def matlab_uint8(x: np.ndarray) -> np.ndarray:
-    """MATLAB's `uint8(x)` of a real array: round half away from zero, saturate to [0, 255].
-
-    numpy's `astype(np.uint8)` truncates and wraps around instead.
-    """
-    return _round_clip(np.asarray(x), 0.0, 255.0).astype(np.uint8)
-
-
 def imresize(
     image: np.ndarray,
     size: Sequence[float] | None = None,
@@ -225,7 +213,7 @@ def imresize(
         w = resize_weights(img.shape[dim], out_hw[dim], sc[dim], method, aa)
         x = np.matmul(w, x) if dim == 0 else np.matmul(x, w.T)
         if rng is not None:
-            x = _round_clip(x, *rng)
+            x = round_saturate(x, *rng)
     out = np.moveaxis(x, 0, 2).astype(dtype)
     return np.ascontiguousarray(out if img.ndim == 3 else out[:, :, 0])
 
@@ -285,5 +273,5 @@ def imresize_torch(
         w = _torch_weights(in_hw[dim], out_hw[dim], sc[dim], method, aa, work_dtype, batch.device)
         x = torch.matmul(w, x) if dim == 0 else torch.matmul(x, w.t())
         if quantise:
-            x = torch.clamp(torch.floor(x + 0.5), 0.0, 255.0)
+            x = round_saturate(x, 0.0, 255.0)
     return x.to(batch.dtype).contiguous()

@@ -79,10 +79,10 @@ def test_reproduce_refuses_unknown_release_choices_in_one_line(tmp_path, option,
 def test_reproduce_passes_the_release_choices_to_the_grid(tmp_path, monkeypatch):
     from conftest import run_cli
 
-    import cqd_port.experiments.grid as grid
+    import cqd_port.experiments.dryrun as dryrun
 
     seen = {}
-    monkeypatch.setattr(grid, "describe_plan", lambda plan, config: seen.update(config=config) or ["ok"])
+    monkeypatch.setattr(dryrun, "describe_plan", lambda plan, config, seeds, select: seen.update(config=config) or ["ok"])
     result = run_cli("reproduce", "--dry-run", "--out", str(tmp_path / "runs"), "--average-image", "colour", "--domain-a", "prepared", "--workers", "3")
     assert result.exit_code == 0, result.stderr
     assert (seen["config"].average_image, seen["config"].domain_a, seen["config"].workers) == ("colour", "prepared", 3)

@@ -67,6 +67,8 @@ def test_example_template_is_the_schema_defaults(tmp_path):
         ({"train": {"schedule": [0.1, -1]}}, r"train.schedule: .* non-negative"),
         ({"train": {"optimizer": "adam"}}, r"train.optimizer: unknown optimizer 'adam'"),
         ({"train": {"epochs": 0}}, r"train.epochs: 0 must be at least 1"),
+        ({"train": {"batch_size": 0}}, r"train.batch_size: 0 must be at least 1"),  # was taken as 'default 128'
+        ({"train": {"batch_size": -4}}, r"train.batch_size: -4 must be at least 1"),
         ({"method": "CDQ"}, r"method: unknown method 'CDQ'"),
         ({"data": {"root": ""}}, r"data.root missing"),
         ({"data": {"root": "/nonexistent/folder"}}, r"data.root: folder /nonexistent/folder does not exist"),
@@ -164,7 +166,7 @@ def _interrupt_after_first_epoch(monkeypatch):
 
     real = trainer.save_training_checkpoint
 
-    class Interrupted(Exception):
+    class Interrupted(KeyboardInterrupt):  # as Ctrl-C or a kill: the run stays 'running' and resumes
         pass
 
     def save_then_stop(path, checkpoint):
@@ -193,7 +195,7 @@ def test_interrupted_run_resumes_to_the_same_weights(folder, tmp_path, monkeypat
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     changed = parse_config(tiny(folder, tmp_path / "broken", epochs=2, optimizer="torch", **{"lambda": 1}))
-    with pytest.raises(CqdError, match=r"config.yaml has train.lambda=200.0, this config train.lambda=1.0") as info:
+    with pytest.raises(CqdError, match=r"pets/cqd holds a run made with other settings \(lambda\); use a new --out, or --rerun") as info:
         run_custom(changed, progress=False)
     assert "\n" not in str(info.value)
 
@@ -226,7 +228,7 @@ def test_evaluate_refuses_other_classes_and_unfinished_runs(folder, tmp_path):
 
 
 def test_the_out_folder_is_locked_while_training_and_a_stale_lock_is_taken_over(folder, tmp_path, monkeypatch, capsys):
-    import cqd_port.experiments.methods as methods
+    import cqd_port.experiments.run as runner
 
     out = tmp_path / "locked"
     out.mkdir()
@@ -234,17 +236,113 @@ def test_the_out_folder_is_locked_while_training_and_a_stale_lock_is_taken_over(
     import socket
 
     (out / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 12345, "time": "then"}))
-    real, seen = methods.execute_run, []
+    real, seen = runner.execute_run, []
 
-    def execute_run_checking_the_lock(run, config, data, *args, **kwargs):
+    def execute_run_checking_the_lock(node, job, space, data, *args, **kwargs):
         holder = json.loads((out / ".lock").read_text())
         seen.append(holder["pid"])
-        return real(run, config, data, *args, **kwargs)
+        return real(node, job, space, data, *args, **kwargs)
 
-    monkeypatch.setattr(methods, "execute_run", execute_run_checking_the_lock)
+    monkeypatch.setattr(runner, "execute_run", execute_run_checking_the_lock)
     outcome = run_custom(parse_config(tiny(folder, out, method="fine_tuning")), progress=False)
     import os
 
     assert seen and set(seen) == {os.getpid()}  # every run trained under this process's lock
     assert "taking over a stale lock" in capsys.readouterr().out
     assert not (out / ".lock").exists() and outcome.record["status"] == "finished"
+
+
+# --------------------------------------------------------------------------- issue 16: runs never reused, started or finished wrongly
+
+
+def _copy_folder(folder, target):
+    import shutil
+
+    shutil.copytree(folder, target)
+    return target
+
+
+def test_train_never_reuses_a_run_after_images_were_added_and_evaluate_checks_the_split(folder, tmp_path):
+    import shutil
+
+    data = _copy_folder(folder, tmp_path / "pets")
+    config = parse_config(tiny(data, tmp_path / "run", method="B"))
+    first = run_custom(config, progress=False)
+    assert first.record["status"] == "finished"
+    evaluate_run(tmp_path / "run", progress=False)  # the data it was trained on: fine
+    shutil.copy(data / "cat" / "000.png", data / "cat" / "100.png")  # an image added: the seeded split moves
+    shutil.copy(data / "dog" / "000.png", data / "dog" / "100.png")
+    with pytest.raises(CqdError, match=r"evaluate|images or split of data.root .* changed since .* retrain") as info:
+        evaluate_run(tmp_path / "run", progress=False)  # its test set could now hold training images
+    assert "\n" not in str(info.value)
+    with pytest.raises(CqdError, match=r"pets/fine_tuning holds a run made with other settings \(data pets/.*split\).*--rerun"):
+        run_custom(config, progress=False)  # never "reused" with the old numbers
+    again = run_custom(config, progress=False, rerun=True)
+    assert again.record["status"] == "finished"
+    assert again.record["train_images"] + again.record["test_images"] == first.record["train_images"] + first.record["test_images"] + 2
+    identity = json.loads((tmp_path / "run" / "pets" / "fine_tuning" / "identity.json").read_text())["job"]
+    summary, _ = evaluate_run(tmp_path / "run", progress=False)  # retrained on the current split: evaluates
+    assert summary["images"] >= 3 and identity["split"]
+
+
+def test_a_diverged_teacher_is_not_finished_and_cqd_is_not_started(folder, tmp_path):
+    out = tmp_path / "run"
+    config = parse_config(tiny(folder, out, schedule=[1.0e6]))  # f's learning rate blows it up
+    with pytest.raises(CqdError, match=r"pets/cqd not started: its teacher f \(pets/upper_bound\) ended 'diverged at epoch 1'.*lr_scale") as info:
+        run_custom(config, progress=False)
+    assert "\n" not in str(info.value)
+    record = json.loads((out / "pets" / "upper_bound" / "run.json").read_text())
+    assert record["status"] == "diverged at epoch 1" and "accuracy" not in record
+    assert not (out / "pets" / "upper_bound" / "final.pt").exists()
+    assert not (out / "pets" / "cqd").exists()  # the student was never started
+    fixed = run_custom(parse_config(tiny(folder, out)), progress=False)  # the corrected rate is accepted in the same folder
+    assert {r["status"] for r in fixed.records.values()} == {"finished"}
+
+
+def test_divergence_is_a_huge_or_non_finite_objective():
+    from cqd_port.experiments.run import divergence
+
+    assert divergence([{"epoch": 1, "train": {"objective": 3.4}, "test": {"objective": 2.9}}]) is None
+    # the issue's VGG-M teacher: 343 then 6.8e24, test objective NaN
+    history = [{"epoch": 1, "train": {"objective": 343.0}}, {"epoch": 2, "train": {"objective": 6.8e24}, "test": {"objective": float("nan")}}]
+    assert divergence(history)[0] == 2
+    assert divergence([{"epoch": 1, "train": {"objective": 2.0}, "test": {"objective": float("nan")}}])[0] == 1
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("    raise ValueError('boom')", r"plugin 'badplug_{n}:degrade' failed on .*ValueError: boom"),
+        ("    return image.astype('float32')", r"plugin 'badplug_{n}:degrade' returned dtype float32"),
+        ("    return image[:8]", r"plugin 'badplug_{n}:degrade' returned .*shape"),
+    ],
+)
+def test_a_broken_plugin_is_refused_before_anything_is_trained_or_written(folder, tmp_path, monkeypatch, body, message):
+    import sys
+
+    n = abs(hash(body)) % 10**6
+    (tmp_path / f"badplug_{n}.py").write_text(f"def degrade(image, seed, sigma=1.0):\n{body}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = tiny(folder, tmp_path / "run")
+    data["data"].update(degradation=f"badplug_{n}:degrade", parameters={"sigma": 1.0})
+    with pytest.raises(CqdError, match=message.format(n=n)) as info:
+        run_custom(parse_config(data), progress=False)
+    assert "\n" not in str(info.value)
+    assert not list((tmp_path / "run").rglob("*.pt")) and not list((tmp_path / "run").rglob("run.json"))
+    sys.modules.pop(f"badplug_{n}", None)
+
+
+def test_a_misspelt_plugin_parameter_is_refused_before_training(folder, tmp_path):
+    data = tiny(folder, tmp_path / "run")
+    data["data"]["parameters"] = {"sigmaa": 1.5}
+    with pytest.raises(CqdError, match=r"gaussian_blur"):
+        run_custom(parse_config(data), progress=False)
+    assert not list((tmp_path / "run").rglob("*.pt")) and not list((tmp_path / "run").rglob("run.json"))
+
+
+def test_a_corrected_failed_start_is_accepted_in_the_same_folder(folder, tmp_path):
+    wrong = parse_config(tiny(folder, tmp_path / "run", method="A") | {"data": {**tiny(folder, tmp_path / "run")["data"], "high_quality": "localized"}})
+    with pytest.raises(CqdError, match=r"bounding box"):
+        run_custom(wrong, progress=False)  # this image folder has no boxes.txt
+    fixed = run_custom(parse_config(tiny(folder, tmp_path / "run", method="A")), progress=False)
+    assert fixed.record["status"] == "finished"

@@ -138,14 +138,14 @@ def test_read_only_out_folder(tmp_path, birds, cli, monkeypatch, command):
 
 
 def test_reproduce_notices_changed_sources_too(tmp_path):
-    from cqd_port.experiments.grid import GridConfig, ensure_variant
+    from cqd_port.experiments.settings import GridConfig
     from cqd_port.experiments.tasks import DataVariant
 
     data = make_synthetic_dataset(tmp_path / "raw", classes=3, seed=0, **SYNTH)
     config = GridConfig(out=tmp_path / "runs", prepared=tmp_path / "prep", cub_root=data, progress=False, prepare_config=SMALL.as_dict())
     variant = DataVariant("cub", "gray")
-    folder = ensure_variant(variant, config)
+    folder = config.catalog().ensure(variant)
     manifest = (folder / "manifest.json").stat().st_mtime_ns
-    assert ensure_variant(variant, config) == folder and (folder / "manifest.json").stat().st_mtime_ns == manifest  # current: untouched
+    assert config.catalog().ensure(variant) == folder and (folder / "manifest.json").stat().st_mtime_ns == manifest  # current: untouched
     make_synthetic_dataset(tmp_path / "raw", classes=2, seed=1, train_per_class=1, test_per_class=1, size=32)
-    assert len(read_prepared(ensure_variant(variant, config)).records) == 4
+    assert len(read_prepared(config.catalog().ensure(variant)).records) == 4

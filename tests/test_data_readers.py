@@ -10,7 +10,8 @@ import scipy.io
 
 from cqd_port.data.cars import read_cars
 from cqd_port.data.cub import read_cub
-from cqd_port.data.records import DatasetIndex, ImageRecord, map_box_to_resized, matlab_round
+from cqd_port.data.records import DatasetIndex, ImageRecord, map_box_to_resized
+from cqd_port.matlab import matlab_round
 from cqd_port.errors import CqdError
 
 

@@ -85,7 +85,7 @@ def test_concat_subset_and_datasets_become_stores():
 
 def test_stored_average_image_matches_matconvnet_and_the_mean_colour_does_not(parity_dir):
     # ref_vggm_tiny.mat: MatConvNet's input = image - averageImage, with net_vggm_tiny's full 224x224x3 average.
-    from cqd_port.experiments.methods import input_normalization
+    from cqd_port.experiments.networks import input_normalization
     from matconvnet_weights.read import read_network
     from cqd_port_parity.compare import relative_error
     from cqd_port_parity.references import read_network_reference

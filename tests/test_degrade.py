@@ -13,7 +13,8 @@ from cqd_port.data.edges import sed_edges, sobel_edges
 from cqd_port.data.sed import edges_detect, read_sed_model
 from cqd_port.data.tps import distort
 from cqd_port.errors import CqdError
-from cqd_port.imresize import imresize, matlab_uint8
+from cqd_port.imresize import imresize
+from cqd_port.matlab import matlab_uint8
 
 BOX = (31, 21, 150, 100)  # 1-based inclusive x1 y1 x2 y2
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
 from cqd_port.errors import CqdError
-from cqd_port.experiments.grid import plan_grid
+from cqd_port.experiments.plan import plan_grid
 from cqd_port.experiments.methods import IMAGENET
 from cqd_port.experiments.paper import paper_table
 from cqd_port.experiments.tasks import TABLE1_TASKS
@@ -128,12 +129,12 @@ def test_a_cqd_start_and_vd_vd_lambda_options():
 
 
 def test_every_interpretive_setting_is_noted_on_its_cells(tmp_path):
-    from cqd_port.experiments.grid import GridConfig
+    from cqd_port.experiments.settings import GridConfig
     from cqd_port.experiments.notes import A_CQD_FROM_A, A_CQD_FROM_IMAGENET, AUGMENTATION_2K, DISTORTION_SEED, LOWRES_BILINEAR, cell_notes
 
     config = GridConfig(out=tmp_path, edges_method="edges_sobel")
     plan = plan_grid(1)
-    notes = {(c.task, c.method): cell_notes(c.method, plan.runs[c.run], config) for c in plan.cells}
+    notes = {(c.task, c.method): cell_notes(c.method, plan.runs[c.run], config.catalog()) for c in plan.cells}
     assert notes[("local_cub", "upper_bound")] == ()  # nothing interpretive about it
     for task in ("res_cub", "res_cars", "local_res_cub"):
         assert LOWRES_BILINEAR in notes[(task, "cqd")] and LOWRES_BILINEAR in notes[(task, "no_adaptation")]
@@ -144,9 +145,16 @@ def test_every_interpretive_setting_is_noted_on_its_cells(tmp_path):
     assert A_CQD_FROM_A in notes[("local_cub", "a_cqd")] and A_CQD_FROM_A not in notes[("local_cub", "cqd")]
     release = plan_grid(1, ["local_cub"], a_cqd_start="imagenet")
     cell = next(c for c in release.cells if c.method == "a_cqd")
-    assert A_CQD_FROM_IMAGENET in cell_notes("a_cqd", release.runs[cell.run], config)
+    assert A_CQD_FROM_IMAGENET in cell_notes("a_cqd", release.runs[cell.run], config.catalog())
     table2 = plan_grid(2)
-    notes2 = {(c.task, c.method): cell_notes(c.method, table2.runs[c.run], config) for c in table2.cells}
+    notes2 = {(c.task, c.method): cell_notes(c.method, table2.runs[c.run], config.catalog()) for c in table2.cells}
     assert any("lambda = 200" in n and "run_CQD.m" in n for n in notes2[("vgg16_vgg16", "cqd")])
     assert any("lambda = 50" in n and "Section 4.2" in n for n in notes2[("vgg16_vggm", "cqd")])
     assert not any("lambda" in n for n in notes2[("vggm_vggm", "cqd")])  # the paper's and the release's 200 agree
+
+
+def test_a_batch_size_below_one_is_refused():
+    from cqd_port.experiments.settings import GridConfig
+
+    with pytest.raises(CqdError, match="batch size 0: must be at least 1"):
+        GridConfig(out=Path("runs"), batch_size=0)  # `config.batch_size or ...` took 0 as 'the paper's'

@@ -24,8 +24,11 @@ import torch
 
 from cqd_port.data.synth import make_synthetic_dataset
 from cqd_port.errors import CqdError
-from cqd_port.experiments.execute import EXECUTIONS, LOCK, RunLock
-from cqd_port.experiments.grid import GridConfig, describe_plan, plan_grid, run_grid
+from cqd_port.experiments.dryrun import describe_plan
+from cqd_port.experiments.grid import run_grid
+from cqd_port.experiments.plan import plan_grid
+from cqd_port.experiments.runfolder import EXECUTIONS, LOCK, RunLock
+from cqd_port.experiments.settings import GridConfig
 from cqd_port.experiments.results import load_results
 from cqd_port.models.vgg import init_state, vgg_m_specs
 from matconvnet_weights.convert import save_checkpoint
@@ -108,8 +111,8 @@ def test_identity_mismatch_is_refused_then_rerun(tiny, tmp_path):
     with pytest.raises(CqdError) as error:  # today's bug: a 1-epoch run reported for --epochs 2
         run_grid(plan_grid(1, ["local_cub"], ["fine_tuning"], epochs=2), config)
     message = str(error.value)
-    assert "run.hyper.epochs" in message and "--out" in message and "--rerun" in message and "\n" not in message
-    with pytest.raises(CqdError, match="config.lr_scale"):
+    assert "(epochs, schedule)" in message and "--out" in message and "--rerun" in message and "\n" not in message
+    with pytest.raises(CqdError, match=r"other settings \(schedule\)"):  # --lr-scale scales the schedule
         run_grid(plan_grid(1, ["local_cub"], ["fine_tuning"], epochs=1), replace(config, lr_scale=0.5))
     outcome = run_grid(plan_grid(1, ["local_cub"], ["fine_tuning"], epochs=2), config, rerun=True)
     record = json.loads((tmp_path / "runs/local_cub/fine_tuning/run.json").read_text())
@@ -149,7 +152,7 @@ def test_killed_run_resumes_over_its_stale_lock_and_dry_run_says_so(tiny, tmp_pa
     from cqd_port.experiments.launch import launch_local
     from cqd_port.experiments.plan import schedule_grid
 
-    launch_local(schedule_grid(plan, config), config, say=messages.append)
+    launch_local(schedule_grid(plan, config.catalog()), config, say=messages.append)
     record = json.loads((folder / "run.json").read_text())
     assert record["status"] == "finished" and record["resumed_from_epoch"] == 1
     assert any("taking over a stale lock" in m for m in messages)
@@ -317,7 +320,7 @@ def test_slurm_requeued_job_resumes(tiny, tmp_path, monkeypatch):
 
     config = _config(tiny, tmp_path / "runs")
     plan = plan_grid(1, ["local_cub"], ["upper_bound"], epochs=1)
-    schedule = schedule_grid(plan, config)
+    schedule = schedule_grid(plan, config.catalog())
     job = NodeJob(schedule.nodes["local_cub/upper_bound"], schedule, config)
     resubmission = job.checkpoint()  # what submitit requeues on preemption/timeout
     assert resubmission.function is job
@@ -330,3 +333,68 @@ def test_slurm_requeued_job_resumes(tiny, tmp_path, monkeypatch):
             NodeJob(node, schedule, config)()
     record = resubmission.function()
     assert record["status"] == "finished"
+
+
+# --------------------------------------------------------------------------- issue 16: data identity, dry run
+
+
+def test_reproduce_never_reuses_a_run_after_its_prepared_data_changed(tiny, tmp_path):
+    import shutil
+
+    root, birds = tiny
+    data = tmp_path / "birds"
+    shutil.copytree(birds, data)
+    config = replace(_config(tiny, tmp_path / "runs"), cub_root=data, prepared=tmp_path / "prepared")
+    plan = plan_grid(1, ["local_cub"], ["upper_bound"], epochs=1)
+    run_grid(plan, config)
+    images = sorted((data / "images").rglob("*.jpg"))
+    shutil.copy(images[1], images[0])  # the dataset changed in place (e.g. `synth` over it) ...
+    config.catalog().ensure(plan_grid(1, ["local_cub"], ["upper_bound"]).runs["local_cub/upper_bound"].test)  # ... and `prepare` rebuilt it
+    with pytest.raises(CqdError, match=r"local_cub/upper_bound holds a run made with other settings \(data cub/localized\).*--rerun") as error:
+        run_grid(plan, replace(config, cub_root=None))  # never "done, reused" with the old numbers
+    assert "\n" not in str(error.value)
+    run_grid(plan, config, rerun=True)
+    saved = json.loads((tmp_path / "runs/local_cub/upper_bound/identity.json").read_text())["job"]
+    assert dict(map(tuple, saved["data"]))["cub/localized"] == config.catalog().manifest_digest(plan.runs["local_cub/upper_bound"].test)
+
+
+def test_dry_run_lists_every_seed_and_validation_run_with_the_chosen_lambda(tiny, tmp_path, cli):
+    root, birds = tiny
+    config = _config(tiny, tmp_path / "runs")
+    plan = plan_grid(1, ["local_cub"], ["cqd"], epochs=1)
+    select = {"lambda": (20.0, 200.0)}
+    run_grid(plan, config, select=select)
+    stdout = "\n".join(describe_plan(plan, config, (0, 1), select))
+    jobs = dict(re.findall(r"^  (\S+) \[([^\]]+)\]: ", stdout, re.M))
+    expected = {
+        f"{prefix}{key}"
+        for prefix in ("", "seed1/")
+        for key in ("local_cub/upper_bound", "local_cub/cqd")
+    } | {f"select/{prefix}local_cub/cqd/lambda{v}_T10" for prefix in ("", "seed1/") for v in (20, 200)}
+    assert set(jobs) == expected
+    assert {k for k, state in jobs.items() if state == "finished"} == {k for k in expected if not k.startswith(("seed1/", "select/seed1/"))}
+    assert {jobs[k] for k in expected if "seed1/" in k} == {"pending"}
+    chosen = json.loads((config.out / "local_cub/cqd/run.json").read_text())["objective"]["lambda"]
+    line = next(l for l in stdout.splitlines() if l.startswith("  local_cub/cqd ["))
+    assert f"(lambda {chosen:g}, T 10: chosen on 2 validation runs)" in line  # not the paper's 200 unless chosen
+    seed1 = next(l for l in stdout.splitlines() if l.startswith("  seed1/local_cub/cqd ["))
+    assert "not chosen yet" in seed1
+    result = cli(  # the command line passes seeds and selection to the dry run (it listed seed 0 only)
+        "reproduce", "--dry-run", "--tasks", "local_cub", "--methods", "cqd", "--epochs", "1", "--seeds", "0,1",
+        "--select", "lambda=20,200", "--out", tmp_path / "other", "--prepared", config.prepared, "--models", root / "models",
+    )
+    assert result.exit_code == 0, result.stderr
+    listed = set(re.findall(r"^  (\S+) \[pending\]: ", result.stdout, re.M))
+    assert listed == expected and not (tmp_path / "other").exists()
+
+
+def test_deleted_prepared_data_is_made_again_and_the_runs_reused(tiny, tmp_path):
+    import shutil
+
+    config = replace(_config(tiny, tmp_path / "runs"), prepared=tmp_path / "prepared")
+    plan = plan_grid(1, ["local_cub"], ["upper_bound"], epochs=1)
+    first = json.loads((run_grid(plan, config).results_json).read_text())
+    shutil.rmtree(tmp_path / "prepared")  # the same data, prepared again: the same manifest, the run stands
+    messages: list[str] = []
+    outcome = run_grid(plan, replace(config, progress=True), on_run=lambda key, record: messages.append(key))
+    assert not messages and json.loads(outcome.results_json.read_text())["cells"] == first["cells"]

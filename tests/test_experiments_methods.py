@@ -24,8 +24,10 @@ from cqd_port.data.prepare import read_dataset, read_prepared
 from cqd_port.imresize import imresize
 from cqd_port.layout import image_to_nchw
 from cqd_port.data.synth import make_synthetic_dataset
-from cqd_port.experiments.grid import GridConfig, plan_grid, run_grid
-from cqd_port.experiments.methods import input_normalization
+from cqd_port.experiments.grid import run_grid
+from cqd_port.experiments.plan import plan_grid
+from cqd_port.experiments.settings import GridConfig
+from cqd_port.experiments.networks import input_normalization
 from cqd_port.experiments.results import load_results
 from cqd_port.experiments.tasks import CUB_A, DataVariant
 from cqd_port.models.vgg import init_state, vgg_m_specs
@@ -173,8 +175,8 @@ def test_cqd_teacher_logits_aligned_by_index(grid_run):
     logits = call["teacher_logits"]
     teacher = load_model(Path(config.out) / "local_cub/upper_bound/final.pt")
     size, average = input_normalization(teacher.meta)
-    index_a = read_prepared(config.variant_dir(CUB_A))
-    index_b = read_prepared(config.variant_dir(DataVariant("cub", "original")))
+    index_a = read_prepared(config.catalog().variant_dir(CUB_A))
+    index_b = read_prepared(config.catalog().variant_dir(DataVariant("cub", "original")))
     b_train = index_b.train_records()
     assert logits.shape == (len(b_train), CLASSES)
     raw = read_dataset("cub", config.cub_root)

@@ -11,7 +11,7 @@ import typer
 from cqd_port_cli.main import app
 from cqd_port.data.synth import make_synthetic_dataset
 from cqd_port.errors import CqdError
-from cqd_port.experiments.grid import GridConfig, ensure_variant
+from cqd_port.experiments.settings import GridConfig
 from cqd_port.experiments.tasks import DataVariant
 
 
@@ -31,12 +31,12 @@ def test_missing_data_hint_is_a_command_that_runs(tmp_path, cli, monkeypatch, va
     raw = make_synthetic_dataset(tmp_path / "raw", classes=2, train_per_class=1, test_per_class=1, size=32)
     config = GridConfig(out=tmp_path / "runs")  # the default --prepared, as `reproduce` without options
     with pytest.raises(CqdError) as info:
-        ensure_variant(variant, config)
+        config.catalog().ensure(variant)
     command = re.search(r"`(cqd-port prepare [^`]*)`", str(info.value)).group(1)
     args = [str(raw) if a == "DIR" else a for a in shlex.split(command)[1:]]
     result = cli(*args, "--no-progress")
     assert result.exit_code == 0, result.stderr
-    assert ensure_variant(variant, config) == config.variant_dir(variant)  # reproduce now finds it
+    assert config.catalog().ensure(variant) == config.catalog().variant_dir(variant)  # reproduce now finds it
 
 
 def test_network_hint_names_an_existing_command(cli):

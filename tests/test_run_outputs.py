@@ -12,7 +12,8 @@ from test_experiments_methods import _config, tiny  # noqa: F401 - the tiny synt
 
 import cqd_port.train.trainer as trainer_module
 from cqd_port.errors import DiskFullError
-from cqd_port.experiments.grid import plan_grid, run_grid
+from cqd_port.experiments.grid import run_grid
+from cqd_port.experiments.plan import plan_grid
 from cqd_port.train.trainer import history_figure
 
 

@@ -13,9 +13,9 @@ from cqd_port.train.schedules import (
     CARS_SCHEDULE,
     CUB_SCHEDULE,
     learning_rate,
-    matlab_colon,
     shorten_schedule,
 )
+from cqd_port.matlab import colon as matlab_colon
 from cqd_port.train.sgd import MatConvNetSGD, Multipliers, cqd_multipliers
 
 

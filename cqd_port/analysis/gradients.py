@@ -150,7 +150,7 @@ def preprocessing_from_meta(meta: dict[str, Any] | None, source: str = "the mode
     when the meta has none) and `averageImage` is subtracted as stored (a full
     H x W x 3 average image pixel by pixel, a colour as a colour).
     """
-    from cqd_port.experiments.methods import input_normalization
+    from cqd_port.experiments.networks import input_normalization
 
     if meta is not None and not isinstance(meta, dict):
         raise CqdError(f"{source}: its meta is not a dictionary; re-save it with `cqd-port convert-weights`")

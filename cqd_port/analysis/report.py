@@ -187,7 +187,7 @@ def make_report(config: ReportConfig) -> ReportResult:
 
     # Cells share runs (one A model serves upper bound, no adaptation, staged and the teacher of
     # several tasks): read each cell's history from the run that trained it.
-    from cqd_port.experiments.grid import plan_grid
+    from cqd_port.experiments.plan import plan_grid
 
     run_of = {(c.task, c.method): c.run for c in plan_grid(table).cells}
     out = Path(config.out) if config.out is not None else default_output(results_dir, "figures")

@@ -41,7 +41,7 @@ from torch import nn
 from cqd_port.analysis.gradients import PreprocessingSpec, maps_for_dataset, preprocessing_from_meta
 from cqd_port.data.images import image_size
 from cqd_port.errors import CqdError
-from cqd_port.experiments.methods import FINAL_MODEL
+from cqd_port.experiments.run import FINAL_MODEL
 from cqd_port.fileio import atomic_write_json, atomic_write_text
 from cqd_port.seeds import check_seed
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cqd_port.data.records import DATA_ROOT_HINT, DatasetIndex, ImageRecord, matlab_round
+from cqd_port.data.records import DATA_ROOT_HINT, DatasetIndex, ImageRecord
+from cqd_port.matlab import matlab_round
 from cqd_port.errors import CqdError
 
 CUB_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt", "classes.txt")

@@ -71,10 +71,12 @@ import numpy as np
 
 from cqd_port.data.edges import luminance, sed_edges, sobel_edges, to_rgb_uint8
 from cqd_port.data.sed import edges_detect, read_sed_model
-from cqd_port.data.records import clip_box, matlab_round
+from cqd_port.data.records import clip_box
+from cqd_port.matlab import matlab_round
 from cqd_port.data.tps import TpsConfig, distort
 from cqd_port.errors import CqdError
-from cqd_port.imresize import METHODS, imresize, matlab_uint8
+from cqd_port.imresize import METHODS, imresize
+from cqd_port.matlab import matlab_uint8
 
 __all__ = [
     "DegradationConfig",

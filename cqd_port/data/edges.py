@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cqd_port.errors import CqdError
-from cqd_port.imresize import matlab_uint8
+from cqd_port.matlab import matlab_uint8
 
 __all__ = [
     "RGB2GRAY_WEIGHTS", "SED_MODEL_HELP", "load_sed_model", "luminance", "sed_edge_strength", "sed_edges", "sobel_edges",

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cqd_port.data.records import Box, DatasetIndex, ImageRecord, matlab_round, safe_join
+from cqd_port.data.records import Box, DatasetIndex, ImageRecord, safe_join
+from cqd_port.matlab import matlab_round
 from cqd_port.errors import CqdError
 from cqd_port.seeds import check_seed
 

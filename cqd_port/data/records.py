@@ -9,11 +9,11 @@ inclusive pixel convention `[x1 y1 x2 y2]`, as the original code used them.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from cqd_port.errors import CqdError
+from cqd_port.matlab import matlab_round
 
 # Where a user names the dataset folder, in each command: hints name them all, so the one the user ran is there.
 DATA_ROOT_HINT = "data.root in a train config, --data-root for prepare, --cub-root/--cars-root for reproduce, --data for evaluate"
@@ -110,11 +110,6 @@ def safe_join(root: Path, relative: str) -> Path:
             f"image path '{relative}' escapes the dataset root {root}; index files must list paths relative to the root"
         )
     return Path(root) / Path(*pure.parts)
-
-
-def matlab_round(value: float) -> int:
-    """MATLAB's `round`: halves away from zero (Python's `round` goes to even)."""
-    return int(math.floor(abs(value) + 0.5)) * (1 if value >= 0 else -1)
 
 
 def clip_box(box: Box, width: int, height: int) -> Box:

@@ -15,6 +15,7 @@ import numpy as np
 
 from cqd_port.data.records import DatasetIndex, ImageRecord
 from cqd_port.errors import CqdError
+from cqd_port.matlab import matlab_round
 from cqd_port.seeds import check_seed
 
 
@@ -45,7 +46,7 @@ def validation_split(index: DatasetIndex, fraction: float = 1 / 3, seed: int = 0
     held_out: set[int] = set()
     for label in sorted(by_class):
         positions = by_class[label]
-        count = int(np.floor(len(positions) * fraction + 0.5))
+        count = matlab_round(len(positions) * fraction)
         if count >= len(positions):  # keep at least one training image per class
             count = len(positions) - 1
         chosen = rng.permutation(len(positions))[:count]

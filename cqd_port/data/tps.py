@@ -68,7 +68,8 @@ from functools import lru_cache
 import numpy as np
 
 from cqd_port.errors import CqdError
-from cqd_port.imresize import imresize, matlab_uint8, output_shape
+from cqd_port.imresize import imresize, output_shape
+from cqd_port.matlab import matlab_uint8, round_half_away
 
 __all__ = [
     "PLACEMENTS",
@@ -250,11 +251,6 @@ def tps_map(coefficients: np.ndarray, center: np.ndarray, rows: np.ndarray, cols
     return out[0], out[1]
 
 
-def _round_half_away(x: np.ndarray) -> np.ndarray:
-    # MATLAB's round; np.round would send halves to even.
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
-
-
 def _window_counts(mapped: np.ndarray, h: int) -> np.ndarray:
     # Number of landed pixels in the (2h+1)^2 window around each pixel, clipped to the canvas.
     padded = np.pad(mapped.astype(np.int64), ((h + 1, h), (h + 1, h)))
@@ -323,8 +319,8 @@ def tpswarp(
     rows = np.arange(1, h + 1, dtype=np.float64) - source_origin[0]
     cols = np.arange(1, w + 1, dtype=np.float64) - source_origin[1]
     to_row, to_col = tps_map(coefficients, center, rows, cols)
-    canvas_row = np.clip(_round_half_away(to_row), 1, out_h).astype(np.int64) - 1
-    canvas_col = np.clip(_round_half_away(to_col), 1, out_w).astype(np.int64) - 1
+    canvas_row = np.clip(round_half_away(to_row), 1, out_h).astype(np.int64) - 1
+    canvas_col = np.clip(round_half_away(to_col), 1, out_w).astype(np.int64) - 1
     landing = (canvas_row * out_w + canvas_col).ravel()  # source pixels in the release's order (row-major)
     winner = np.full(out_h * out_w, -1, dtype=np.int64)
     np.maximum.at(winner, landing, np.arange(h * w, dtype=np.int64))  # the last source pixel wins

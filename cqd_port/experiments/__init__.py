@@ -1,8 +1,10 @@
 """The experiments of the paper: networks as the original set them up, the methods of
-Tables 1 and 2, the resumable grid behind `cqd-port reproduce`, results.json, and the
-CPU demo on synthetic data.
+Tables 1 and 2, the resumable grid behind `cqd-port reproduce`, `cqd-port train`, results.json,
+and the CPU demo on synthetic data.
 
-Modules: `tasks` (domains and hyper-parameters), `networks` (initializeNetwork.m),
-`methods` (what one run does), `grid` (planning and running), `results` (results.json,
-Markdown), `paper` (the paper's numbers), `demo` (`cqd-port demo`).
+Bottom to top (docs/architecture.md): `tasks`, `methods`, `networks`, `settings` (`GridConfig`),
+`notes`, `paper`, `results`; `job` (`RunJob`, the one identity), `runfolder` (a run folder's
+lock, states and guard); `plan` (tables x methods x seeds x selection -> jobs); `run` (one job);
+`launch`, `collect`, `dryrun`; at the top `grid` (`run_grid` / `submit_grid`), `demo`,
+`custom` (`cqd-port train` / `evaluate`), `custom_demo`. Nothing below imports `grid`.
 """

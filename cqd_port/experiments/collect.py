@@ -21,23 +21,26 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from cqd_port.data.synth import is_synthetic
 from cqd_port.errors import CqdError
-from cqd_port.experiments.methods import read_run_json
+from cqd_port.experiments.job import identity
+from cqd_port.experiments.notes import cell_notes, grid_settings
+from cqd_port.experiments.paper import paper_table
+from cqd_port.experiments.plan import JobResolver, jsonable, plan_grid, schedule_grid
+from cqd_port.experiments.results import Cell, write_results
+from cqd_port.experiments.runfolder import DIVERGED_PREFIX, FINISHED, RunFolder, read_run_json
+from cqd_port.experiments.settings import GridConfig
 from cqd_port.fileio import atomic_write_json
 
 GRID_JSON = "grid.json"
 _PATH_FIELDS = ("out", "prepared", "models", "cub_root", "cars_root", "sed_model")
 
 
-def _config_to_json(config: Any) -> dict[str, Any]:
-    from cqd_port.experiments.plan import _jsonable
-
-    return {f.name: _jsonable(getattr(config, f.name)) for f in fields(config)}
+def _config_to_json(config: GridConfig) -> dict[str, Any]:
+    return {f.name: jsonable(getattr(config, f.name)) for f in fields(config)}
 
 
-def _config_from_json(data: dict[str, Any]) -> Any:
-    from cqd_port.experiments.grid import GridConfig
-
+def _config_from_json(data: dict[str, Any]) -> GridConfig:
     known = {f.name for f in fields(GridConfig)}
     values = {k: v for k, v in data.items() if k in known}
     for name in _PATH_FIELDS:
@@ -48,7 +51,7 @@ def _config_from_json(data: dict[str, Any]) -> Any:
     return GridConfig(**values)
 
 
-def write_grid_json(out: Path, table: int, options: dict[str, Any], seeds: tuple[int, ...], select: dict[str, tuple[float, ...]] | None, config: Any) -> None:
+def write_grid_json(out: Path, table: int, options: dict[str, Any], seeds: tuple[int, ...], select: dict[str, tuple[float, ...]] | None, config: GridConfig) -> None:
     atomic_write_json(
         Path(out) / GRID_JSON,
         {"table": table, "options": options, "seeds": list(seeds), "select": {k: list(v) for k, v in (select or {}).items()}, "config": _config_to_json(config)},
@@ -86,32 +89,29 @@ def paired_difference(first: dict[int, float], second: dict[int, float]) -> dict
     return {"n": n, "mean": mean, "low": mean - half, "high": mean + half, "seeds": seeds}
 
 
-def collect_results(table: int, options: dict[str, Any], seeds: tuple[int, ...], select: dict[str, tuple[float, ...]] | None, config: Any) -> tuple[Path, Path]:
+def collect_results(table: int, options: dict[str, Any], seeds: tuple[int, ...], select: dict[str, tuple[float, ...]] | None, config: GridConfig) -> tuple[Path, Path]:
     """Write `<out>/results.json` and `results.md` from the run folders of the whole table (see the module docstring)."""
-    from cqd_port.data.synth import is_synthetic
-    from cqd_port.experiments.execute import identity_mismatch
-    from cqd_port.experiments.grid import plan_grid
-    from cqd_port.experiments.notes import cell_notes, grid_settings
-    from cqd_port.experiments.paper import paper_table
-    from cqd_port.experiments.plan import run_identity, schedule_grid
-    from cqd_port.experiments.results import Cell, write_results
-
+    catalog = config.catalog()
     whole = plan_grid(table, None, None, **options)
-    schedule = schedule_grid(whole, config, seeds, select)
+    schedule = schedule_grid(whole, catalog, seeds, select)
+    resolver = JobResolver(schedule, config, catalog)
     paper = paper_table(table)
     out = Path(config.out)
-    memo: dict[str, dict] = {}
 
     def finished_value(key: str) -> float | None:
-        folder = out / key
-        record = read_run_json(folder)
-        if record.get("status") != "finished" or record.get("accuracy") is None:
+        folder = RunFolder(out / key, key)
+        record = folder.record()
+        if record.get("status") != FINISHED or record.get("accuracy") is None:
             return None
         try:
-            identity = run_identity(schedule.nodes[key], schedule, config, memo)
+            job = resolver.job(schedule.nodes[key])
         except CqdError:  # e.g. its start model is not on this machine: its identity cannot be checked
             return None
-        return None if identity_mismatch(folder, identity) else float(record["accuracy"])
+        return float(record["accuracy"]) if job.complete and folder.reusable(identity(job)) else None
+
+    def ended_without_result(key: str) -> str | None:
+        status = str(read_run_json(out / key).get("status", ""))
+        return f"{key}: {status} (no result)" if status.startswith(DIVERGED_PREFIX) or status.startswith("failed") else None
 
     cells: list[Cell] = []
     by_cell: dict[tuple[str, str], dict[int, float]] = {}
@@ -127,7 +127,8 @@ def collect_results(table: int, options: dict[str, Any], seeds: tuple[int, ...],
         if len(values) > 1:
             std = math.sqrt(sum((v - mean) ** 2 for v in values.values()) / (len(values) - 1))
         several = len(seeds) > 1
-        notes = cell_notes(cell.method, whole.runs[cell.run], config)  # where the cell's setting is an interpretation
+        notes = cell_notes(cell.method, whole.runs[cell.run], catalog)  # where the cell's setting is an interpretation
+        notes += tuple(n for n in (ended_without_result(schedule.cells[(seed, cell.task, cell.method)]) for seed in seeds) if n)
         cells.append(Cell(cell.task, cell.method, mean, paper.value(cell.task, cell.method), values if several else None, std if several else None, notes))
 
     extra: dict[str, Any] = {}
@@ -150,12 +151,12 @@ def collect_results(table: int, options: dict[str, Any], seeds: tuple[int, ...],
                 for key in node.run.select_from:
                     candidate = read_run_json(out / key)
                     objective = candidate.get("objective") or {}
-                    if candidate.get("status") == "finished":
+                    if candidate.get("status") == FINISHED:
                         rows.append({"run": key, "lambda": objective.get("lambda"), "T": objective.get("temperature"), "val_accuracy": candidate.get("accuracy")})
                 if not rows:
                     continue
                 entry = {"candidates": rows, "chosen": None}
             chosen.append({"run": node.key, "task": node.run.task, "method": node.run.method, "seed": node.seed, **entry})
         extra["selection"] = chosen
-    synthetic = bool(config.synthetic) or any(is_synthetic(config.variant_dir(v)) for v in whole.variants())
-    return write_results(out, table, synthetic, cells, extra, grid_settings(whole, config))
+    synthetic = bool(config.synthetic) or any(is_synthetic(catalog.variant_dir(v)) for v in whole.variants())
+    return write_results(out, table, synthetic, cells, extra, grid_settings(whole.a_cqd_start, catalog))

@@ -7,18 +7,25 @@ method: a `Task` whose domains are prepared variants of the user's dataset
 (A: `data.high_quality`, B: `data.degradation`, a built-in name or a
 `package.module:function` plugin), f (`teacher`, trained on A) and g
 (`student`, trained on B) as `NetworkSpec`s, the paper's hyper-parameters as
-defaults, planned by the grid's `_task_runs` (CQD, A-CQD, staged and no
-adaptation first train f on A) and executed by `execute_run`: the same
+defaults, planned by the grid's `task_run` (CQD, A-CQD, staged and no
+adaptation first train f on A), resolved into `RunJob`s and executed by
+`cqd_port.experiments.run.execute_run`: the same road, identity guard,
 trainer, checkpoints, resume, teacher cache, `run.json`, `final.pt` and
-`net-train.pdf` as `cqd-port reproduce`.
+`net-train.pdf` as `cqd-port reproduce`. Before anything is trained or
+written, the networks' files, the data and a plugin degradation (on a real
+image of the dataset) are checked and every data variant is prepared.
 
 The out folder (the run folder of `cqd-port train`) holds `config.yaml`
-(the resolved configuration), `description.txt` (what runs, with the split,
-the networks' preprocessing and the optimizer), and one folder per run,
-`<data.name>/<method>`. Rerunning the same command continues an interrupted
-run; a changed configuration that would change the numbers is refused,
-except the method: several methods may share an out folder (and f's run),
-each in its own folder; `config.yaml` then names the last one.
+(the resolved configuration, a record), `description.txt` (what runs, with
+the split, the networks' preprocessing and the optimizer), and one folder per
+run, `<data.name>/<method>`. Rerunning the same command continues an
+interrupted run; each run folder's `RunJob` identity (its data and split
+digests included) is the guard: a finished run is reused only when nothing
+that changes its numbers changed (images added to `data.root` change it), a
+run made with other settings is refused (`--rerun` retrains it), a run whose
+last attempt failed or diverged restarts with the corrected settings.
+Several methods may share an out folder (and f's run), each in its own
+folder; `config.yaml` then names the last one.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from cqd_port.errors import CqdError
 
 if typing.TYPE_CHECKING:
     from cqd_port.experiments.networks import NetworkSpec
+    from cqd_port.experiments.plan import Schedule
+    from cqd_port.experiments.settings import GridConfig
 
 CONFIG_NAME = "config.yaml"
 DESCRIPTION_NAME = "description.txt"
@@ -53,11 +62,6 @@ METHOD_ALIASES = {
     "staged": "staged",
     "a_cqd": "a_cqd",
 }
-
-# Keys that may differ when a run folder is used again: they do not change the numbers of a run, or (method)
-# each method has its own run folder `<data.name>/<method>` (fine-tuning and CQD beside each other, one A model).
-_RESUME_FREE = {("method",), ("train", "device"), ("data", "workers"), ("out",)}
-
 
 @dataclass
 class DataSection:
@@ -349,7 +353,7 @@ def _check(config: RunConfig) -> RunConfig:
     for role, net in (("teacher", config.teacher), ("student", config.student_net)):
         _check_network(role, net)
     train = config.train
-    for key, value in (("train.epochs", train.epochs), ("train.batch_size", train.batch_size or 1)):
+    for key, value in (("train.epochs", train.epochs), ("train.batch_size", 1 if train.batch_size is None else train.batch_size)):
         if value < 1:
             raise CqdError(f"{key}: {value} must be at least 1")
     if isinstance(train.schedule, str) and train.schedule.lower() not in SCHEDULES:
@@ -459,21 +463,22 @@ def _task(config: RunConfig):
 
 def plan_runs(config: RunConfig) -> dict:
     """The runs of the chosen method, dependencies first (f on A before what starts from or distils from it)."""
-    from cqd_port.experiments.grid import _task_runs
+    from cqd_port.experiments.plan import task_run
 
     task = _task(config)
     class_factor = 2 if config.train.augmentation_classes == "2k" else 1
-    a_run = _task_runs(task, "upper_bound", "", class_factor)
+    a_run = task_run(task, "upper_bound", "", class_factor)
     method = config.method_name
     if method == "upper_bound":
         return {a_run.key: a_run}
-    run = _task_runs(task, method, a_run.key, class_factor)
+    run = task_run(task, method, a_run.key, class_factor)
     return {**({a_run.key: a_run} if run.depends else {}), run.key: run}
 
 
-def grid_config(config: RunConfig, progress: bool = True):
-    """The `GridConfig` that runs it."""
-    from cqd_port.experiments.grid import DatasetSource, GridConfig
+def grid_config(config: RunConfig, progress: bool = True) -> GridConfig:
+    """The settings that run it (the same `GridConfig` as `reproduce`'s)."""
+    from cqd_port.data.catalog import DatasetSource
+    from cqd_port.experiments.settings import GridConfig
 
     data, train = config.data, config.train
     networks = {network_spec(n).key: network_spec(n) for n in (config.teacher, config.student_net)}
@@ -524,22 +529,6 @@ def describe(config: RunConfig, split: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _resume_check(saved: dict, current: dict, path: Path) -> None:
-    def walk(a: Any, b: Any, prefix: tuple[str, ...]) -> None:
-        if prefix in _RESUME_FREE:
-            return
-        if isinstance(a, dict) and isinstance(b, dict):
-            for key in sorted(set(a) | set(b)):
-                walk(a.get(key), b.get(key), (*prefix, key))
-        elif a != b:
-            name = ".".join(prefix)
-            raise CqdError(
-                f"{path} has {name}={a!r}, this config {name}={b!r}; continue with the same setting or choose another out folder"
-            )
-
-    walk(saved, current, ())
-
-
 def _check_last_batch(config: RunConfig, runs: dict, n_train: int, gc: Any) -> None:
     """A network with batch normalisation cannot train on a last batch of one image (the trainer keeps partial batches)."""
     from cqd_port.experiments.networks import MATCONVNET_ARCHS
@@ -567,53 +556,61 @@ class CustomOutcome:
     description: str
 
 
-def run_custom(config: RunConfig, progress: bool = True) -> CustomOutcome:
+def run_custom(config: RunConfig, progress: bool = True, rerun: bool = False) -> CustomOutcome:
     """Run `config` (resumably) and return its records; see the module docstring.
 
-    The out folder is locked for the whole command (`reproduce`'s `RunLock`:
-    host, pid and time in `<out>/.lock`), so two `cqd-port train` commands on
-    one folder never train the same run at once: the second waits, then
-    finds the runs finished; a lock left by a killed process is taken over.
+    The out folder is locked for the whole command (`RunLock`: host, pid and
+    time in `<out>/.lock`), so two `cqd-port train` commands on one folder
+    never train the same run at once: the second waits, then finds the runs
+    finished; a lock left by a killed process is taken over. `rerun` discards
+    runs made with other settings instead of refusing them.
     """
-    from cqd_port.experiments.execute import RunLock
+    from cqd_port.experiments.runfolder import RunLock
 
     with RunLock(Path(config.out) / LOCK_NAME, say=lambda message: print(message, flush=True)):
-        return _run_custom_locked(config, progress)
+        return _run_custom_locked(config, progress, rerun)
 
 
-def _run_custom_locked(config: RunConfig, progress: bool) -> CustomOutcome:
+def custom_schedule(config: RunConfig, gc: GridConfig) -> Schedule:
+    """The jobs of `config`: its runs (f first) in `<out>/<data.name>/<method>`, under train.seed, after the data stage."""
+    from cqd_port.experiments.plan import GridPlan, schedule_runs
+
+    return schedule_runs(GridPlan(0, [], plan_runs(config)), gc.catalog(), gc.seed)
+
+
+def _run_custom_locked(config: RunConfig, progress: bool, rerun: bool) -> CustomOutcome:
     import yaml
 
-    from cqd_port.experiments.grid import GridPlan, check_inputs, ensure_variant
-    from cqd_port.experiments.methods import DomainData, execute_run
+    from cqd_port.data.catalog import DomainData
+    from cqd_port.experiments.job import RunJob
+    from cqd_port.experiments.methods import IMAGENET
+    from cqd_port.experiments.plan import JobResolver, check_inputs, workspace
+    from cqd_port.experiments.run import execute_run
     from cqd_port.fileio import atomic_write_text
 
     out = Path(config.out)
-    resolved = config.to_dict()
-    config_path = out / CONFIG_NAME
-    if config_path.is_file():
-        try:
-            saved = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError):
-            saved = None
-        if not isinstance(saved, dict):
-            raise CqdError(f"{config_path} is unreadable; delete it (and the runs beside it) or choose another out folder")
-        _resume_check(saved, resolved, config_path)
     gc = grid_config(config, progress)
-    runs = plan_runs(config)
-    check_inputs(GridPlan(0, [], runs), gc)
-    index = gc.datasets[config.dataset_name].read(config.dataset_name)
+    schedule = custom_schedule(config, gc)
+    runs = {n.key: n.run for n in schedule.runs()}
+    check_inputs(schedule, gc)  # models, data, the plugin on a real image: before anything is trained or written
+    catalog = gc.catalog()
+    index = catalog.read_source(config.dataset_name)
     _check_last_batch(config, runs, len(index.train_records()), gc)
+    for node in schedule.prepares():  # the data stage: a variant that cannot be made fails before any run starts
+        catalog.ensure(node.variant, progress)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(config_path, "# resolved configuration of this run (cqd-port train)\n" + yaml.safe_dump(resolved, sort_keys=False))
+    atomic_write_text(out / CONFIG_NAME, "# resolved configuration of this run (cqd-port train)\n" + yaml.safe_dump(config.to_dict(), sort_keys=False))
     description = describe(config, index.split)
     atomic_write_text(out / DESCRIPTION_NAME, description)
     if progress:
         print(description, end="", flush=True)
-    data = DomainData(lambda v: ensure_variant(v, gc, progress))
+    resolver = JobResolver(schedule, gc, catalog)
+    space = workspace(gc, list(dict.fromkeys(r.arch for r in runs.values() if r.trains and r.init == IMAGENET)))
+    data = DomainData(lambda v: catalog.ensure(v, False), domain_a=gc.domain_a)
     records: dict[str, dict] = {}
-    for key, run in runs.items():
-        records[key] = execute_run(run, gc, data)
+    for node in schedule.runs():
+        job: RunJob = resolver.job(node)
+        records[node.key] = execute_run(node, job, space, data, rerun=rerun, say=lambda m: print(m, flush=True))
     return CustomOutcome(out, records, records[list(runs)[-1]], description)
 
 
@@ -646,13 +643,16 @@ def evaluate_run(
     The data is prepared into the run's prepared store like the training data
     (`data.size`, the plugin contract). `split`: test or all. Writes
     `<run>/evaluations/<dataset>-<variant>-<split>.json` and returns a summary.
+    On the run's own data, the image list and split must be the ones the model
+    was trained with (the `split` digest of its identity): images added to or
+    removed from `data.root` since would put training images in the test set,
+    so that is an error naming the data.
     """
-    from cqd_port.experiments.grid import DatasetSource, ensure_variant
-    from cqd_port.experiments.methods import FINAL_MODEL, DomainData, _input, read_run_json
+    from cqd_port.data.catalog import DatasetSource, DataVariant, DomainData
     from cqd_port.experiments.networks import load_trained_model
-    from cqd_port.experiments.tasks import DataVariant
-    from cqd_port.train.device import select_device
-    from cqd_port.train.evaluate import evaluate
+    from cqd_port.experiments.plan import JobResolver
+    from cqd_port.experiments.run import FINAL_MODEL, evaluate_only
+    from cqd_port.experiments.runfolder import FINISHED, RunFolder
 
     config = run_config_of(run)
     if method is not None:
@@ -660,12 +660,22 @@ def evaluate_run(
     runs = plan_runs(config)
     key, spec = list(runs.items())[-1]
     model_key = spec.init if not spec.trains else key
-    record = read_run_json(Path(run) / key)
-    if record.get("status") != "finished":
-        raise CqdError(f"run {Path(run) / key} has not finished; rerun `cqd-port train {Path(run) / CONFIG_NAME}` first")
+    status = RunFolder(Path(run) / key).status()
+    if status != FINISHED:
+        raise CqdError(f"run {Path(run) / key} has not finished ({status}); rerun `cqd-port train {Path(run) / CONFIG_NAME}` first")
     if split not in ("test", "all"):
         raise CqdError(f"--split {split}: use test or all")
     gc = grid_config(config, progress)
+    schedule = custom_schedule(config, gc)
+    model_node = schedule.nodes[model_key]
+    model_job = JobResolver(schedule, gc).job(model_node)
+    saved = RunFolder(Path(run) / model_key).saved_identity() or {}
+    if data_root is None and saved.get("split") != model_job.split:
+        raise CqdError(
+            f"the images or split of data.root {config.data.root} changed since {Path(run) / model_key} was trained "
+            f"(image list digest {saved.get('split')} then, {model_job.split} now), so its test set may hold training images; "
+            f"restore the dataset, or retrain with `cqd-port train {Path(run) / CONFIG_NAME} --rerun`"
+        )
     dataset = config.dataset_name
     if data_root is not None:
         dataset = name or Path(data_root).resolve().name
@@ -675,7 +685,9 @@ def evaluate_run(
         gc.plugin_params[degradation] = dict(parameters)
     variant = DataVariant(dataset, degradation, spec.test.source if degradation == spec.test.degradation else None)
     model = load_trained_model(Path(run) / model_key / FINAL_MODEL, gc.lrn_mode)
-    data = DomainData(lambda v: ensure_variant(v, gc, progress))
+    catalog = gc.catalog()
+    catalog.check_plugins([variant])
+    data = DomainData(lambda v: catalog.ensure(v, progress), domain_a=gc.domain_a)
     index = data.index(variant)
     if index.num_classes != _num_outputs(model, spec.class_factor):
         raise CqdError(
@@ -690,13 +702,11 @@ def evaluate_run(
             "so evaluate on data with the same class folders"
         )
     records = index.test_records() if split == "test" else list(index.records)
-    size, average = _input(model, data, variant, gc)
-    dev = select_device(device)
-    evaluation = evaluate(
-        model.to(dev), data.dataset(variant, records, size, average), label_range=(0, index.num_classes) if spec.class_factor != 1 else None,
-        batch_size=max(32, gc.batch_size or 32), device=dev,
+    evaluation = evaluate_only(
+        model, data, variant, records, model_job, device, label_range=(0, index.num_classes) if spec.class_factor != 1 else None,
+        batch_size=max(32, gc.batch_size or 32),
     )
-    target = Path(run) / "evaluations" / f"{config.method_name}-on-{dataset}-{gc.variant_dir(variant).name}-{split}.json"
+    target = Path(run) / "evaluations" / f"{config.method_name}-on-{dataset}-{catalog.variant_dir(variant).name}-{split}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     evaluation.save(target)
     summary = {

@@ -38,7 +38,7 @@ import numpy as np
 from cqd_port.errors import CqdError
 
 if TYPE_CHECKING:
-    from cqd_port.experiments.grid import GridConfig
+    from cqd_port.experiments.settings import GridConfig
 
 PAPER_INPUT = 224
 
@@ -122,9 +122,9 @@ def pretrain_standin(config: DemoConfig, progress: bool) -> Path:
     import torch
     from rich.progress import Progress
 
-    from cqd_port.data.batches import ImageFolderDataset
     from cqd_port.data.prepare import read_dataset
-    from cqd_port.experiments.methods import FINAL_MODEL
+    from cqd_port.data.store import build_store
+    from cqd_port.experiments.run import FINAL_MODEL
     from cqd_port.models.network import SimpleNetwork
     from cqd_port.models.vgg import init_state, vgg_m_specs
     from cqd_port.train.objective import class_scores
@@ -142,7 +142,7 @@ def pretrain_standin(config: DemoConfig, progress: bool) -> Path:
             Path(config.out) / "data" / f"pretrain-{style}", style, config.pretrain_classes, config.pretrain_per_class, 0, config.draw_size, seed
         )
         index = read_dataset("cub", root)
-        decoded = ImageFolderDataset(index, index.records, size, zero).to_store()
+        decoded = build_store(index.root, [r.path for r in index.records], [r.label for r in index.records], size, average_image=zero)
         inputs, targets = decoded.batch(torch.arange(len(decoded)))
         images.append(inputs)
         labels.append(targets + offset * config.pretrain_classes)
@@ -193,7 +193,7 @@ def pretrain_standin(config: DemoConfig, progress: bool) -> Path:
 
 def grid_config(config: DemoConfig, standin: Path) -> GridConfig:
     """The `GridConfig` the demo runs Table 1 with."""
-    from cqd_port.experiments.grid import GridConfig
+    from cqd_port.experiments.settings import GridConfig
 
     out = Path(config.out)
     return GridConfig(
@@ -223,7 +223,9 @@ def run_demo(config: DemoConfig) -> DemoOutcome:
 
     import sys
 
-    from cqd_port.experiments.grid import ensure_variant, plan_grid, progress_line, run_grid, run_status
+    from cqd_port.experiments.grid import progress_line, run_grid
+    from cqd_port.experiments.plan import plan_grid, schedule_grid
+    from cqd_port.experiments.runfolder import FINISHED, RunFolder
 
     if config.image_size < 32:
         raise CqdError(f"demo image size {config.image_size} is too small for VGG-M; use 32 or more")
@@ -238,23 +240,26 @@ def run_demo(config: DemoConfig) -> DemoOutcome:
 
     plan = plan_grid(1, config.tasks, config.methods, config.epochs, a_cqd_start=config.a_cqd_start)
     grid = grid_config(config, standin)
+    catalog = grid.catalog()
     for variant in plan.variants():
-        ensure_variant(variant, grid, config.progress)
-
-    from cqd_port.experiments.plan import schedule_grid
+        catalog.ensure(variant, config.progress)
 
     timings: dict[str, dict] = {}
-    keys = [n.key for n in schedule_grid(plan, grid, config.seeds, config.select).runs()]
+    keys = [n.key for n in schedule_grid(plan, catalog, config.seeds, config.select).runs()]
+
+    def finished_runs() -> int:
+        return sum(1 for k in keys if RunFolder(out / k).status() == FINISHED)
+
     terminal = config.progress and sys.stdout.isatty()
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"), TimeElapsedColumn())
     with Progress(*columns, disable=not terminal) as bar:
-        finished = sum(1 for k in keys if run_status(grid, k) == "finished")
+        finished = finished_runs()
         task = bar.add_task("Table 1 runs", total=len(keys), completed=finished, last="")
 
         def on_run(key: str, record: dict) -> None:
             timings[key] = record
             acc = record.get("accuracy")
-            done = sum(1 for k in keys if run_status(grid, k) == "finished")
+            done = finished_runs()
             bar.update(task, completed=done, last=f"{key} {acc:.1f}%" if acc is not None else key)
             if config.progress and not terminal:  # a log file, CI, nohup: one line per finished run
                 print(progress_line(done, len(keys), key, record), flush=True)

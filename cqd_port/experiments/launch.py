@@ -20,23 +20,24 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import submitit
 
+from cqd_port.data.catalog import DataVariant, DomainData
 from cqd_port.errors import CqdError
-from cqd_port.experiments.execute import execute_node, identity_mismatch, mismatch_error, slot_device
-from cqd_port.experiments.methods import read_run_json
-from cqd_port.experiments.plan import Node, Schedule, run_identity
+from cqd_port.experiments.job import PENDING, differing, identity
+from cqd_port.experiments.plan import JobResolver, Node, Schedule, run_variants, workspace
+from cqd_port.experiments.run import execute_run
+from cqd_port.experiments.runfolder import FINISHED, RunFolder, RunLock, is_failed, mismatch_error, read_run_json
+from cqd_port.experiments.settings import GridConfig
 from cqd_port.fileio import atomic_write_json
-
-if TYPE_CHECKING:
-    from cqd_port.experiments.grid import GridConfig
 
 LAUNCHERS = ("local", "slurm")
 SLURM_JOBS = "slurm-jobs.json"
@@ -70,14 +71,67 @@ class SlurmOptions:
 class NodeJob(submitit.helpers.Checkpointable):
     """One node of the schedule as a submitit job; requeued as it is (the run resumes from its checkpoint)."""
 
-    def __init__(self, node: Node, schedule: Schedule, config: GridConfig, rerun: bool = False) -> None:
+    def __init__(self, node: Node, schedule: Schedule, config: GridConfig, rerun: bool = False, data_ready: bool = False) -> None:
         self.node = node
         self.schedule = schedule
         self.config = config
         self.rerun = rerun
+        self.data_ready = data_ready
 
     def __call__(self) -> dict[str, Any]:
-        return execute_node(self.node, self.schedule, self.config, rerun=self.rerun, device=slot_device(self.config))
+        return execute_node(self.node, self.schedule, self.config, rerun=self.rerun, device=slot_device(self.config), data_ready=self.data_ready)
+
+
+def slot_device(config: GridConfig) -> str:
+    """The device of a launched job: the CPU with `--device cpu`, else the GPU the launcher pinned (CUDA_VISIBLE_DEVICES)."""
+    if str(config.device) == "cpu":
+        return "cpu"
+    if os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return "cuda:0"  # the one GPU this job was given
+    return str(config.device)
+
+
+def prepare_variant(variant: DataVariant, config: GridConfig, say: Callable[[str], None] = print, progress: bool | None = None) -> None:
+    """The data stage of one variant: prepared (or found current: rebuilt when its raw images changed) under its folder's lock."""
+    catalog = config.catalog()
+    folder = catalog.variant_dir(variant)
+    with RunLock(folder.parent / f".{folder.name}.lock", say):
+        catalog.ensure(variant, config.progress if progress is None else progress)
+
+
+def execute_node(
+    node: Node,
+    schedule: Schedule,
+    config: GridConfig,
+    rerun: bool = False,
+    data: DomainData | None = None,
+    device: str | None = None,
+    say: Callable[[str], None] = print,
+    data_ready: bool = False,
+) -> dict[str, Any]:
+    """Run one job to completion (resuming what an earlier attempt left); return the run's run.json ({} for data).
+
+    The job is resolved here, when it starts: its data made current first (unless the caller's data stage
+    just did: `data_ready`), so the digests it records are those of the data it trains on; its
+    candidates finished. It is executed by `cqd_port.experiments.run.execute_run`.
+    """
+    if node.kind == "prepare":
+        assert node.variant is not None
+        prepare_variant(node.variant, config, say)
+        return {}
+    run = node.run
+    assert run is not None
+    if not data_ready:
+        for variant in run_variants(run):
+            prepare_variant(variant, config, say, progress=False)
+    resolver = JobResolver(schedule, config)
+    archs = [run.arch] if run.trains and run.init == "imagenet" else []
+    space = replace(workspace(config, archs), device=device or str(config.device))
+    if data is None:
+        data = DomainData(lambda v: space.catalog.ensure(v, False), domain_a=config.domain_a)
+    job = resolver.job(node)
+    selection = resolver.selection(node) if run.select_from else None
+    return execute_run(node, job, space, data, rerun=rerun, selection=selection, say=say)
 
 
 def absolute(config: GridConfig) -> GridConfig:
@@ -91,30 +145,57 @@ def absolute(config: GridConfig) -> GridConfig:
     return replace(config, **changes)
 
 
-def node_done(node: Node, schedule: Schedule, config: GridConfig) -> bool:
-    """A prepared variant exists, or a run finished with the identity it has now."""
-    from cqd_port.data.prepare import MANIFEST
-
+def node_done(node: Node, resolver: JobResolver) -> bool:
+    """A prepared variant exists, or a run finished with exactly the identity its job has now (data digests included)."""
+    config = resolver.config
     if node.kind == "prepare":
         assert node.variant is not None
-        return (config.variant_dir(node.variant) / MANIFEST).is_file()
-    folder = Path(config.out) / node.key
-    if read_run_json(folder).get("status") != "finished":
-        return False
-    return identity_mismatch(folder, run_identity(node, schedule, config)) is None
+        return resolver.catalog.is_prepared(node.variant)
+    job = resolver.job(node)
+    return job.complete and run_folder(config, node.key).reusable(identity(job))
 
 
-def check_identities(schedule: Schedule, config: GridConfig, rerun: bool) -> None:
-    """Before any job starts: a run folder holding a run made with other settings is an error (unless --rerun)."""
+def run_folder(config: GridConfig, key: str) -> RunFolder:
+    return RunFolder(Path(config.out) / key, key)
+
+
+def check_identities(schedule: Schedule, config: GridConfig, rerun: bool, resolver: JobResolver | None = None) -> None:
+    """Before any job starts: a run folder holding a run made with other settings is an error (unless --rerun).
+
+    Parts of a job not known yet (data to be prepared, a selection to be made) are left out here;
+    the run's own start compares them (`RunFolder.claim`). A folder whose last attempt failed or
+    diverged is not in the way: it restarts with the new settings.
+    """
     if rerun:
         return
-    memo: dict[str, dict] = {}
+    resolver = resolver or JobResolver(schedule, config)
     for node in schedule.runs():
-        folder = Path(config.out) / node.key
-        if (folder / "run.json").is_file():
-            names = identity_mismatch(folder, run_identity(node, schedule, config, memo))
-            if names:
-                raise mismatch_error(folder, names)
+        folder = run_folder(config, node.key)
+        if not (folder.path / "run.json").is_file() or is_failed(folder.status()):
+            continue
+        names = known_mismatch(folder, identity(resolver.job(node)))
+        if names:
+            raise mismatch_error(folder.path, names)
+
+
+def known_mismatch(folder: RunFolder, current: dict[str, Any]) -> list[str] | None:
+    """What differs between a folder's saved identity and the parts of `current` already known
+    (data not prepared yet and a selection not made yet are left out; the run's own start compares them)."""
+    saved = folder.saved_identity()
+    if saved is None:
+        return folder.mismatch(current)
+    now, then = dict(current), dict(saved)
+    if PENDING in json.dumps(now.get("selection")):
+        for key in ("selection", "lambda_", "temperature"):
+            now.pop(key, None)
+            then.pop(key, None)
+    unknown = {label for label, digest in now.get("data", []) if digest == PENDING}
+    now["data"] = [pair for pair in now.get("data", []) if pair[0] not in unknown]
+    then["data"] = [pair for pair in then.get("data", []) if pair[0] not in unknown]
+    for key in [k for k, value in now.items() if PENDING in json.dumps(value)]:
+        now.pop(key)
+        then.pop(key, None)
+    return differing(then, now) or None
 
 
 def _local_executor(config: GridConfig, slot: int) -> submitit.LocalExecutor:
@@ -122,6 +203,14 @@ def _local_executor(config: GridConfig, slot: int) -> submitit.LocalExecutor:
     cpu = str(config.device) == "cpu"
     executor.update_parameters(timeout_min=7 * 24 * 60, gpus_per_node=0 if cpu else 1, visible_gpus=() if cpu else (slot,))
     return executor
+
+
+def _status_line(key: str, record: dict) -> str | None:
+    """What the launcher says about a run that ended without a result (diverged); None for a finished one."""
+    status = str(record.get("status", ""))
+    if status and status != FINISHED:
+        return f"{key}: {status}" + (f" ({record['reason']})" if record.get("reason") else "")
+    return None
 
 
 def launch_local(
@@ -132,31 +221,37 @@ def launch_local(
     on_done: Callable[[Node, dict], None] | None = None,
     say: Callable[[str], None] = print,
 ) -> dict[str, dict]:
-    """Run every job not done on this node (see the module docstring); return the run.json of each run executed."""
+    """Run every job not done on this node (see the module docstring); return the run.json of each run executed.
+
+    The data stage comes first, in this process (each variant prepared, or found current: a variant whose
+    raw images changed is rebuilt), then every run is resolved with its data's digests: a run finished with
+    exactly that identity is reused, any other is executed (`RunFolder.claim` refuses a folder made with
+    other settings).
+    """
     config = absolute(config)
+    for node in schedule.prepares():
+        prepare_variant(node.variant, config, say)
+    resolver = JobResolver(schedule, config)
     records: dict[str, dict] = {}
-    todo = [n for n in schedule.nodes.values() if not node_done(n, schedule, config)]  # a run made with other settings is not done
-    done = {k for k in schedule.nodes if k not in {n.key for n in todo}}
+    todo = [n for n in schedule.runs() if not node_done(n, resolver)]
+    done = {n.key for n in schedule.nodes.values()} - {n.key for n in todo}
     for key in done:
         if schedule.nodes[key].kind == "run":
             say(f"{key}: done, reused")
     if len(slots) <= 1:
-        from cqd_port.experiments.grid import ensure_variant
-        from cqd_port.experiments.methods import DomainData
-
-        data = DomainData(lambda v: ensure_variant(v, config, False), domain_a=config.domain_a)
+        data = DomainData(lambda v: config.catalog().ensure(v, False), domain_a=config.domain_a)
         device = f"cuda:{slots[0]}" if slots and str(config.device) != "cpu" else config.device
         for node in todo:
-            records[node.key] = execute_node(node, schedule, config, rerun, data=data if node.kind == "run" else None, device=device, say=say)
+            records[node.key] = execute_node(node, schedule, config, rerun, data=data, device=device, say=say, data_ready=True)
+            line = _status_line(node.key, records[node.key])
+            if line:
+                say(line)
             if on_done is not None:
                 on_done(node, records[node.key])
         return records
 
-    for node in [n for n in todo if n.kind == "prepare"]:  # the data stage, here: one writer per folder
-        execute_node(node, schedule, config, rerun, say=say)
-        done.add(node.key)
     worker_config = replace(config, progress=False)
-    pending = [n for n in todo if n.kind == "run"]
+    pending = list(todo)
     free = list(slots)
     running: dict[str, tuple[Any, int]] = {}
     failed: dict[str, str] = {}
@@ -171,7 +266,7 @@ def launch_local(
                     continue
                 if free and all(d in done for d in node.depends):
                     slot = free.pop(0)
-                    job = _local_executor(config, slot).submit(NodeJob(node, schedule, worker_config, rerun))
+                    job = _local_executor(config, slot).submit(NodeJob(node, schedule, worker_config, rerun, data_ready=True))
                     running[node.key] = (job, slot)
                     pending.remove(node)
                     say(f"{node.key}: started on {'cpu' if str(config.device) == 'cpu' else f'GPU {slot}'} (job {job.job_id})")
@@ -193,6 +288,9 @@ def launch_local(
                     say(f"{key}: FAILED ({failed[key]}); log: {job.paths.stderr}")
                     continue
                 done.add(key)
+                line = _status_line(key, records[key])
+                if line:
+                    say(line)
                 if on_done is not None:
                     on_done(schedule.nodes[key], records[key])
     except BaseException:
@@ -243,12 +341,13 @@ def submit_slurm(
     except RuntimeError as exc:
         raise CqdError(f"--launcher slurm: {exc} (run `cqd-port reproduce` on a SLURM login node, or use --launcher local)") from None
     worker_config = replace(config, progress=False)
+    resolver = JobResolver(schedule, config)
     jobs: dict[str, dict[str, Any]] = {}
     for node in schedule.nodes.values():
         if node.key in earlier and str(earlier[node.key]["job_id"]) in still:
             jobs[node.key] = earlier[node.key]
             continue
-        if node_done(node, schedule, config):
+        if node_done(node, resolver):
             continue
         after = [str(jobs[d]["job_id"]) for d in node.depends if d in jobs]
         gpus = 0 if node.kind == "prepare" or str(config.device) == "cpu" else options.gpus_per_job
@@ -282,7 +381,7 @@ def wait_for_jobs(schedule: Schedule, config: GridConfig, jobs: dict[str, dict[s
     with Progress(disable=not progress) as bar:
         task = bar.add_task("runs finished", total=len(runs))
         while True:
-            finished = sum(1 for n in runs if read_run_json(Path(config.out) / n.key).get("status") == "finished")
+            finished = sum(1 for n in runs if read_run_json(Path(config.out) / n.key).get("status") == FINISHED)
             bar.update(task, completed=finished)
             if finished == len(runs) or not _active_jobs([str(j["job_id"]) for j in jobs.values()]):
                 return

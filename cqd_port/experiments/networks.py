@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from cqd_port.errors import CqdError
@@ -304,10 +305,42 @@ def model_input(model: torch.nn.Module, prepared_size: int | None, average: str 
     """
     import numpy as np
 
-    from cqd_port.experiments.methods import input_normalization
     from cqd_port.models.torchvision_nets import TorchvisionClassifier
 
     if isinstance(model, TorchvisionClassifier):
         side = int(prepared_size or model.input_size)
         return (side, side), np.zeros((1, 1, 3), dtype=np.float32)
     return input_normalization(model.meta, None, average)
+
+
+AVERAGE_MODES = ("stored", "colour")
+
+
+def input_normalization(
+    meta: dict[str, Any], image_size: int | None = None, average: str = "stored"
+) -> tuple[tuple[int, int], np.ndarray]:
+    """Input side and average image the network expects, from its `meta.normalization`.
+
+    As the released `imdb_get_batch`: images are resized to `imageSize(1:2)`
+    and the model's `averageImage` is subtracted AS STORED (`average="stored"`):
+    a 1x1x3 colour stays a colour, a full HxWx3 image (imagenet-vgg-m.mat's
+    224x224x3) is subtracted pixel by pixel. `average="colour"` subtracts its
+    mean colour `mean(mean(averageImage, 1), 2)` instead (what cqd-port did
+    before; the B-CNN code's habit). A full image whose size is not the input
+    size can only be used as its mean colour. `image_size` overrides the size
+    (the demo's reduced networks carry their own in meta anyway).
+    """
+    if average not in AVERAGE_MODES:
+        raise CqdError(f"unknown average mode '{average}'; use one of {', '.join(AVERAGE_MODES)}")
+    norm = meta.get("normalization", {}) or {}
+    size = norm.get("imageSize") or [224, 224]
+    hw = (int(image_size), int(image_size)) if image_size else (int(size[0]), int(size[1]))
+    avg = norm.get("averageImage")
+    if avg is None:
+        return hw, np.zeros((1, 1, 3), dtype=np.float32)
+    avg = np.asarray(avg, dtype=np.float32)
+    if avg.size == 3:
+        return hw, avg.reshape(1, 1, 3)
+    if average == "stored" and avg.ndim == 3 and avg.shape == (*hw, 3):
+        return hw, avg.copy()
+    return hw, avg.reshape(-1, 3).mean(axis=0).reshape(1, 1, 3).astype(np.float32)

@@ -17,7 +17,7 @@ from cqd_port.experiments.methods import IMAGENET, RunSpec
 from cqd_port.experiments.tasks import VGG_M, VGG_VD16, DataVariant
 
 if TYPE_CHECKING:
-    from cqd_port.experiments.grid import GridConfig, GridPlan
+    from cqd_port.data.catalog import DataCatalog
 
 LOWRES_BILINEAR = (
     "low resolution: 50 -> 224 bilinear, the user's specification "
@@ -57,21 +57,21 @@ def _lambda_note(run: RunSpec) -> str | None:
     return None
 
 
-def uses_lowres(run: RunSpec, config: GridConfig) -> bool:
+def uses_lowres(run: RunSpec, catalog: DataCatalog) -> bool:
     """Whether the run trains or tests on a low-resolution variant (so `lowres_kernel` shaped it)."""
     from cqd_port.data.degrade import LOWRES_DEGRADATIONS
 
-    return any(config.concrete(v).degradation in LOWRES_DEGRADATIONS for v in (*run.train, run.test))
+    return any(catalog.concrete(v).degradation in LOWRES_DEGRADATIONS for v in (*run.train, run.test))
 
 
-def run_notes(run: RunSpec, config: GridConfig) -> list[str]:
+def run_notes(run: RunSpec, catalog: DataCatalog) -> list[str]:
     """The interpretation notes of the cells answered by `run`."""
     from cqd_port.data.degrade import DEGRADATIONS
 
-    variants: list[DataVariant] = [config.concrete(v) for v in (*run.train, run.test)]
+    variants: list[DataVariant] = [catalog.concrete(v) for v in (*run.train, run.test)]
     notes: list[str] = []
-    if uses_lowres(run, config):
-        notes.append(LOWRES_BICUBIC if config.lowres_kernel == "bicubic" else LOWRES_BILINEAR)
+    if uses_lowres(run, catalog):
+        notes.append(LOWRES_BICUBIC if catalog.lowres_kernel == "bicubic" else LOWRES_BILINEAR)
     for name in dict.fromkeys(v.degradation for v in variants if v.degradation.startswith("edges")):
         description = DEGRADATIONS[name].description if name in DEGRADATIONS else "unknown detector"
         notes.append(f"edges: `{name}`, {description}")
@@ -88,18 +88,18 @@ def run_notes(run: RunSpec, config: GridConfig) -> list[str]:
     return notes
 
 
-def cell_notes(method: str, run: RunSpec, config: GridConfig) -> tuple[str, ...]:
+def cell_notes(method: str, run: RunSpec, catalog: DataCatalog) -> tuple[str, ...]:
     """The notes of one cell: its run's, plus where A-CQD started for an `a_cqd` cell."""
-    notes = run_notes(run, config)
+    notes = run_notes(run, catalog)
     if method == "a_cqd":
         notes.append(A_CQD_FROM_IMAGENET if run.init == IMAGENET else A_CQD_FROM_A)
     return tuple(notes)
 
 
-def grid_settings(plan: GridPlan, config: GridConfig) -> dict[str, Any]:
+def grid_settings(a_cqd_start: str, catalog: DataCatalog) -> dict[str, Any]:
     """The grid-wide choices recorded in results.json's `settings`."""
     return {
-        "lowres_kernel": config.lowres_kernel,
-        "a_cqd_start": plan.a_cqd_start,
-        "edges": config.edges_method or "edges",
+        "lowres_kernel": catalog.lowres_kernel,
+        "a_cqd_start": a_cqd_start,
+        "edges": catalog.edges_method or "edges",
     }

@@ -1,57 +1,195 @@
-"""From a table's plan to the jobs that compute it: seeds, validation selection, data stages, run identity.
+"""Planning: tables x methods x seeds x selection candidates -> jobs, and resolving a job's identity.
 
-`cqd_port.experiments.grid.plan_grid` lists the runs one seed of a table
-needs. `schedule_grid` expands that into a DAG of *nodes*, each one job of a
-launcher (`cqd_port.experiments.launch`):
-
-* one `prepare` node per data variant (the first stage: every run that reads a
-  variant depends on its node, so no two jobs prepare the same folder);
-* one `run` node per (seed, run); seed 0 keeps the run's folder `<out>/<key>`,
-  seed s > 0 lives in `<out>/seed<s>/<key>` with its own A model (seeds are
-  paired across methods, as the paired difference of `collect` needs);
-* with a selection grid (`--select lambda=20,50,200 T=10`), one validation run
-  per candidate of each distilling run, in `<out>/select/[seed<s>/]<key>/<name>`
-  (trained on a seeded, stratified validation split of the training set,
-  sharing the A model), and the distilling run itself then depends on its
-  candidates and takes the best one's lambda and T when it starts.
-
-A run's *identity* is every setting that changes its result: the `RunSpec`
-fields (network, data variants, epochs, schedule, lambda, T, batch size, A+B
-classes, ...), the result-changing fields of `GridConfig` (taken from the
-dataclass, so a field added there is part of the identity unless listed in
-`NOT_IDENTITY`), the seed, the start model's file and the identities of the
-runs it starts from or distils from. `identity_hash` is its SHA-256; the
-data variants' manifests are added when the run executes
-(`cqd_port.experiments.execute`).
+* `plan_grid` turns (table, tasks, methods) into cells and the runs they need
+  (`RunSpec`s), shared where two cells ask for the same computation (the CUB A
+  model serves five columns); its folder is named after the first task that
+  needs it in the paper's order. `task_run` is the run answering one (task,
+  method); `cqd-port train` plans with it too.
+* `schedule_grid` expands one seed's runs into a DAG of *nodes*, each one job
+  of a launcher: one `prepare` node per data variant (the data stage: every
+  run that reads a variant depends on it); one `run` node per (seed, run)
+  (seed 0 in `<out>/<key>`, seed s > 0 in `<out>/seed<s>/<key>` with its own A
+  model); with a selection grid (`--select lambda=20,50,200 T=10`) one
+  validation run per candidate of each distilling run, in
+  `<out>/select/[seed<s>/]<key>/<name>`, which the distilling run depends on.
+* `resolve_job` turns a run node into its `RunJob` (`cqd_port.experiments.job`):
+  the settings as numbers, the digests of its data and start model, the
+  identities of the runs it starts from or distils from, and lambda/T chosen
+  from its finished candidates. Parts not known yet (data not prepared, a
+  candidate not finished) are `PENDING`: such a job is never reused.
+* `Workspace` is where runs live and how they execute (no numbers).
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from cqd_port.data.catalog import MISSING, DataCatalog, file_digest
 from cqd_port.errors import CqdError
-from cqd_port.experiments.methods import IMAGENET, RunSpec
-from cqd_port.experiments.tasks import DataVariant
+from cqd_port.experiments.job import PENDING, RunJob, identity_hash
+from cqd_port.experiments.methods import A_CQD_STARTS, A_MODEL, AUGMENTATION_CLASSES, IMAGENET, METHODS, RunSpec
+from cqd_port.experiments.networks import NetworkSpec
+from cqd_port.experiments.paper import paper_table
+from cqd_port.experiments.runfolder import FINISHED, RunFolder, is_failed, read_run_json
+from cqd_port.experiments.settings import GridConfig
+from cqd_port.experiments.tasks import VGG_VD16, DataVariant, Task, select_tasks, table_tasks, with_epochs, with_lambda
 
-if TYPE_CHECKING:
-    from cqd_port.experiments.grid import GridConfig, GridPlan
-
-# GridConfig fields that say where things are or how they execute, not what is computed.
-# (Data folders and model files enter the identity through their contents instead.)
-NOT_IDENTITY = frozenset(
-    {"out", "prepared", "models", "cub_root", "cars_root", "sed_model", "device", "gpus", "workers", "progress", "synthetic", "pretrained", "seed"}
-)
 SELECT_KEYS = {"lambda": "lambda_", "T": "temperature"}
+
+
+# --------------------------------------------------------------------------- tables -> runs
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """A cell of the table and the run whose test accuracy fills it."""
+
+    task: str
+    method: str
+    run: str
+
+
+@dataclass
+class GridPlan:
+    """Cells to fill and the runs they need (dependencies first)."""
+
+    table: int
+    cells: list[CellPlan]
+    runs: dict[str, RunSpec] = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # plan_grid's keyword arguments: the whole table is planned with the same ones
+    a_cqd_start: str = A_MODEL  # "a_model" (the paper) or "imagenet" (the release)
+
+    def variants(self) -> list[DataVariant]:
+        """Every prepared data variant some run reads, in first-use order."""
+        seen: dict[DataVariant, None] = {}
+        for run in self.runs.values():
+            for variant in (*run.train, run.test):
+                seen.setdefault(variant, None)
+        return list(seen)
+
+    def archs(self) -> list[str]:
+        """Every network that starts from ImageNet weights somewhere in the plan."""
+        seen: dict[str, None] = {}
+        for run in self.runs.values():
+            if run.trains and run.init == IMAGENET:
+                seen.setdefault(run.arch, None)
+        return list(seen)
+
+
+def task_run(task: Task, method: str, a_key: str, class_factor: int, a_cqd_start: str = A_MODEL) -> RunSpec:
+    """The run answering (task, method), its A-model dependency given as `a_key`."""
+    spec = METHODS[method]
+    if method == "a_cqd" and a_cqd_start == IMAGENET:
+        spec = replace(spec, start=IMAGENET)
+    teacher_arch, student_arch = task.teacher_arch, task.student_arch
+    key = f"{task.name}/{method}"
+    if method == "upper_bound":
+        return RunSpec(key, method, task.name, teacher_arch, (task.a,), task.a, IMAGENET, task.hyper, task.batch_size(teacher_arch))
+    if method == "no_adaptation":
+        return RunSpec(key, method, task.name, teacher_arch, (), task.b, a_key, task.hyper, task.batch_size(teacher_arch), depends=(a_key,))
+    init = a_key if spec.start == "a_model" else IMAGENET
+    if init == a_key and teacher_arch != student_arch:
+        raise CqdError(f"{task.name}/{method}: cannot start a {student_arch} from the {teacher_arch} A model")
+    train = (task.a, task.b) if spec.train == "A+B" else (task.b,)
+    depends = (a_key,) if (spec.distill or init == a_key) else ()
+    return RunSpec(
+        key,
+        method,
+        task.name,
+        student_arch,
+        train,
+        task.b,
+        init,
+        task.hyper,
+        task.batch_size(student_arch),
+        class_factor=class_factor if spec.train == "A+B" else 1,
+        teacher=a_key if spec.distill else None,
+        teacher_arch=teacher_arch if spec.distill else None,
+        teacher_data=task.a if spec.distill else None,
+        depends=depends,
+    )
+
+
+def plan_grid(
+    table: int,
+    tasks: list[str] | None = None,
+    methods: list[str] | None = None,
+    epochs: int | None = None,
+    augmentation_classes: str = "2k",
+    a_cqd_start: str = A_MODEL,
+    vd_vd_lambda: float | None = None,
+) -> GridPlan:
+    """Cells of Table `table` for the chosen tasks and methods, and the runs they need.
+
+    `a_cqd_start="imagenet"` starts A-CQD from ImageNet as the release did
+    (then the same run as CQD); `vd_vd_lambda` overrides lambda of the
+    vgg-vd -> vgg-vd task (default 200, the release's; the paper says 50).
+
+    A run is shared between cells that ask for the same computation; its folder
+    is named after the first task that needs it in the paper's order (tasks
+    with f = g first), whatever subset is selected, so a partial grid and the
+    full one put the same run in the same folder.
+    """
+    paper = paper_table(table)
+    if augmentation_classes not in AUGMENTATION_CLASSES:
+        raise CqdError(f"--augmentation-classes {augmentation_classes}: use 2k (the released code) or k")
+    chosen_methods = list(methods) if methods else list(paper.methods)
+    unknown = [m for m in chosen_methods if m not in paper.methods]
+    if unknown:
+        raise CqdError(f"--methods: unknown method(s) {', '.join(unknown)} for Table {table} (choose from {', '.join(paper.methods)})")
+    chosen_tasks = {t.name for t in select_tasks(table, tasks)}
+    class_factor = 2 if augmentation_classes == "2k" else 1
+    if a_cqd_start not in A_CQD_STARTS:
+        raise CqdError(f"--a-cqd-start {a_cqd_start}: use a_model (the paper's text) or imagenet (the released script)")
+
+    def settings(task: Task) -> Task:
+        both_vd = task.teacher_arch == task.student_arch == VGG_VD16
+        return with_lambda(with_epochs(task, epochs), vd_vd_lambda if both_vd else None)
+
+    all_tasks = [settings(t) for t in table_tasks(table)]
+    preference = sorted(all_tasks, key=lambda t: t.teacher_arch != t.student_arch)  # stable: f = g owners first
+    by_signature: dict[tuple, str] = {}
+    runs: dict[str, RunSpec] = {}
+    cell_run: dict[tuple[str, str], str] = {}
+    for task in preference:
+        a_key = None
+        for method in ("upper_bound", *[m for m in paper.methods if m != "upper_bound"]):
+            run = task_run(task, method, a_key or "", class_factor, a_cqd_start)
+            signature = run.signature()
+            key = by_signature.setdefault(signature, run.key)
+            if key == run.key:
+                runs[key] = run
+            if method == "upper_bound":
+                a_key = key
+            cell_run[(task.name, method)] = key
+
+    cells = [
+        CellPlan(t.name, m, cell_run[(t.name, m)])
+        for m in paper.methods
+        if m in chosen_methods
+        for t in all_tasks
+        if t.name in chosen_tasks
+    ]
+    needed: set[str] = set()
+    stack = [c.run for c in cells]
+    while stack:
+        key = stack.pop()
+        if key not in needed:
+            needed.add(key)
+            stack.extend(runs[key].depends)
+    ordered = {k: r for k, r in runs.items() if k in needed}  # registration order puts dependencies first
+    options = {"epochs": epochs, "augmentation_classes": augmentation_classes, "a_cqd_start": a_cqd_start, "vd_vd_lambda": vd_vd_lambda}
+    return GridPlan(table, cells, ordered, options, a_cqd_start)
+
+
+# --------------------------------------------------------------------------- the DAG of jobs
 
 
 @dataclass(frozen=True)
 class Node:
-    """One job: prepare a data variant (`variant`) or execute a run (`run`, under `seed`)."""
+    """One job: prepare a data variant (`prepare`) or execute a run (`run`, under `seed`)."""
 
     key: str  # unique; for a run, its folder under <out>
     kind: str  # "prepare" or "run"
@@ -72,6 +210,9 @@ class Schedule:
 
     def runs(self) -> list[Node]:
         return [n for n in self.nodes.values() if n.kind == "run"]
+
+    def prepares(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.kind == "prepare"]
 
 
 def parse_seeds(text: str | None) -> tuple[int, ...]:
@@ -113,19 +254,23 @@ def _candidate_name(lambda_: float, temperature: float) -> str:
     return f"lambda{lambda_:g}_T{temperature:g}"
 
 
-def schedule_grid(plan: GridPlan, config: GridConfig, seeds: tuple[int, ...] = (0,), select: dict[str, tuple[float, ...]] | None = None) -> Schedule:
+def run_variants(run: RunSpec) -> tuple[DataVariant, ...]:
+    """Every data variant a run reads (training, test, the teacher's)."""
+    return tuple(dict.fromkeys((*run.train, run.test, *((run.teacher_data,) if run.teacher_data else ()))))
+
+
+def schedule_grid(plan: GridPlan, catalog: DataCatalog, seeds: tuple[int, ...] = (0,), select: dict[str, tuple[float, ...]] | None = None) -> Schedule:
     """The jobs of `plan` under every seed, with validation runs for `select` and a data stage first."""
     schedule = Schedule(plan, tuple(seeds))
     prepare_keys: dict[DataVariant, str] = {}
     for variant in plan.variants():
-        concrete = config.concrete(variant)
+        concrete = catalog.concrete(variant)
         key = f"prepare/{concrete.dataset}/{concrete.folder}"
         prepare_keys[variant] = key
         schedule.nodes[key] = Node(key, "prepare", variant=variant)
 
     def data_deps(run: RunSpec) -> tuple[str, ...]:
-        variants = (*run.train, run.test, *((run.teacher_data,) if run.teacher_data else ()))
-        return tuple(dict.fromkeys(prepare_keys[v] for v in variants))
+        return tuple(dict.fromkeys(prepare_keys[v] for v in run_variants(run)))
 
     for seed in schedule.seeds:
         rename = {key: _seeded(key, seed) for key in plan.runs}
@@ -154,76 +299,204 @@ def schedule_grid(plan: GridPlan, config: GridConfig, seeds: tuple[int, ...] = (
     return schedule
 
 
-# --------------------------------------------------------------------------- identity
+# --------------------------------------------------------------------------- where runs live
 
 
-@functools.lru_cache(maxsize=64)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+@dataclass(frozen=True)
+class Workspace:
+    """Where runs live and how they execute: nothing here changes a number (that is `RunJob`'s)."""
+
+    out: Path
+    catalog: DataCatalog
+    device: str = "auto"
+    progress: bool = True
+    synthetic: bool = False
+    domain_a: str = "native"
+    networks: dict[str, NetworkSpec] = field(default_factory=dict)  # arch -> the network a run from 'imagenet' begins with
+
+    def folder(self, key: str) -> RunFolder:
+        return RunFolder(Path(self.out) / key, key)
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes (cached per path, size and modification time)."""
-    stat = Path(path).stat()
-    return _file_digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+def workspace(config: GridConfig, archs: list[str] = ()) -> Workspace:
+    """The `Workspace` of `config`, with the start networks of `archs` (CqdError when a model file is missing)."""
+    return Workspace(
+        Path(config.out), config.catalog(), str(config.device), config.progress, config.synthetic, config.domain_a,
+        {arch: config.network(arch) for arch in archs},
+    )
 
 
-def _jsonable(value: Any) -> Any:
+def start_archs(schedule: Schedule, out: Path) -> list[str]:
+    """The networks that unfinished runs start from ImageNet with (their model files must exist)."""
+    pending = [n.run for n in schedule.runs() if RunFolder(Path(out) / n.key).status() != FINISHED]
+    return list(dict.fromkeys(r.arch for r in pending if r.trains and r.init == IMAGENET))
+
+
+# --------------------------------------------------------------------------- resolving a job
+
+
+def choose_candidate(out: Path, candidates: tuple[str, ...]) -> dict[str, Any] | None:
+    """The selection of a run chosen on validation: each candidate's lambda, T and validation accuracy, and the best.
+
+    The best is the highest validation accuracy among the finished candidates
+    (a tie goes to the one listed first); a candidate that failed or diverged
+    is listed with its status and not chosen. None while a candidate has not
+    ended; CqdError when none finished.
+    """
+    rows = []
+    for key in candidates:
+        record = read_run_json(Path(out) / key)
+        status = str(record.get("status", "pending"))
+        if status != FINISHED and not is_failed(status):
+            return None
+        objective = record.get("objective") or {}
+        row = {"run": key, "lambda": objective.get("lambda"), "T": objective.get("temperature"), "val_accuracy": record.get("accuracy")}
+        if status != FINISHED:
+            row["status"] = status
+        rows.append(row)
+    finished = [i for i, r in enumerate(rows) if "status" not in r]
+    if not finished:
+        raise CqdError(f"every validation run of {candidates[0].rsplit('/', 1)[0]} failed or diverged ({rows[0]['status']}); see their run.json")
+    best = max(finished, key=lambda i: (rows[i]["val_accuracy"], -i))
+    return {"candidates": rows, "chosen": {"lambda": rows[best]["lambda"], "T": rows[best]["T"]}}
+
+
+class JobResolver:
+    """Resolves the run nodes of a schedule into `RunJob`s under one configuration (memoised per node)."""
+
+    def __init__(self, schedule: Schedule, config: GridConfig, catalog: DataCatalog | None = None) -> None:
+        self.schedule = schedule
+        self.config = config
+        self.catalog = catalog or config.catalog()
+        self.out = Path(config.out)
+        self._jobs: dict[str, RunJob] = {}
+        self._splits: dict[str, str | None] = {}
+        self._digests: dict[DataVariant, str] = {}
+
+    def data_digest(self, variant: DataVariant) -> str:
+        if variant not in self._digests:
+            digest = self.catalog.manifest_digest(variant)
+            self._digests[variant] = PENDING if digest == MISSING else digest
+        return self._digests[variant]
+
+    def forget_data(self) -> None:
+        """Data was (re)prepared: digests and jobs are read again."""
+        self._digests.clear()
+        self._jobs.clear()
+
+    def _split(self, dataset: str) -> str | None:
+        if dataset not in self._splits:
+            self._splits[dataset] = self.catalog.split_digest(dataset)
+        return self._splits[dataset]
+
+    def _run_reference(self, key: str) -> str:
+        job = self.job(self.schedule.nodes[key])
+        return f"run {identity_hash(job)}" if job.complete else PENDING
+
+    def _start(self, run: RunSpec) -> str:
+        if run.init != IMAGENET:
+            return self._run_reference(run.init)
+        network = self.config.network(run.arch)
+        if network.weights is None:
+            return f"random init {run.arch}"
+        return f"imagenet {run.arch} sha256 {file_digest(Path(network.weights))[:16]}"
+
+    def selection(self, node: Node) -> dict[str, Any] | None:
+        run = node.run
+        assert run is not None
+        return choose_candidate(self.out, run.select_from) if run.select_from else None
+
+    def job(self, node: Node) -> RunJob:
+        """The `RunJob` of a run node (see the module docstring)."""
+        if node.key in self._jobs:
+            return self._jobs[node.key]
+        from cqd_port.train.schedules import get_schedule, shorten_schedule
+
+        run = node.run
+        assert run is not None and node.kind == "run"
+        config, catalog = self.config, self.catalog
+        hyper = run.hyper
+        lambda_, temperature = (hyper.lambda_, hyper.temperature) if run.distill else (None, None)
+        selection: tuple[str, ...] = ()
+        if run.select_from:
+            selection = tuple(self._run_reference(k) for k in run.select_from)
+            chosen = None
+            if PENDING not in selection:
+                try:
+                    chosen = self.selection(node)
+                except CqdError:
+                    chosen = None
+            if chosen is None:
+                lambda_ = temperature = None
+                selection = (*selection, PENDING)
+            else:
+                lambda_, temperature = float(chosen["chosen"]["lambda"]), float(chosen["chosen"]["T"])
+        released = get_schedule(hyper.schedule) if isinstance(hyper.schedule, str) else tuple(hyper.schedule)
+        datasets = dict.fromkeys(v.dataset for v in run_variants(run))
+        splits = [s for s in (self._split(d) for d in datasets) if s is not None]
+        job = RunJob(
+            method=run.method,
+            task=run.task,
+            arch=run.arch,
+            start=self._start(run),
+            train=tuple(catalog.concrete(v).label for v in run.train),
+            test=catalog.concrete(run.test).label,
+            data=tuple((catalog.concrete(v).label, self.data_digest(v)) for v in run_variants(run)),
+            split=",".join(splits) if splits else None,
+            teacher=self._run_reference(run.teacher) if run.teacher else None,
+            teacher_data=catalog.concrete(run.teacher_data).label if run.teacher_data else None,
+            seed=node.seed,
+            validation=run.validation,
+            epochs=hyper.epochs,
+            schedule=tuple(shorten_schedule(released, hyper.epochs, config.lr_scale)) if run.trains else (),
+            batch_size=config.batch_size or run.batch_size,
+            class_factor=run.class_factor,
+            lambda_=lambda_,
+            temperature=temperature,
+            selection=selection,
+            optimizer=config.optimizer,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            lrn_mode=config.lrn_mode,
+            average_image=config.average_image,
+            domain_a=config.domain_a,
+            tf32=config.tf32,
+        )
+        self._jobs[node.key] = job
+        return job
+
+
+def check_inputs(schedule: Schedule, config: GridConfig) -> None:
+    """Before any work: every unfinished run's start model exists, every missing variant can be prepared,
+    every plugin degradation passes its contract on a real image of its dataset (`DataCatalog`)."""
+    out = Path(config.out)
+    for arch in start_archs(schedule, out):
+        config.model_file(arch)
+    pending = [n.run for n in schedule.runs() if RunFolder(out / n.key).status() != FINISHED]
+    variants = [v for run in pending for v in run_variants(run)]
+    catalog = config.catalog()
+    catalog.check_preparable(variants)
+    catalog.check_plugins(variants)
+
+
+def jsonable(value: Any) -> Any:
+    """Settings as JSON data (dataclasses as dicts, paths as strings) for grid.json."""
+    from dataclasses import asdict, is_dataclass
+
     if is_dataclass(value) and not isinstance(value, type):  # e.g. a NetworkSpec of GridConfig.networks
-        return _jsonable(asdict(value))
+        return jsonable(asdict(value))
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
     return value
 
 
-def config_identity(config: GridConfig) -> dict[str, Any]:
-    """The result-changing fields of `config` (every dataclass field not in `NOT_IDENTITY`)."""
-    return {f.name: _jsonable(getattr(config, f.name)) for f in fields(config) if f.name not in NOT_IDENTITY}
-
-
-def identity_hash(identity: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def run_identity(node: Node, schedule: Schedule, config: GridConfig, _memo: dict[str, dict] | None = None) -> dict[str, Any]:
-    """The settings that make `node`'s run what it is (flat dict; see the module docstring).
-
-    Dependencies appear by their own identity hash, so a changed A model
-    changes every run that starts from it or distils from it.
-    """
-    memo = {} if _memo is None else _memo
-    if node.key in memo:
-        return memo[node.key]
-    run = node.run
-    assert run is not None
-    spec = {k: _jsonable(v) for k, v in asdict(run).items() if k not in ("key", "depends", "init", "teacher", "select_from", "batch_size")}
-    hyper = spec.pop("hyper")
-    identity: dict[str, Any] = {f"run.{k}": v for k, v in spec.items()}
-    identity.update({f"run.hyper.{k}": v for k, v in hyper.items()})
-    identity["run.batch_size"] = config.batch_size or run.batch_size
-    identity.update({f"config.{k}": v for k, v in config_identity(config).items()})
-    identity["seed"] = node.seed
-    if run.trains and run.init == IMAGENET:
-        identity["start"] = f"{run.arch} model sha256 {file_digest(config.model_file(run.arch))[:16]}"
-    for role, key in (("start", run.init if run.init != IMAGENET else None), ("teacher", run.teacher)):
-        if key:
-            identity[role] = "run " + identity_hash(run_identity(schedule.nodes[key], schedule, config, memo))
-    if run.select_from:
-        identity["select"] = [identity_hash(run_identity(schedule.nodes[k], schedule, config, memo)) for k in run.select_from]
-        identity.pop("run.hyper.lambda_", None)  # lambda and T come from the selection
-        identity.pop("run.hyper.temperature", None)
-    memo[node.key] = identity
-    return identity
-
-
-def differing(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Names of the settings that differ between two identities (a setting missing on one side differs)."""
-    return [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+def schedule_runs(plan: GridPlan, catalog: DataCatalog, seed: int) -> Schedule:
+    """The jobs of one set of runs under one seed, each in its own folder `<out>/<key>` (`cqd-port train`)."""
+    schedule = schedule_grid(plan, catalog, (0,))
+    schedule.seeds = (seed,)
+    schedule.nodes = {k: replace(n, seed=seed) if n.kind == "run" else n for k, n in schedule.nodes.items()}
+    return schedule

@@ -15,36 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from cqd_port.data.catalog import DataVariant
 from cqd_port.errors import CqdError
 
 VGG_M = "vgg-m"
 VGG_VD16 = "vgg-vd-16"
 ARCHS = (VGG_M, VGG_VD16)
-
-
-@dataclass(frozen=True)
-class DataVariant:
-    """One prepared copy of a dataset: `degradation` applied to `source` (box crop or full image).
-
-    `source` None means the degradation's own default (CUB degradations work on
-    the box crop, CARS ones on the full image); the folder name says when the
-    source was changed, e.g. `lowres-full` is `lowres` made from the full image.
-    """
-
-    dataset: str  # "cub" or "cars"
-    degradation: str  # "localized", "original", "lowres", "edges", "distorted"
-    source: str | None = None  # None (default), "full" or "box"
-    lowres_kernel: str | None = None  # a non-default low-resolution kernel ("bicubic"), set by GridConfig.concrete
-
-    @property
-    def folder(self) -> str:
-        """The prepared folder's name, as `cqd_port.data.prepare.output_dir` writes it."""
-        name = self.degradation if self.lowres_kernel is None else f"{self.degradation}-{self.lowres_kernel}"
-        return name if self.source is None else f"{name}-{self.source}"
-
-    @property
-    def label(self) -> str:
-        return f"{self.dataset}/{self.folder}"
 
 
 @dataclass(frozen=True)

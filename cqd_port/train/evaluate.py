@@ -105,7 +105,6 @@ def evaluate(
     label_range: int | Sequence[int] | None = None,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
-    num_workers: int = 0,
     progress: Any = None,
     tf32: bool = False,
 ) -> Evaluation:
@@ -115,7 +114,7 @@ def evaluate(
     stay on the device until the end (one transfer). Strict float32 unless
     `tf32`. `progress` is an optional `rich.progress.Progress` to report
     batches on. The model is moved to `device` and left there, in test mode.
-    `num_workers` is ignored (kept for old callers).
+   
     """
     from cqd_port.data.store import as_image_store
     from cqd_port.train.device import configure_determinism

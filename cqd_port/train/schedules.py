@@ -13,41 +13,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from cqd_port.data.records import matlab_round
+from cqd_port.matlab import colon as matlab_colon
 from cqd_port.errors import CqdError
 
 Schedule = tuple[float, ...]
-
-
-def matlab_colon(start: float, step: float, stop: float) -> list[float]:
-    """MATLAB's `start:step:stop` for doubles, element for element.
-
-    MATLAB does not accumulate `start + step + step ...`: it counts the
-    intervals `n` with a tolerance of 2 eps, snaps the last element onto
-    `stop` when it lies within that tolerance, fills the first half as
-    `start + k*step` and the second half as `stop - k*step`, and puts the
-    exact midpoint `(start+stop)/2` in the middle when `n` is even (the
-    algorithm of MathWorks' `colonop.m`, with MATLAB's half-away-from-zero
-    `round`). `numpy.arange` instead returns `start + k*step` throughout and
-    excludes `stop`.
-    """
-    if step == 0 or (start < stop and step < 0) or (stop < start and step > 0):
-        return []
-    tol = 2.0 * 2.220446049250313e-16 * max(abs(start), abs(stop))
-    sig = 1.0 if step > 0 else -1.0
-    n = matlab_round((stop - start) / step)
-    if sig * (start + n * step - stop) > tol:
-        n -= 1
-    last = start + n * step
-    if sig * (last - stop) > -tol:
-        last = stop
-    values = [0.0] * (n + 1)
-    for k in range(n // 2 + 1):
-        values[k] = start + k * step
-        values[n - k] = last - k * step
-    if n % 2 == 0:
-        values[n // 2] = (start + last) / 2.0
-    return values
 
 
 CUB_SCHEDULE: Schedule = tuple([0.0005] * 5 + matlab_colon(0.0005, -0.00005, 0.0001) + [0.0001] * 10 + [0.00005] * 10)

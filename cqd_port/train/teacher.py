@@ -77,7 +77,6 @@ def compute_teacher_logits(
     dataset: Any,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
-    num_workers: int = 0,
     tf32: bool = False,
 ) -> torch.Tensor:
     """The teacher's scores in test mode for every item, row `index` for the item with that index.
@@ -85,7 +84,7 @@ def compute_teacher_logits(
     Reads batches from the data's `ImageStore` on `device`, in strict float32
     unless `tf32`. A network ending in a softmax layer (a deployed model's
     `prob`) is run up to the layer before it: distillation needs logits, not
-    probabilities. `num_workers` is ignored (kept for old callers).
+    probabilities.
     """
     from cqd_port.data.store import as_image_store
     from cqd_port.train.device import configure_determinism
@@ -109,7 +108,6 @@ def teacher_logits(
     cache_dir: str | Path | None,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
-    num_workers: int = 0,
     tf32: bool = False,
 ) -> torch.Tensor:
     """Cached `compute_teacher_logits`: a CPU float32 tensor `[N, K]` indexed by dataset index.
