@@ -364,3 +364,15 @@ def test_checkpoint_writes_the_model_as_it_was_and_only_a_views_own_elements(tmp
     assert torch.equal(loaded.model["w"], torch.arange(12, dtype=torch.float32).reshape(3, 4))
     assert torch.equal(loaded.model["v"], torch.arange(10, 14, dtype=torch.float32))
     assert loaded.model["v"].untyped_storage().nbytes() == 4 * 4  # not the whole 1000-element storage
+
+
+def test_evaluating_only_after_the_last_epoch_changes_no_trained_number(tmp_path):
+    # the per-epoch test pass (evaluate_every_epoch) is bookkeeping: dropping it leaves weights and final evaluation as they were
+    objective = Objective(kind="softmaxlog")
+    every, last = tiny_net(), tiny_net()
+    a = train(every, Blobs(20, 1), Blobs(10, 2), config(), objective, tmp_path / "a", progress=False)
+    b = train(last, Blobs(20, 1), Blobs(10, 2), config(evaluate_every_epoch=False), objective, tmp_path / "b", progress=False)
+    for key, value in every.state_dict().items():
+        assert torch.equal(value, last.state_dict()[key]), key
+    assert a.evaluation.predictions == b.evaluation.predictions and a.evaluation.objective == b.evaluation.objective
+    assert [("test" in h) for h in a.history] == [True, True, True] and [("test" in h) for h in b.history] == [False, False, True]
