@@ -8,7 +8,8 @@ synthetic tensors, run in fresh subprocesses under each setting:
 kernels), crossed with 1 and 2 torch threads. Each worker writes its final
 state dict and test accuracy; the parent compares every setting with the
 first (the machine's own ISA, 1 thread): identical bits or the largest
-difference, per parameter. The LRN mode follows `--lrn` (the demo uses
+difference, per parameter; the native 1- and 2-thread runs are repeated at
+the end (each must equal its first run). The LRN mode follows `--lrn` (the demo uses
 exact).
 
 Usage: python benchmarks/cpu_dependence.py [--epochs 3] [--lrn exact]
@@ -33,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from cqd_port.fileio import atomic_write_json  # noqa: E402
 
-SETTINGS = [(isa, threads) for isa in ("", "avx2", "default") for threads in (1, 2)]
+SETTINGS = [(isa, threads) for isa in ("", "avx2", "default") for threads in (1, 2)] + [("", 1), ("", 2)]
+"""The last two repeat the first two: does a setting reproduce itself?"""
 
 
 def worker(out: Path, threads: int, epochs: int, lrn_mode: str) -> None:
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(args.worker, args.threads, args.epochs, args.lrn)
         return 0
-    rows, reference = [], None
+    rows, reference, firsts = [], None, {}
     with tempfile.TemporaryDirectory() as tmp:
         for isa, threads in SETTINGS:
             env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS")}
@@ -113,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
             if reference is None:
                 reference = result
             row.update(compare(reference, result))
+            if (isa, threads) in firsts:  # a repeat: bit for bit the same as the first run of this setting?
+                row["same_as_its_first_run"] = compare(firsts[(isa, threads)], result)["identical_bits"]
+            firsts.setdefault((isa, threads), result)
             rows.append(row)
             print(json.dumps(row), flush=True)
     atomic_write_json(args.out, {"epochs": args.epochs, "lrn": args.lrn, "rows": rows, "torch": torch.__version__, "loadavg": list(os.getloadavg())})
