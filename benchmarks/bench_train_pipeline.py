@@ -11,8 +11,9 @@ trainer's own `on_step` callback (the device synchronised at each epoch's
 first and last step only): the steady rate counts every epoch's steps 2..N
 (the first step of an epoch, which follows the epoch boundary, and the
 run's warm-up step are excluded on both sides), and the per-epoch fixed cost
-is the time between an epoch's last step and the next epoch's first step
-less one steady step: the history and checkpoint, the shuffle, the momentum
+is the time from the end of an epoch's last step to the next epoch's first
+batch request (on a GPU: to the end of its first step, less one steady
+step): the history and checkpoint, the shuffle, the momentum
 reset, the accumulators, the end-of-epoch read. The checkpoint alone (the
 same `save_training_checkpoint` and history write) and the shuffle and
 momentum reset alone are timed apart, so the fixed cost without the
@@ -75,6 +76,18 @@ def synthetic_store(n: int, size: int, num_classes: int, seed: int = 0, full_ave
     return ImageStore(images, labels, average)
 
 
+class _TimedStore(ImageStore):
+    """The store, noting when each batch is asked for (the start of a step); CPU only (`to` another device drops it)."""
+
+    def __init__(self, store: ImageStore) -> None:
+        super().__init__(store.images, store.labels, store.average_image, store.key)
+        self.requests: list[float] = []
+
+    def batch(self, indices):  # type: ignore[no-untyped-def]
+        self.requests.append(time.perf_counter())
+        return super().batch(indices)
+
+
 class _PairedClock:
     """`on_step` for `train` that times the trainer's steps and, after each, one model-only step (side by side).
 
@@ -91,6 +104,7 @@ class _PairedClock:
         self.last_end: float | None = None
         self.trainer: dict[int, list[tuple[int, float]]] = {}  # epoch -> (step, seconds since the previous callback)
         self.model_only: list[float] = []
+        self.epoch_end: dict[int, float] = {}  # epoch -> end of its last callback
         self.model_only_by_epoch: dict[int, float] = {}  # seconds of paired model-only steps run during each epoch
         self.first_last: dict[int, list[float]] = {}  # epoch -> [time of step 1 (end), time of the last step (end)]
 
@@ -114,6 +128,8 @@ class _PairedClock:
             self.model_only_by_epoch[epoch] = self.model_only_by_epoch.get(epoch, 0.0) + after - now
             now = after
         self.last_end = now
+        if step == self.steps_per_epoch:
+            self.epoch_end[epoch] = now
 
 
 def measure_pipeline(
@@ -172,10 +188,11 @@ def measure_pipeline(
             model_only.append(batch * steps / (time.perf_counter() - start))
 
         trained = SimpleNetwork(specs, {k: v.clone() for k, v in state.items()})
+        timed = _TimedStore(store) if paired else store
         config = TrainConfig(epochs=epochs, batch_size=batch, schedule=(1e-6,), device=str(device), plot=False, tf32=tf32)
         with tempfile.TemporaryDirectory() as run_dir:
             started = time.perf_counter()
-            result = train(trained, store, None, config, objective, run_dir, teacher, multipliers, progress=False, on_step=clock)
+            result = train(trained, timed, None, config, objective, run_dir, teacher, multipliers, progress=False, on_step=clock)
             first_epoch.append(clock.first_last[1][-1] - started - clock.model_only_by_epoch.get(1, 0.0))
             # the fixed costs timed apart, on the trained model and an optimizer of its size
             trained_optimizer = MatConvNetSGD(trained.named_parameters(), multipliers=multipliers)
@@ -205,12 +222,20 @@ def measure_pipeline(
         step_s = statistics.median(dt for _, dt in steady) if steady else float("nan")
         if not paired and steady:
             step_s = (n - min(batch, n)) / end_to_end[-1] / max(1, steps_per_epoch - 1)
-        # the epoch boundary: from the end of an epoch's last step to the end of the next epoch's first step, less one step
-        fixed.extend(
-            clock.first_last[e + 1][0] - clock.first_last[e][-1] - step_s - (sum(clock.model_only) / len(clock.model_only) if paired and clock.model_only else 0.0)
-            for e in sorted(clock.first_last)
-            if e + 1 in clock.first_last
-        )
+        if paired:
+            # the epoch boundary, measured directly: from the end of an epoch's last callback (its paired
+            # model-only step done) to the next epoch's first batch request
+            for end in clock.epoch_end.values():
+                after = [r for r in timed.requests if r > end]
+                if after:
+                    fixed.append(after[0] - end)
+        else:
+            # on a GPU: from the end of an epoch's last step to the end of the next epoch's first step, less one step
+            fixed.extend(
+                clock.first_last[e + 1][0] - clock.first_last[e][-1] - step_s
+                for e in sorted(clock.first_last)
+                if e + 1 in clock.first_last
+            )
         del model, optimizer, trained_optimizer
         if test_store is not None:
             _sync(device)
