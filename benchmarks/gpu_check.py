@@ -13,13 +13,17 @@ Steps, all written into one JSON (`benchmarks/results/gpu_check.json` unless
    runner itself has no device option yet: the JSON says where it ran;
 3. full-width VGG-M forward+backward images/s at batch 128, strict fp32 and
    with TF32;
-4. one epoch of the real trainer on a CUB-sized synthetic set (5,994 train /
+4. two epochs of the real trainer on a CUB-sized synthetic set (5,994 train /
    5,794 test images at 224x224, stored uint8 as a degraded variant is, full
-   average image), end-to-end over model-only, the test pass's images/s;
+   average image): steady-state end-to-end over model-only, the first
+   epoch, the per-epoch fixed cost with and without the checkpoint (as
+   `bench_train_pipeline.py` measures them, in seconds) and what share of a
+   CUB epoch that fixed cost is, the test pass's images/s;
 5. the same for VGG-VD-16 at batch 32 (Table 2's heavy runs);
 6. the projected wall time of the whole Table 1 and Table 2 grids on one such
    GPU from those rates: every run of `plan_grid` (30 epochs of its training
-   images at the end-to-end rate, a test pass per epoch, the teacher's
+   images at the end-to-end rate plus the per-epoch fixed cost, checkpoint
+   included, a test pass per epoch, the teacher's
    logits once for CQD runs, no-adaptation runs one test pass). Runs are
    counted one after another: `--gpus 0,0,0,0` packs four runs on the GPU
    (memory allows it) but this projection assumes no throughput gain from it.
@@ -126,7 +130,7 @@ def project(table: int, rates: dict[str, dict[str, float]], epochs: int | None =
             total += counts["test"] / rate["eval"]
             continue
         train_images = counts["train"] * len(run.train)
-        per_epoch = train_images / rate["train"] + counts["test"] / rate["eval"]
+        per_epoch = train_images / rate["train"] + rate["fixed"] + counts["test"] / rate["eval"]
         total += run.hyper.epochs * per_epoch
         if run.distill:
             total += counts["train"] / rates[run.teacher_arch or run.arch]["eval"]
@@ -174,8 +178,17 @@ def main(argv: list[str] | None = None) -> int:
             specs, batch, steps=1 if args.quick else 10, device=device, repeats=1, input_size=size, num_classes=classes,
             test_images=sets["test"], train_images=sets["train"],
         )
+        epoch_s = measured["train_images"] / measured["end_to_end_images_per_s"]
+        measured["fixed_share_of_epoch_without_checkpoint"] = measured["per_epoch_fixed_without_checkpoint_seconds"] / epoch_s
+        measured["fixed_share_of_epoch_with_checkpoint"] = measured["per_epoch_fixed_seconds"] / epoch_s
         result[f"{name}_epoch"] = {"network": arch, **measured}
-        rates[arch] = {"train": measured["end_to_end_images_per_s"], "eval": measured["eval_images_per_s"]}
+        print(
+            f"  steady end-to-end {measured['end_to_end_images_per_s']:.1f} img/s = {measured['end_to_end_over_model_only']:.3f} x model only; "
+            f"first epoch {measured['first_epoch_seconds']:.2f} s; fixed per epoch {measured['per_epoch_fixed_seconds']:.3f} s "
+            f"({measured['per_epoch_fixed_without_checkpoint_seconds']:.3f} s without the checkpoint's {measured['checkpoint_seconds']:.3f} s)",
+            flush=True,
+        )
+        rates[arch] = {"train": measured["end_to_end_images_per_s"], "eval": measured["eval_images_per_s"], "fixed": max(0.0, measured["per_epoch_fixed_seconds"])}
     result["projection"] = {"table1": project(1, rates), "table2": project(2, rates)}
     result["seconds"] = time.perf_counter() - started
     configure_determinism(False, device)

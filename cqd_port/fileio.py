@@ -122,7 +122,7 @@ def check_output_file(target: str | os.PathLike[str], option: str = "--out") -> 
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike[str], expected_bytes: int | None = None) -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike[str], expected_bytes: int | None = None, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to `target`; rename it onto `target` on success.
 
     The temporary file is `.<name>.<pid>@<host>.<random>.tmp<suffix>`: the
@@ -131,7 +131,9 @@ def atomic_path(target: str | os.PathLike[str], expected_bytes: int | None = Non
     the extension (matplotlib, cv2.imwrite) still work. On any exception the
     temporary file is removed and the target is left untouched. A full disk
     (`expected_bytes`, when known, goes into the message) and an unwritable
-    destination become one-line `CqdError`s.
+    destination become one-line `CqdError`s. `durable` False skips the fsync
+    before the rename: for a writer of many files that syncs once before
+    writing the marker that says they are complete (`make_synthetic_dataset`).
     """
     target = Path(target)
     if expected_bytes:
@@ -149,8 +151,9 @@ def atomic_path(target: str | os.PathLike[str], expected_bytes: int | None = Non
     os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        if durable:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
         try:
             os.replace(tmp, target)
         except OSError as exc:
@@ -257,8 +260,8 @@ def _looks_full(target: Path, expected_bytes: int | None, written: int) -> bool:
     return free is not None and free < max(expected_bytes or 0, written, 64 * 1024)
 
 
-def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:
-    with atomic_path(target, len(data)) as tmp:
+def atomic_write_bytes(target: str | os.PathLike[str], data: bytes, durable: bool = True) -> None:
+    with atomic_path(target, len(data), durable) as tmp:
         tmp.write_bytes(data)
 
 

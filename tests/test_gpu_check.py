@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 
 from conftest import ROOT
@@ -25,5 +26,8 @@ def test_gpu_check_quick_on_cpu_writes_every_section(tmp_path, parity_dir):
         epoch = result[name]
         assert epoch["end_to_end_images_per_s"] > 0 and epoch["model_only_images_per_s"] > 0 and epoch["eval_images_per_s"] > 0
         assert epoch["end_to_end_over_model_only"] == epoch["end_to_end_images_per_s"] / epoch["model_only_images_per_s"]
+        # the steady-state figures: the first epoch, the epoch boundary's fixed cost, the checkpoint apart
+        assert math.isfinite(epoch["first_epoch_seconds"]) and epoch["checkpoint_seconds"] > 0 and epoch["epochs"] == 2  # first epoch less paired model-only steps: noise can make a tiny net's negative
+        assert math.isfinite(epoch["per_epoch_fixed_seconds"]) and math.isfinite(epoch["fixed_share_of_epoch_without_checkpoint"])
     assert result["projection"]["table1"]["runs"] == 44 and result["projection"]["table1"]["hours"] > 0
     assert result["projection"]["table2"]["hours"] > 0

@@ -349,3 +349,30 @@ def test_progress_display_runs_and_can_be_silenced(tmp_path, capsys):
     assert "epochs" in capsys.readouterr().out
     train(tiny_net(), Blobs(8, 1), Blobs(4, 2), config(epochs=1), Objective(), tmp_path / "off", progress=False)
     assert capsys.readouterr().out == ""
+
+
+def test_checkpoint_writes_the_model_as_it_was_and_only_a_views_own_elements(tmp_path):
+    # the checkpoint no longer copies every tensor before writing: it must still hold the values at save time
+    from cqd_port.train.checkpoint import TrainingCheckpoint, save_training_checkpoint
+
+    weight = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    big = torch.arange(1000, dtype=torch.float32)
+    view = big[10:14]
+    save_training_checkpoint(tmp_path / "c.pt", TrainingCheckpoint(1, {"w": weight, "v": view}, {"buffers": {}}))
+    weight.add_(1.0)  # later training steps change the model in place
+    loaded = load_training_checkpoint(tmp_path / "c.pt")
+    assert torch.equal(loaded.model["w"], torch.arange(12, dtype=torch.float32).reshape(3, 4))
+    assert torch.equal(loaded.model["v"], torch.arange(10, 14, dtype=torch.float32))
+    assert loaded.model["v"].untyped_storage().nbytes() == 4 * 4  # not the whole 1000-element storage
+
+
+def test_evaluating_only_after_the_last_epoch_changes_no_trained_number(tmp_path):
+    # the per-epoch test pass (evaluate_every_epoch) is bookkeeping: dropping it leaves weights and final evaluation as they were
+    objective = Objective(kind="softmaxlog")
+    every, last = tiny_net(), tiny_net()
+    a = train(every, Blobs(20, 1), Blobs(10, 2), config(), objective, tmp_path / "a", progress=False)
+    b = train(last, Blobs(20, 1), Blobs(10, 2), config(evaluate_every_epoch=False), objective, tmp_path / "b", progress=False)
+    for key, value in every.state_dict().items():
+        assert torch.equal(value, last.state_dict()[key]), key
+    assert a.evaluation.predictions == b.evaluation.predictions and a.evaluation.objective == b.evaluation.objective
+    assert [("test" in h) for h in a.history] == [True, True, True] and [("test" in h) for h in b.history] == [False, False, True]

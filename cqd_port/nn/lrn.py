@@ -23,7 +23,12 @@ the same sum but it averages). Two power functions exist in MatConvNet
   entering and removing the leaving square) and its backward pass uses the
   approximated `L^-beta` and `L^-beta / L` with a running channel integral.
   Everything is reproduced in float32 in the same order (relative error
-  about 1e-7 against the MEX output); it is slow and meant for parity.
+  about 1e-7 against the MEX output). The channel loops run on a
+  channels-first copy (each channel one contiguous block, not a strided
+  slice of a channels-last activation) and `fast_pow` runs in cache-sized
+  blocks with in-place steps: the same operations on the same values, so
+  the same bits (tests/test_lrn_cpu_identical.py), at about the exact
+  mode's cost (benchmarks/bench_lrn.py).
 
 Both are `torch.autograd.Function`s with explicit backward passes; the
 exact mode's backward is the analytic derivative
@@ -131,6 +136,19 @@ class _ExactLRN(torch.autograd.Function):
         return dx, None, None, None, None, None
 
 
+_FAST_POW_FORMATS = {torch.float32: (torch.int32, 23, 127), torch.float64: (torch.int64, 52, 1023)}
+_BLOCK = 30_000
+"""Elements per block of the fast_pow pass: its few temporaries stay in the CPU's L2 cache, and below
+ATen's parallel grain (32,768) each step runs on one thread, with no OpenMP barrier per step (on a
+shared 2-core machine thousands of barriers cost more than the second thread gains)."""
+
+
+def _fast_pow_format(dtype: torch.dtype) -> tuple[torch.dtype, int, int]:
+    if dtype not in _FAST_POW_FORMATS:
+        raise CqdError(f"LRN matconvnet-cpu mode needs float32 or float64 input, got {dtype}")
+    return _FAST_POW_FORMATS[dtype]
+
+
 def fast_pow(x: torch.Tensor, y: float) -> torch.Tensor:
     """MatConvNet 1.0-beta18's `fast_pow(x, y)` (VL_NNNORMALIZE_FAST), operation by operation.
 
@@ -140,87 +158,125 @@ def fast_pow(x: torch.Tensor, y: float) -> torch.Tensor:
     arithmetic is (the MEX build's fast-math may fuse a multiply-add here
     and there; the result then differs in the last bit at most).
     """
-    if x.dtype == torch.float32:
-        int_dtype, bits, bias = torch.int32, 23, 127
-    elif x.dtype == torch.float64:
-        int_dtype, bits, bias = torch.int64, 52, 1023
-    else:
-        raise CqdError(f"LRN matconvnet-cpu mode needs float32 or float64 input, got {x.dtype}")
+    _fast_pow_format(x.dtype)
+    flat = x.detach().contiguous().reshape(-1)
+    out = torch.empty_like(flat)
+    _fast_pow_into(flat, y, out)
+    return out.view(x.shape)
+
+
+def _fast_pow_into(x: torch.Tensor, y: float, out: torch.Tensor) -> None:
+    """`out = fast_pow(x, y)` on 1-D contiguous tensors, block by block, each step in place on a few buffers.
+
+    The same elementwise operations in the same order as the C code (no
+    fused multiply-add), so the bits equal an unblocked evaluation's.
+    """
     dt = x.dtype
+    int_dtype, bits, bias = _fast_pow_format(dt)
 
     def c(value: float) -> torch.Tensor:
         return torch.tensor(value, dtype=dt)
 
     plog3, plog2, plog1 = c(0.164042561333445), c(-0.606737602222409), c(1.442695040888963)
     pexp3, pexp2, pexp1 = c(0.079441541679836), c(0.227411277760219), c(0.693147180559945)
-    offset = bias << bits
-    ix = x.contiguous().view(int_dtype) - offset
-    imx = (ix & ((1 << bits) - 1)) + offset
-    fx = (ix >> bits).to(dt)  # arithmetic shift: floor of log2 x
-    mx = imx.view(dt) - 1
-    mx2 = mx * mx
-    mx3 = mx2 * mx
-    t = c(y) * (((fx + mx * plog1) + mx2 * plog2) + mx3 * plog3)
-    fz = torch.floor(t)
-    rz = t - fz
-    rz2 = rz * rz
-    rz3 = rz2 * rz
-    tz = ((fz + rz * pexp1) + rz2 * pexp2) + rz3 * pexp3
-    zi = (tz * float(1 << bits)).to(int_dtype) + offset  # C cast: truncation toward zero
-    return zi.view(dt)
+    cy, one = c(y), c(1.0)
+    offset, mask = bias << bits, (1 << bits) - 1
+    block = min(_BLOCK, x.numel())
+    ix, imx, fx, mx2, mx3 = (torch.empty(block, dtype=int_dtype), torch.empty(block, dtype=int_dtype), *(torch.empty(block, dtype=dt) for _ in range(3)))
+    for start in range(0, x.numel(), block):
+        n = min(block, x.numel() - start)
+        xs, zs = x[start : start + n], out[start : start + n]
+        i1, i2, f1, f2, f3 = ix[:n], imx[:n], fx[:n], mx2[:n], mx3[:n]
+        torch.sub(xs.view(int_dtype), offset, out=i1)  # ix
+        torch.bitwise_and(i1, mask, out=i2).add_(offset)  # imx
+        f1.copy_(i1.bitwise_right_shift_(bits))  # fx: arithmetic shift, floor of log2 x
+        mx = i2.view(dt).sub_(one)
+        torch.mul(mx, mx, out=f2)
+        torch.mul(f2, mx, out=f3)
+        # t = y * (((fx + mx plog1) + mx2 plog2) + mx3 plog3)
+        f1.add_(mx.mul_(plog1)).add_(f2.mul_(plog2)).add_(f3.mul_(plog3)).mul_(cy)
+        fz = torch.floor(f1, out=mx)
+        rz = f1.sub_(fz)
+        torch.mul(rz, rz, out=f2)
+        torch.mul(f2, rz, out=f3)
+        # tz = ((fz + rz pexp1) + rz2 pexp2) + rz3 pexp3
+        fz.add_(rz.mul_(pexp1)).add_(f2.mul_(pexp2)).add_(f3.mul_(pexp3)).mul_(float(1 << bits))
+        zs.view(int_dtype).copy_(fz).add_(offset)  # C cast: truncation toward zero
 
 
-def _running_window_sum(sq: torch.Tensor, before: int, after: int) -> torch.Tensor:
-    """S as normalize_cpu.cpp accumulates it: acc += x_{t+after}^2 - x_{t-before-1}^2, in order."""
-    channels = sq.shape[1]
-    acc = torch.zeros_like(sq[:, 0])
-    out = torch.empty_like(sq)
+def _channels_first(t: torch.Tensor) -> torch.Tensor:
+    """A new C x N x H x W contiguous tensor (never `t` itself): every channel one contiguous block."""
+    out = torch.empty((t.shape[1], t.shape[0], *t.shape[2:]), dtype=t.dtype, device=t.device)
+    return out.copy_(t.transpose(0, 1))
+
+
+def _running_window_sum(sq: torch.Tensor, before: int, after: int, out: torch.Tensor) -> torch.Tensor:
+    """S as normalize_cpu.cpp accumulates it: acc += x_{t+after}^2 - x_{t-before-1}^2, in order.
+
+    `sq` and `out` are channels-first (`_channels_first`): each step is one
+    or two passes over a contiguous channel.
+    """
+    channels = sq.shape[0]
+    acc = torch.zeros_like(sq[0])
+    diff = torch.empty_like(sq[0])
     for t in range(-after, channels):
         tm, tp = t - before - 1, t + after
+        target = out[t] if t >= 0 else acc
         if tm >= 0 and tp < channels:
-            acc = acc + (sq[:, tp] - sq[:, tm])
+            torch.add(acc, torch.sub(sq[tp], sq[tm], out=diff), out=target)
         elif tm < 0 and tp < channels:
-            acc = acc + sq[:, tp]
+            torch.add(acc, sq[tp], out=target)
         elif tm >= 0 and tp >= channels:
-            acc = acc - sq[:, tm]
-        if t >= 0:
-            out[:, t] = acc
+            torch.sub(acc, sq[tm], out=target)
+        elif t >= 0:
+            target.copy_(acc)
+        acc = target
     return out
 
 
 class _MatConvNetCpuLRN(torch.autograd.Function):
+    """normalize_cpu.cpp's loops over channels, run channels-first so that every step is a contiguous pass."""
+
     @staticmethod
     def forward(ctx, x: torch.Tensor, depth: int, kappa: float, alpha: float, beta: float) -> torch.Tensor:  # type: ignore[override]
         dt = x.dtype
+        _fast_pow_format(dt)
         kappa_t, alpha_t, beta_t = (torch.tensor(v, dtype=dt) for v in (kappa, alpha, beta))
         before, after = _window_offsets(depth)
-        acc = _running_window_sum(x * x, before, after)
-        scale = kappa_t + alpha_t * acc
-        lb = fast_pow(scale, float(-beta_t))
-        ctx.save_for_backward(x, scale, lb)
+        xc = _channels_first(x)
+        sq = xc * xc
+        scale = _running_window_sum(sq, before, after, out=torch.empty_like(sq))  # S, then L in place
+        scale.mul_(alpha_t).add_(kappa_t)  # kappa + alpha S
+        lb = sq  # reused: x^2 is no longer needed
+        _fast_pow_into(scale.view(-1), float(-beta_t), lb.view(-1))
+        ctx.save_for_backward(x, xc, scale, lb)
         ctx.params = (depth, alpha_t, beta_t)
-        return x * lb
+        y = torch.empty_like(x)
+        torch.mul(x, lb.transpose(0, 1), out=y)  # in x's memory format, as before
+        return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        x, scale, lb = ctx.saved_tensors
+        x, xc, scale, lb = ctx.saved_tensors
         depth, alpha_t, beta_t = ctx.params
         before, after = _window_offsets(depth)
-        channels = x.shape[1]
+        channels = xc.shape[0]
         ab2 = (2 * alpha_t) * beta_t
-        temp1 = grad * lb
-        temp2 = ((x * ab2) * temp1) / scale
+        temp1 = _channels_first(grad).mul_(lb)  # grad * L^-beta
+        integral = torch.mul(xc, ab2).mul_(temp1).div_(scale)  # temp2
         # running integral over channels, in float as the C loop does (torch.cumsum accumulates in double)
-        integral = temp2.clone()
         for t in range(1, channels):
-            integral[:, t] += integral[:, t - 1]
-        dx = torch.empty_like(x)
+            integral[t].add_(integral[t - 1])
+        dxc = torch.empty_like(xc)
+        window = torch.empty_like(xc[0])
         for t in range(channels):
             q1 = t - after - 1
             q2 = min(t + before, channels - 1)
-            window = integral[:, q2] - integral[:, q1] if q1 >= 0 else integral[:, q2]
-            dx[:, t] = temp1[:, t] - window * x[:, t]
+            w = torch.sub(integral[q2], integral[q1], out=window) if q1 >= 0 else integral[q2]
+            torch.sub(temp1[t], torch.mul(w, xc[t], out=window), out=dxc[t])
+        dx = torch.empty_like(x)  # in x's memory format, as before
+        dx.copy_(dxc.transpose(0, 1))
         return dx, None, None, None, None
 
 

@@ -37,6 +37,15 @@ class TrainingCheckpoint:
     distiller: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def _saveable(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` on the CPU, copied only where needed: `torch.save` writes at once, so a CPU tensor that owns its
+    storage goes in as it is (no per-epoch copy of the model); a view is copied so that only its own elements are written."""
+    tensor = tensor.detach().cpu()
+    if tensor.is_contiguous() and tensor.storage_offset() == 0 and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size():
+        return tensor
+    return tensor.clone()
+
+
 def save_training_checkpoint(path: str | Path, checkpoint: TrainingCheckpoint) -> None:
     """Write `checkpoint` to `path` atomically (tensors moved to the CPU).
 
@@ -49,13 +58,13 @@ def save_training_checkpoint(path: str | Path, checkpoint: TrainingCheckpoint) -
         "format": FORMAT,
         "version": VERSION,
         "epoch": int(checkpoint.epoch),
-        "model": {k: v.detach().cpu().clone() for k, v in checkpoint.model.items()},
+        "model": {k: _saveable(v) for k, v in checkpoint.model.items()},
         "optimizer": checkpoint.optimizer,
         "history": checkpoint.history,
         "config": checkpoint.config,
     }
     if checkpoint.distiller:
-        data["distiller"] = {k: v.detach().cpu().clone() for k, v in checkpoint.distiller.items()}
+        data["distiller"] = {k: _saveable(v) for k, v in checkpoint.distiller.items()}
     atomic_torch_save(path, data)
 
 
