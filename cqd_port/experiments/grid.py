@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cqd_port.errors import CqdError
 from cqd_port.experiments.collect import collect_results, write_grid_json
 from cqd_port.experiments.launch import SlurmOptions, absolute, check_identities, launch_local, submit_slurm, wait_for_jobs
 from cqd_port.experiments.plan import GridPlan, Schedule, check_inputs, schedule_grid
@@ -105,6 +106,10 @@ def submit_grid(
     schedule = _prepare_grid(plan, config, seeds, select, rerun)
     jobs = submit_slurm(schedule, config, slurm, rerun, say=say)
     if wait and jobs:
-        wait_for_jobs(schedule, config, jobs, progress=config.progress)
+        try:
+            wait_for_jobs(schedule, config, jobs, progress=config.progress)
+        except CqdError:  # jobs ended without their runs: the table still shows what did finish
+            collect_results(plan.table, plan.options, seeds, select, config)
+            raise
     json_path, md_path = collect_results(plan.table, plan.options, seeds, select, config)
     return jobs, GridOutcome(json_path, md_path, md_path.read_text(encoding="utf-8"), {})
