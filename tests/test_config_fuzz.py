@@ -79,6 +79,14 @@ BAD_VALUES = {
     "data.unknown_key": [1],
 }
 
+COMBINED = [  # defects that show only with another setting
+    {"train.optimizer": "torch", "train.momentum": -1},
+    {"train.optimizer": "torch", "train.weight_decay": -1},
+    {"method": "CQD", "train.temperature": float("inf")},
+    {"method": "CQD", "train.lambda": float("inf")},
+    {"data.format": "cub", "data.name": "../../escaped"},
+]
+
 RAW_TEXTS = {
     "list root": "- a\n- b\n",
     "scalar root": "42\n",
@@ -98,6 +106,11 @@ def _cases(root: Path, images: Path) -> list[tuple[str, bytes]]:
     for key, values in BAD_VALUES.items():
         for value in values:
             cases.append((f"{key}={value!r}", yaml.safe_dump(_set(base, key, value)).encode()))
+    for changes in COMBINED:
+        config = base
+        for key, value in changes.items():
+            config = _set(config, key, value)
+        cases.append((f"{changes}", yaml.safe_dump(config).encode()))
     for name, text in RAW_TEXTS.items():
         cases.append((name, text.encode()))
     rng = __import__("random").Random(17)
@@ -144,7 +157,8 @@ def test_bad_train_configs_exit_2_with_one_line(fuzz_root, monkeypatch, cli):
     try:
         for n, (name, body) in enumerate(cases):
             path = cwd / f"case{n}.yaml"
-            path.write_bytes(body)
+            # each case its own out folder: a refusal to reuse another case's run must not hide a defect
+            path.write_bytes(body.replace(str(root / "out").encode(), str(root / "out" / f"c{n}").encode()))
             signal.alarm(CASE_TIMEOUT_S)
             try:
                 result = cli("train", path, "--no-progress")
@@ -158,7 +172,7 @@ def test_bad_train_configs_exit_2_with_one_line(fuzz_root, monkeypatch, cli):
             finally:
                 signal.alarm(0)
             lines = result.stderr.strip().splitlines()
-            if result.exit_code != 2 or len(lines) != 1 or not lines[0].startswith("error: "):
+            if result.exit_code != 2 or len(lines) != 1 or not lines[0].startswith("error: ") or "made with other settings" in lines[0]:
                 problems.append(f"{name}: exit {result.exit_code}, stderr {result.stderr[-300:]!r}")
     finally:
         signal.signal(signal.SIGALRM, old)
@@ -166,6 +180,7 @@ def test_bad_train_configs_exit_2_with_one_line(fuzz_root, monkeypatch, cli):
     stray = {p for p in created if not p.startswith(("root/out", "root/prepared"))}
     if os.environ.get("CQD_FUZZ_REPORT"):
         print(f"\nconfig fuzz: {len(cases)} configs, {tracebacks} tracebacks, {len(problems)} problems, {len(stray)} stray paths")
+        print("\n".join(problems))
     assert not stray, f"written outside out/prepared: {sorted(stray)[:10]}"
     assert not problems, f"{len(problems)} of {len(cases)} bad configs misbehaved:\n" + "\n".join(problems)
     assert len(cases) >= 90

@@ -313,6 +313,23 @@ def test_slurm_one_job_per_run_with_afterok_from_the_dag(cli, tiny, tmp_path, st
     assert len(list(stub_slurm.glob("job-*.sh"))) == len(jobs)
 
 
+def test_slurm_wait_reports_jobs_that_vanished_with_their_logs(cli, tiny, tmp_path, stub_slurm):
+    """squeue and sacct know none of the submitted jobs (purged, lost): not 'runs finished 0%' and exit 0."""
+    root, birds = tiny
+    (tmp_path / "bin" / "sacct").write_text("#!/bin/sh\nexit 0\n")  # knows no job
+    (tmp_path / "bin" / "sacct").chmod(0o755)
+    out = tmp_path / "runs"
+    result = cli("reproduce", "--tasks", "local_cub", "--methods", "upper_bound", "--launcher", "slurm", "--wait",
+                 "--models", root / "models", "--prepared", tmp_path / "p", "--cub-root", birds, "--out", out, "--epochs", "1")  # fmt: skip
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    (line,) = result.stderr.strip().splitlines()
+    jobs = json.loads((out / "slurm-jobs.json").read_text())["jobs"]
+    job_id = jobs["local_cub/upper_bound"]["job_id"]
+    assert "1 run(s) did not finish and SLURM no longer holds their jobs (1 unknown to squeue and sacct: vanished)" in line
+    assert f"local_cub/upper_bound: job {job_id} vanished, log {out / '.submitit' / job_id / f'{job_id}_0_log.err'}" in line
+    assert (out / "results.json").is_file()  # the table is still collected
+
+
 def test_slurm_requeued_job_resumes(tiny, tmp_path, monkeypatch):
     """What a preempted job does when SLURM starts it again: the same job id takes over its own lock and resumes."""
     from cqd_port.experiments.launch import NodeJob
