@@ -173,3 +173,10 @@ def test_evaluate_refuses_name_escapes_and_names_the_methods_the_folder_has(cli,
     result = cli("evaluate", out, "--method", "A+B")
     assert result.exit_code == 2, result.stderr
     assert "holds no A+B run" in result.stderr and "it has B" in result.stderr, result.stderr
+
+
+def test_report_on_a_train_folder_says_what_it_draws_and_where_the_results_are(cli, tmp_path):
+    (tmp_path / "config.yaml").write_text("method: CQD\n")
+    result = cli("report", tmp_path)
+    assert result.exit_code == 2 and "is a `cqd-port train` / `demo --custom` folder" in result.stderr, result.stderr
+    assert "results.md" in result.stderr and len(result.stderr.strip().splitlines()) == 1
