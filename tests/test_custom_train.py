@@ -227,7 +227,7 @@ def test_evaluate_refuses_other_classes_and_unfinished_runs(folder, tmp_path):
     other = make_image_folder(tmp_path / "zoo", classes=("ant", "bee", "cow"), per_class=2, size=32)
     with pytest.raises(CqdError, match=r"other classes than the training data \('ant' vs 'cat'\)"):
         evaluate_run(tmp_path / "run", data_root=other, progress=False)
-    with pytest.raises(CqdError, match="has not finished"):
+    with pytest.raises(CqdError, match=r"holds no CQD run \(pets/cqd\); it has B"):  # issue 17: it said 'has not finished'
         evaluate_run(tmp_path / "run", method="CQD", progress=False)
 
 

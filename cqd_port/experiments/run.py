@@ -189,21 +189,6 @@ def epoch_line(key: str, epoch: int, epochs: int, record: dict[str, Any]) -> str
     return text + (f", test acc {record['test']['accuracy']:.1f}%" if "test" in record else "")
 
 
-def resume_epoch(folder: RunFolder) -> int | None:
-    """The epoch an interrupted run continues at (its checkpoint's history + 1), None without a checkpoint."""
-    import json
-
-    from cqd_port.train.checkpoint import CHECKPOINT_NAME
-    from cqd_port.train.trainer import HISTORY_NAME
-
-    if not (folder.path / CHECKPOINT_NAME).is_file():
-        return None
-    try:
-        return len(json.loads((folder.path / HISTORY_NAME).read_text(encoding="utf-8"))) + 1
-    except (OSError, ValueError, TypeError):
-        return None
-
-
 def train_and_record(run: RunSpec, job: RunJob, space: Workspace, data: DomainData, folder: RunFolder, record: dict[str, Any]) -> dict[str, Any]:
     """Train (resuming from the folder's checkpoint), save final.pt, record finished or diverged."""
     from cqd_port.experiments.networks import save_trained_model
@@ -233,7 +218,8 @@ def train_and_record(run: RunSpec, job: RunJob, space: Workspace, data: DomainDa
     try:
         result = train(model, inputs.train_set, inputs.test_set, train_config, objective, folder.path,
                        teacher_logits=inputs.logits, multipliers=multipliers, progress=space.progress,
-                       on_epoch=None if space.progress else lambda epoch, rec: print(epoch_line(run.key, epoch, job.epochs, rec), flush=True))
+                       on_epoch=None if space.progress else lambda epoch, rec: print(epoch_line(run.key, epoch, job.epochs, rec), flush=True),
+                       on_resume=lambda epoch: print(f"{run.key}: resuming at epoch {epoch}", flush=True))
     except TrainingDiverged as exc:
         return folder.mark_diverged(diverged_epoch(str(exc)) or 0, str(exc))
     bad = divergence(result.history)
@@ -307,9 +293,6 @@ def execute_run(
         }
         if selection is not None:
             record["selection"] = selection
-        resumes_at = resume_epoch(folder) if run.trains else None
-        if resumes_at is not None:
-            say(f"{node.key}: resuming at epoch {resumes_at}")
         record = folder.mark_running(record)
         try:
             if not run.trains:

@@ -339,6 +339,7 @@ def train(
     batch_order: BatchOrder | None = None,
     teacher_targets: TeacherTargets | None = None,
     on_epoch: Callable[[int, Mapping[str, Any]], None] | None = None,
+    on_resume: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train `model` in place for `config.epochs` epochs, checkpointing into `run_dir`.
 
@@ -355,9 +356,12 @@ def train(
     A `distill` objective (`Objective.for_method`) needs `teacher_targets`
     (`cqd_port.train.teacher.teacher_targets`, rows indexed like `train_set`);
     its `Distiller` is built here, its parameters trained and saved with g's.
-    `on_epoch(epoch, record)` is called after each epoch's checkpoint (e.g. a line when bars are off).
+    `on_epoch(epoch, record)` is called after each epoch's checkpoint (e.g. a line when bars are off);
+    `on_resume(epoch)` when a checkpoint makes the run continue at `epoch` (> 1).
     """
     run = _resume(model, train_set, test_set, config, objective, Path(run_dir), teacher_logits, multipliers, teacher_targets)
+    if on_resume is not None and 1 < run.start_epoch <= config.epochs:
+        on_resume(run.start_epoch)
     if run.start_epoch > config.epochs:
         return _finished(run)
     steps = images = 0
