@@ -12,14 +12,14 @@ from cqd_port.errors import CqdError
 
 def _parameters(values: Optional[list[str]]) -> dict:
     """`--param sigma=2 --param jitter=0.5` -> {"sigma": 2, "jitter": 0.5} (values parsed as YAML)."""
-    import yaml
+    from cqd_port.yamlio import load_yaml_text
 
     out: dict = {}
     for item in values or []:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise CqdError(f"--param {item}: write it as name=value, e.g. --param sigma=2.0")
-        out[key.strip()] = yaml.safe_load(text)
+        out[key.strip()] = load_yaml_text(text, f"--param {key.strip()}")
     return out
 
 

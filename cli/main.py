@@ -79,6 +79,10 @@ def main() -> None:
     except CqdError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except SystemExit as exc:
+        if exc.code == 130:  # Typer's exit on Ctrl-C (KeyboardInterrupt); the run folders say 'interrupted'
+            typer.echo("interrupted; run the same command again to resume (finished epochs and runs are kept)", err=True)
+        raise
 
 
 if __name__ == "__main__":

@@ -112,6 +112,19 @@ def check_output_dir(folder: str | os.PathLike[str], option: str = "--out") -> P
     return folder
 
 
+def check_relative_key(key: str, what: str) -> str:
+    """`key` as a path below a root (`name` or `name/sub`): no absolute path, `..`, `.`, empty part or NUL.
+
+    Names from a config or an option (`data.name`, `evaluate --name`, a run key) become folders under
+    `--out` or the prepared store; one that climbs out of it is refused with a one-line error naming `what`.
+    """
+    text = str(key)
+    parts = text.replace("\\", "/").split("/")
+    if not text or "\0" in text or text.startswith(("/", "~")) or any(p in ("", ".", "..") for p in parts):
+        raise CqdError(f"{what}: '{text}' must be a plain folder name (no '/', '..' or absolute path): it names a folder inside its root")
+    return text
+
+
 def check_output_file(target: str | os.PathLike[str], option: str = "--out") -> Path:
     """Make sure `target` can be written (not a folder, its folder creatable and writable) before long work."""
     target = Path(target)

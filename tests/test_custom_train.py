@@ -178,7 +178,7 @@ def _interrupt_after_first_epoch(monkeypatch):
     return Interrupted
 
 
-def test_interrupted_run_resumes_to_the_same_weights(folder, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_the_same_weights(folder, tmp_path, monkeypatch, capsys):
     whole = run_custom(parse_config(tiny(folder, tmp_path / "whole", epochs=2, optimizer="torch")), progress=False)
     assert whole.record["resumed_from_epoch"] == 0 and whole.record["optimizer"] == "torch"
 
@@ -187,9 +187,13 @@ def test_interrupted_run_resumes_to_the_same_weights(folder, tmp_path, monkeypat
     with pytest.raises(interrupted):
         run_custom(config, progress=False)
     monkeypatch.undo()
-    assert json.loads((tmp_path / "broken" / "pets" / "cqd" / "run.json").read_text())["status"] == "running"
+    # Ctrl-C is recorded (it used to stay 'running'); the same command resumes and says where
+    assert json.loads((tmp_path / "broken" / "pets" / "cqd" / "run.json").read_text())["status"] == "interrupted"
+    capsys.readouterr()
     resumed = run_custom(config, progress=False)
     assert resumed.record["resumed_from_epoch"] == 1
+    said = capsys.readouterr().out
+    assert "pets/cqd: resuming at epoch 2" in said and "pets/cqd: epoch 2/2 done" in said  # --no-progress: a line per epoch
     a = torch.load(tmp_path / "whole" / "pets" / "cqd" / "final.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "broken" / "pets" / "cqd" / "final.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -223,7 +227,7 @@ def test_evaluate_refuses_other_classes_and_unfinished_runs(folder, tmp_path):
     other = make_image_folder(tmp_path / "zoo", classes=("ant", "bee", "cow"), per_class=2, size=32)
     with pytest.raises(CqdError, match=r"other classes than the training data \('ant' vs 'cat'\)"):
         evaluate_run(tmp_path / "run", data_root=other, progress=False)
-    with pytest.raises(CqdError, match="has not finished"):
+    with pytest.raises(CqdError, match=r"holds no CQD run \(pets/cqd\); it has B"):  # issue 17: it said 'has not finished'
         evaluate_run(tmp_path / "run", method="CQD", progress=False)
 
 

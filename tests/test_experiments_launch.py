@@ -233,6 +233,42 @@ def test_two_concurrent_reproduce_train_each_run_once(tiny, tmp_path):
     assert "results.json" in outputs[0] + outputs[1]
 
 
+@pytest.mark.parametrize("out", ["a-file", "a-file/sub", "/proc/cqd-port-out"])
+def test_reproduce_with_out_a_file_or_under_proc_exits_2_with_one_line(cli, tiny, tmp_path, out):
+    root, birds = tiny
+    (tmp_path / "a-file").write_text("x")
+    target = out if out.startswith("/") else tmp_path / out
+    result = cli("reproduce", "--tasks", "local_cub", "--methods", "upper_bound", "--models", root / "models", "--prepared", tmp_path / "p",
+                 "--cub-root", birds, "--out", target, "--epochs", "1", "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, (result.exit_code, result.stderr)
+    assert "--out" in result.stderr and not (tmp_path / "p").exists()
+
+
+def test_two_slots_finishing_together_print_each_count_once(tiny, tmp_path, monkeypatch, capsys):
+    """`--gpus 0,0`: both runs may be finished on disk when the first is reported; the count follows the reports."""
+    import cqd_port.experiments.grid as grid
+    from cqd_port.experiments.runfolder import RunFolder
+
+    config = replace(_config(tiny, tmp_path / "runs"), progress=True)
+
+    def both_finish_then_report(schedule, config, slots, rerun, on_done, say):
+        runs = list(schedule.runs())
+        for node in runs:  # both slots finish before the first report is printed
+            RunFolder(Path(config.out) / node.key).mark_running({"key": node.key})
+            RunFolder(Path(config.out) / node.key).mark_finished({"key": node.key, "accuracy": 50.0})
+        records = {n.key: {"status": "finished", "accuracy": 50.0} for n in runs}
+        for node in runs:
+            on_done(node, records[node.key])
+        return records
+
+    monkeypatch.setattr(grid, "launch_local", both_finish_then_report)
+    monkeypatch.setattr(grid, "collect_results", lambda *a: (tmp_path / "r.json", tmp_path / "r.md"))
+    (tmp_path / "r.md").write_text("")
+    run_grid(plan_grid(1, ["local_cub"], ["upper_bound", "fine_tuning"], epochs=1), config)
+    counts = re.findall(r"^\[(\d+)/(\d+)\]", capsys.readouterr().out, re.M)
+    assert counts == [("1", "2"), ("2", "2")]
+
+
 # --------------------------------------------------------------------------- SLURM through a stub sbatch
 
 
@@ -311,6 +347,23 @@ def test_slurm_one_job_per_run_with_afterok_from_the_dag(cli, tiny, tmp_path, st
     again = cli(*args)
     assert again.exit_code == 0, again.stderr
     assert len(list(stub_slurm.glob("job-*.sh"))) == len(jobs)
+
+
+def test_slurm_wait_reports_jobs_that_vanished_with_their_logs(cli, tiny, tmp_path, stub_slurm):
+    """squeue and sacct know none of the submitted jobs (purged, lost): not 'runs finished 0%' and exit 0."""
+    root, birds = tiny
+    (tmp_path / "bin" / "sacct").write_text("#!/bin/sh\nexit 0\n")  # knows no job
+    (tmp_path / "bin" / "sacct").chmod(0o755)
+    out = tmp_path / "runs"
+    result = cli("reproduce", "--tasks", "local_cub", "--methods", "upper_bound", "--launcher", "slurm", "--wait",
+                 "--models", root / "models", "--prepared", tmp_path / "p", "--cub-root", birds, "--out", out, "--epochs", "1")  # fmt: skip
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    (line,) = result.stderr.strip().splitlines()
+    jobs = json.loads((out / "slurm-jobs.json").read_text())["jobs"]
+    job_id = jobs["local_cub/upper_bound"]["job_id"]
+    assert "1 run(s) did not finish and SLURM no longer holds their jobs (1 unknown to squeue and sacct: vanished)" in line
+    assert f"local_cub/upper_bound: job {job_id} vanished, log {out / '.submitit' / job_id / f'{job_id}_0_log.err'}" in line
+    assert (out / "results.json").is_file()  # the table is still collected
 
 
 def test_slurm_requeued_job_resumes(tiny, tmp_path, monkeypatch):

@@ -76,7 +76,7 @@ class _Recorder:
         self.fail_at = fail_at
         monkeypatch.setattr(trainer_module, "train", self)
 
-    def __call__(self, model, train_set, test_set, config, objective, run_dir, teacher_logits=None, multipliers=None, progress=True, on_step=None):
+    def __call__(self, model, train_set, test_set, config, objective, run_dir, teacher_logits=None, multipliers=None, progress=True, on_step=None, **callbacks):
         key = f"{Path(run_dir).parent.name}/{Path(run_dir).name}"
         self.calls[key] = {
             "initial": {k: v.detach().clone() for k, v in model.state_dict().items()},
@@ -91,7 +91,7 @@ class _Recorder:
             def on_step(epoch, step, stats, _fail=self.fail_at):
                 if (epoch, step) == _fail:
                     raise KeyboardInterrupt("simulated interruption")
-        return self.real(model, train_set, test_set, config, objective, run_dir, teacher_logits, multipliers, progress, on_step)
+        return self.real(model, train_set, test_set, config, objective, run_dir, teacher_logits, multipliers, progress, on_step, **callbacks)
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +212,7 @@ def test_interrupted_run_continues_from_checkpoint(tiny, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_grid(plan, config)
     folder = tmp_path / "runs/local_cub/fine_tuning"
-    assert json.loads((folder / "run.json").read_text())["status"] == "running"
+    assert json.loads((folder / "run.json").read_text())["status"] == "interrupted"  # issue 17: Ctrl-C is recorded (it stayed "running")
     assert not (folder / "final.pt").exists()
     first_epoch = json.loads((folder / "history.json").read_text())
     assert [h["epoch"] for h in first_epoch] == [1]

@@ -171,6 +171,12 @@ def make_report(config: ReportConfig) -> ReportResult:
     if not results_dir.is_dir():
         raise CqdError(f"results folder {results_dir} does not exist; run `cqd-port reproduce` or `cqd-port demo` first")
     recollect(results_dir)
+    if not (results_dir / RESULTS_JSON).is_file() and any((results_dir / n).is_file() for n in ("config.yaml", "demo-custom.yaml")):
+        raise CqdError(
+            f"{results_dir} is a `cqd-port train` / `demo --custom` folder: `report` draws the paper's Table 1/2 "
+            f"(from `reproduce` or `demo`); here the accuracies are in {results_dir / 'results.md'} or each run's run.json, "
+            "the training curves in each run folder's net-train.pdf"
+        )
     results = load_results(results_dir / RESULTS_JSON)
     cells = results["cells"]
     if not cells:

@@ -243,7 +243,8 @@ class DataCatalog:
             if concrete.degradation == "edges" and self.sed_model is None:
                 raise CqdError(
                     f"prepared data {self.variant_dir(variant)} missing and the paper's edges need the Structured Edge model: "
-                    "pass --sed-model modelBsds.mat (the SED toolbox's forest), or prepare the folder with `cqd-port prepare`"
+                    "pass --sed-model modelBsds.mat (the SED toolbox's forest) to this command, or, where it has no such option "
+                    f"(`cqd-port train`), prepare the folder first with `cqd-port prepare --degradation edges --sed-model modelBsds.mat --out {self.prepared}`"
                 )
             if self.dataset_root(variant.dataset) is None:
                 raise self._no_raw_data(variant)
@@ -272,9 +273,10 @@ class DataCatalog:
             record = index.records[0] if index is not None and index.records else None
             where = "a test image" if record is None else str(index.resolve(record))
             try:
-                check_plugin(concrete.degradation, config)
                 if record is None:
+                    check_plugin(concrete.degradation, config)  # the contract, on a test image
                     continue
+                check_plugin(concrete.degradation, config, read_image_rgb(index.resolve(record)), where)  # the contract, on the real image
                 source = concrete.source or default_source(variant.dataset, concrete.degradation)
                 crop = source == "box" and record.box is not None
                 result = degrade_from_source(

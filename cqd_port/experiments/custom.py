@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,9 @@ if typing.TYPE_CHECKING:
 CONFIG_NAME = "config.yaml"
 DESCRIPTION_NAME = "description.txt"
 LOCK_NAME = ".lock"  # held while a `cqd-port train` command works in the out folder
+MAX_SIDE = 8192  # data.size, input_size: larger images would not fit in memory
+MAX_COUNT = 1_000_000  # train.epochs, train.batch_size: a bound far above any real run, below an endless one
+MAX_WORKERS = 1024
 
 METHOD_ALIASES = {
     "a": "upper_bound",
@@ -293,16 +297,13 @@ def _section(cls: type, data: Any, prefix: str) -> Any:
 
 def _apply_override(data: dict, assignment: str) -> None:
     """`--set a.b=value` on the raw YAML mapping (the value parsed as YAML: numbers, lists, null, ...)."""
-    import yaml
+    from cqd_port.yamlio import load_yaml_text
 
     key, sep, text = assignment.partition("=")
     key = key.strip()
     if not sep or not key:
         raise CqdError(f"--set {assignment}: write it as key=value, e.g. --set train.epochs=5")
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        value = text
+    value = load_yaml_text(text, f"--set {key}") if text.strip() else ""  # strict: no aliases, duplicate keys or deep nesting
     parts = key.split(".")
     node = data
     for depth, part in enumerate(parts[:-1]):
@@ -320,6 +321,8 @@ def _check(config: RunConfig) -> RunConfig:
     """Value checks the types cannot express; each a one-line error naming the key and the fix."""
     from cqd_port.data.degrade import DEGRADATIONS, is_plugin, load_plugin
     from cqd_port.experiments.methods import AUGMENTATION_CLASSES
+    from cqd_port.fileio import check_relative_key
+    from cqd_port.seeds import check_seed
     from cqd_port.train.schedules import SCHEDULES
     from cqd_port.train.sgd import OPTIMIZERS
 
@@ -336,6 +339,8 @@ def _check(config: RunConfig) -> RunConfig:
         raise CqdError(f"data.test_fraction: {data.test_fraction} must lie strictly between 0 and 1, e.g. 0.3")
     if data.size < 8:
         raise CqdError(f"data.size: {data.size} pixels is too small; e.g. data.size: 224")
+    if data.size > MAX_SIDE:
+        raise CqdError(f"data.size: {data.size} pixels is more than {MAX_SIDE}; e.g. data.size: 224")
     if not data.degradation:
         raise CqdError("data.degradation missing: name a built-in degradation (lowres, distorted, ...) or your package.module:function")
     for key, name in (("data.high_quality", data.high_quality), ("data.degradation", data.degradation)):
@@ -350,23 +355,34 @@ def _check(config: RunConfig) -> RunConfig:
         raise CqdError("data.parameters: only a plugin degradation (package.module:function) takes parameters; remove them")
     if data.source not in (None, "box", "full"):
         raise CqdError(f"data.source: '{data.source}'; use box, full or null")
+    if data.name:
+        check_relative_key(data.name, "data.name")  # prepared/<name>/... and <out>/<name>/<method>: never outside them
+    if not 0 <= data.workers <= MAX_WORKERS:
+        raise CqdError(f"data.workers: {data.workers} must be 0 (prepare in this process) to {MAX_WORKERS}")
+    for key, seed in (("data.seed", data.seed), ("data.split_seed", data.split_seed), ("train.seed", config.train.seed)):
+        check_seed(seed, key)  # before any data is prepared: torch and numpy refuse seeds outside 0..2**32-1
     for role, net in (("teacher", config.teacher), ("student", config.student_net)):
         _check_network(role, net)
     train = config.train
     for key, value in (("train.epochs", train.epochs), ("train.batch_size", 1 if train.batch_size is None else train.batch_size)):
         if value < 1:
             raise CqdError(f"{key}: {value} must be at least 1")
+        if value > MAX_COUNT:
+            raise CqdError(f"{key}: {value} is more than {MAX_COUNT}; e.g. {key.split('.')[-1]}: 30")
     if isinstance(train.schedule, str) and train.schedule.lower() not in SCHEDULES:
         raise CqdError(f"train.schedule: unknown schedule '{train.schedule}'; use cub, cars or a list of learning rates like [0.01, 0.001]")
     if isinstance(train.schedule, list) and (
-        not train.schedule or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in train.schedule)
+        not train.schedule or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf for v in train.schedule)
     ):
         raise CqdError(f"train.schedule: {train.schedule} must be a non-empty list of non-negative learning rates, e.g. [0.01, 0.001]")
     if train.optimizer not in OPTIMIZERS:
         raise CqdError(f"train.optimizer: unknown optimizer '{train.optimizer}'; use matconvnet (the released SGD) or torch")
     if train.augmentation_classes not in AUGMENTATION_CLASSES:
         raise CqdError(f"train.augmentation_classes: '{train.augmentation_classes}'; use 2k (released code) or k")
-    if train.temperature <= 0 or train.lambda_ < 0:
+    for key, value in (("train.momentum", train.momentum), ("train.weight_decay", train.weight_decay), ("train.lr_scale", train.lr_scale)):
+        if not math.isfinite(value) or value < 0:
+            raise CqdError(f"{key}: {value} must be a finite number >= 0 (paper: momentum 0.9, weight_decay 0.0005, lr_scale 1)")
+    if not (math.isfinite(train.temperature) and math.isfinite(train.lambda_)) or train.temperature <= 0 or train.lambda_ < 0:
         raise CqdError("train.temperature must be positive and train.lambda non-negative (paper: 10 and 200)")
     method = config.method_name
     if method in ("staged", "a_cqd") and network_spec(config.teacher).key != network_spec(config.student_net).key:
@@ -396,8 +412,8 @@ def _check_network(role: str, net: NetworkSection) -> None:
     if net.input_size is not None:
         if net.arch in MATCONVNET_ARCHS:
             raise CqdError(f"{role}.input_size: {net.arch} takes its input size from the model file's meta.normalization; remove the key")
-        if net.input_size < 8:
-            raise CqdError(f"{role}.input_size: {net.input_size} is too small; e.g. 224")
+        if not 8 <= net.input_size <= MAX_SIDE:
+            raise CqdError(f"{role}.input_size: {net.input_size} must lie between 8 and {MAX_SIDE}; e.g. 224")
 
 
 def network_spec(net: NetworkSection) -> NetworkSpec:
@@ -567,7 +583,7 @@ def run_custom(config: RunConfig, progress: bool = True, rerun: bool = False) ->
     """
     from cqd_port.experiments.runfolder import RunLock
 
-    with RunLock(Path(config.out) / LOCK_NAME, say=lambda message: print(message, flush=True)):
+    with RunLock(Path(config.out) / LOCK_NAME, say=lambda message: print(message, flush=True), option="out"):
         return _run_custom_locked(config, progress, rerun)
 
 
@@ -653,6 +669,7 @@ def evaluate_run(
     from cqd_port.experiments.plan import JobResolver
     from cqd_port.experiments.run import FINAL_MODEL, evaluate_only
     from cqd_port.experiments.runfolder import FINISHED, RunFolder
+    from cqd_port.fileio import check_relative_key
 
     config = run_config_of(run)
     if method is not None:
@@ -661,6 +678,12 @@ def evaluate_run(
     key, spec = list(runs.items())[-1]
     model_key = spec.init if not spec.trains else key
     status = RunFolder(Path(run) / key).status()
+    if status == "pending" and method is not None:
+        have = finished_methods(Path(run) / config.dataset_name)
+        raise CqdError(
+            f"{run} holds no {method} run ({key}); it has {', '.join(have) if have else 'no finished run'}: "
+            f"choose one with --method, or train {method} with `cqd-port train {Path(run) / CONFIG_NAME} --set method={method}`"
+        )
     if status != FINISHED:
         raise CqdError(f"run {Path(run) / key} has not finished ({status}); rerun `cqd-port train {Path(run) / CONFIG_NAME}` first")
     if split not in ("test", "all"):
@@ -678,7 +701,7 @@ def evaluate_run(
         )
     dataset = config.dataset_name
     if data_root is not None:
-        dataset = name or Path(data_root).resolve().name
+        dataset = check_relative_key(name or Path(data_root).resolve().name, "--name")  # prepared/<name>: inside the store
         gc.datasets[dataset] = DatasetSource(Path(data_root), data_format, config.data.test_fraction, config.data.split_seed)
     degradation = degradation or spec.test.degradation  # default: the domain the run was tested on
     if parameters:
@@ -718,6 +741,15 @@ def evaluate_run(
         "mean_class_accuracy": evaluation.mean_class_accuracy,
     }
     return summary, target
+
+
+def finished_methods(dataset_folder: Path) -> list[str]:
+    """The methods with a finished run in `<out>/<data.name>`, as `--method` takes them (A, B, CQD, ...)."""
+    from cqd_port.experiments.runfolder import FINISHED, RunFolder
+
+    names = {full: short for short, full in reversed(list(METHOD_ALIASES.items()))}  # upper_bound -> a, ...
+    found = sorted(p.name for p in Path(dataset_folder).glob("*") if p.is_dir() and RunFolder(p).status() == FINISHED)
+    return [names.get(m, m).upper() if names.get(m, m) != m else m for m in found]
 
 
 def _num_outputs(model: Any, class_factor: int) -> int:

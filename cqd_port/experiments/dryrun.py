@@ -18,7 +18,7 @@ from cqd_port.errors import CqdError
 from cqd_port.experiments.job import identity
 from cqd_port.experiments.networks import imagenet_model_candidates
 from cqd_port.experiments.plan import GridPlan, JobResolver, Node, schedule_grid
-from cqd_port.experiments.runfolder import FINISHED, RUNNING, RunFolder
+from cqd_port.experiments.runfolder import FINISHED, INTERRUPTED, RUNNING, RunFolder
 from cqd_port.experiments.settings import GridConfig
 
 
@@ -27,7 +27,7 @@ def status_text(folder: RunFolder) -> str:
     from cqd_port.train.trainer import HISTORY_NAME
 
     status = folder.status()
-    if status != RUNNING:
+    if status not in (RUNNING, INTERRUPTED):
         return status
     lock = folder.lock()
     holder = lock.holder()

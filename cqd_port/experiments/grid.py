@@ -16,11 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cqd_port.errors import CqdError
 from cqd_port.experiments.collect import collect_results, write_grid_json
 from cqd_port.experiments.launch import SlurmOptions, absolute, check_identities, launch_local, submit_slurm, wait_for_jobs
 from cqd_port.experiments.plan import GridPlan, Schedule, check_inputs, schedule_grid
 from cqd_port.experiments.runfolder import FINISHED, RunFolder
 from cqd_port.experiments.settings import GridConfig
+from cqd_port.fileio import check_output_dir
 
 
 @dataclass
@@ -47,7 +49,7 @@ def _prepare_grid(plan: GridPlan, config: GridConfig, seeds: tuple[int, ...], se
     schedule = schedule_grid(plan, config.catalog(), seeds, select)
     check_inputs(schedule, config)
     check_identities(schedule, config, rerun)
-    Path(config.out).mkdir(parents=True, exist_ok=True)
+    check_output_dir(config.out, "--out")  # a file, /proc, a read-only folder: one line, before any job starts
     write_grid_json(config.out, plan.table, plan.options, seeds, select, absolute(config))
     return schedule
 
@@ -70,6 +72,8 @@ def run_grid(
     """
     schedule = _prepare_grid(plan, config, seeds, select, rerun)
     keys = [n.key for n in schedule.runs()]
+    # counted per reported run, not by reading the folders: two slots finishing together must not both say [2/4]
+    done_keys = {k for k in keys if RunFolder(Path(config.out) / k).status() == FINISHED}
 
     def on_done(node, record: dict) -> None:
         if node.kind != "run":
@@ -77,8 +81,9 @@ def run_grid(
         if on_run is not None:
             on_run(node.key, record)
         elif config.progress:
-            done = sum(1 for k in keys if RunFolder(Path(config.out) / k).status() == FINISHED)
-            print(progress_line(done, len(keys), node.key, record), flush=True)
+            if record.get("status") == FINISHED:
+                done_keys.add(node.key)
+            print(progress_line(len(done_keys), len(keys), node.key, record), flush=True)
 
     say = print if config.progress else (lambda _message: None)
     records = launch_local(schedule, config, config.gpus, rerun, on_done=on_done, say=say)
@@ -105,6 +110,10 @@ def submit_grid(
     schedule = _prepare_grid(plan, config, seeds, select, rerun)
     jobs = submit_slurm(schedule, config, slurm, rerun, say=say)
     if wait and jobs:
-        wait_for_jobs(schedule, config, jobs, progress=config.progress)
+        try:
+            wait_for_jobs(schedule, config, jobs, progress=config.progress)
+        except CqdError:  # jobs ended without their runs: the table still shows what did finish
+            collect_results(plan.table, plan.options, seeds, select, config)
+            raise
     json_path, md_path = collect_results(plan.table, plan.options, seeds, select, config)
     return jobs, GridOutcome(json_path, md_path, md_path.read_text(encoding="utf-8"), {})

@@ -383,6 +383,33 @@ def wait_for_jobs(schedule: Schedule, config: GridConfig, jobs: dict[str, dict[s
         while True:
             finished = sum(1 for n in runs if read_run_json(Path(config.out) / n.key).get("status") == FINISHED)
             bar.update(task, completed=finished)
-            if finished == len(runs) or not _active_jobs([str(j["job_id"]) for j in jobs.values()]):
+            if finished == len(runs):
                 return
+            if not _active_jobs([str(j["job_id"]) for j in jobs.values()]):
+                break
             time.sleep(poll_seconds)
+    ended = [(n.key, str(jobs[n.key]["job_id"])) for n in runs if n.key in jobs and read_run_json(Path(config.out) / n.key).get("status") != FINISHED]
+    if ended:  # SLURM holds none of the jobs any more, yet these runs did not finish: say so, with their logs
+        states = _job_states([job_id for _, job_id in ended])
+        first_key, first_id = ended[0]
+        log = Path(config.out) / SUBMITIT_FOLDER / first_id / f"{first_id}_0_log.err"
+        unknown = sum(1 for _, job_id in ended if job_id not in states)
+        raise CqdError(
+            f"{len(ended)} run(s) did not finish and SLURM no longer holds their jobs ({unknown} unknown to squeue and sacct: vanished); "
+            f"first {first_key}: job {first_id} {states.get(first_id, 'vanished')}, log {log}; "
+            f"logs of all: {Path(config.out) / SUBMITIT_FOLDER}/<job id>/; rerun the same command to resubmit them"
+        )
+
+
+def _job_states(job_ids: list[str]) -> dict[str, str]:
+    """SLURM's final state of `job_ids` (sacct), for the jobs sacct knows; {} when sacct is unavailable."""
+    try:
+        result = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    states = {}
+    for line in result.stdout.splitlines():
+        job_id, _, state = line.strip().partition("|")
+        if job_id in job_ids and state:
+            states[job_id] = state.split()[0]
+    return states

@@ -183,6 +183,12 @@ def _start_network(run: RunSpec, job: RunJob, space: Workspace, num_classes: int
     return model, multipliers, model_num_classes(model)
 
 
+def epoch_line(key: str, epoch: int, epochs: int, record: dict[str, Any]) -> str:
+    """One line per finished epoch when progress bars are off (`--no-progress`): the user sees the run work."""
+    text = f"{key}: epoch {epoch}/{epochs} done, train err {record['train']['top1err']:.3f}"
+    return text + (f", test acc {record['test']['accuracy']:.1f}%" if "test" in record else "")
+
+
 def train_and_record(run: RunSpec, job: RunJob, space: Workspace, data: DomainData, folder: RunFolder, record: dict[str, Any]) -> dict[str, Any]:
     """Train (resuming from the folder's checkpoint), save final.pt, record finished or diverged."""
     from cqd_port.experiments.networks import save_trained_model
@@ -211,7 +217,9 @@ def train_and_record(run: RunSpec, job: RunJob, space: Workspace, data: DomainDa
     objective = Objective("cqd", job.lambda_, job.temperature) if run.distill else Objective("softmaxlog")
     try:
         result = train(model, inputs.train_set, inputs.test_set, train_config, objective, folder.path,
-                       teacher_logits=inputs.logits, multipliers=multipliers, progress=space.progress)
+                       teacher_logits=inputs.logits, multipliers=multipliers, progress=space.progress,
+                       on_epoch=None if space.progress else lambda epoch, rec: print(epoch_line(run.key, epoch, job.epochs, rec), flush=True),
+                       on_resume=lambda epoch: print(f"{run.key}: resuming at epoch {epoch}", flush=True))
     except TrainingDiverged as exc:
         return folder.mark_diverged(diverged_epoch(str(exc)) or 0, str(exc))
     bad = divergence(result.history)
@@ -302,6 +310,9 @@ def execute_run(
             raise
         except CqdError as exc:
             folder.mark_failed(str(exc))
+            raise
+        except KeyboardInterrupt:  # Ctrl-C: resumable from the last checkpoint, said so in run.json
+            folder.mark_interrupted()
             raise
         except Exception as exc:  # an unexpected error: recorded, then shown with its traceback
             folder.mark_failed(f"{type(exc).__name__}: {exc}")

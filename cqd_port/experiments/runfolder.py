@@ -15,7 +15,7 @@ Everything that touches a run folder's bookkeeping goes through here:
   with a one-line error naming what differs and the fix (a new `--out`, or
   `--rerun`, which discards it).
 * `run.json` states, written only by `RunFolder.mark_*`: `running`,
-  `finished`, `failed: <one line>`, `diverged at epoch N`, `stopped: disk full`.
+  `interrupted` (Ctrl-C; resumes), `finished`, `failed: <one line>`, `diverged at epoch N`, `stopped: disk full`.
   Only `finished` counts as a result; every other state is shown as it is.
 * `executions.log`: one line per process that started or resumed the run.
 """
@@ -35,7 +35,7 @@ from typing import Any
 
 from cqd_port.errors import CqdError
 from cqd_port.experiments.job import differing
-from cqd_port.fileio import atomic_write_json
+from cqd_port.fileio import _path_error, atomic_write_json, check_output_dir, remove_stale_temporaries
 
 RUN_JSON = "run.json"
 LOCK = ".lock"
@@ -43,6 +43,7 @@ IDENTITY = "identity.json"
 EXECUTIONS = "executions.log"
 
 RUNNING = "running"
+INTERRUPTED = "interrupted"
 FINISHED = "finished"
 DISK_FULL = "stopped: disk full"
 FAILED_PREFIX = "failed: "
@@ -62,10 +63,11 @@ def _pid_alive(pid: int) -> bool:
 class RunLock:
     """An exclusive lock file (see the module docstring); waits while a live process holds it."""
 
-    def __init__(self, path: Path, say: Callable[[str], None] = print, poll_seconds: float = 1.0) -> None:
+    def __init__(self, path: Path, say: Callable[[str], None] = print, poll_seconds: float = 1.0, option: str = "--out") -> None:
         self.path = Path(path)
         self.say = say
         self.poll_seconds = poll_seconds
+        self.option = option  # how the user named the folder (`--out`, the config's `out`), for error messages
         self.mine: dict[str, Any] = {}
 
     def holder(self) -> dict[str, Any] | None:
@@ -88,14 +90,21 @@ class RunLock:
             return True  # this very job, requeued after preemption or a timeout
         return holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1)))
 
+    def _check_not_foreign(self) -> None:
+        """A lock is a plain file this class writes; a folder, a symbolic link (dangling or not) or a device there is refused."""
+        if os.path.islink(self.path) or (os.path.lexists(self.path) and not self.path.is_file()):
+            kind = "symbolic link" if os.path.islink(self.path) else "folder" if self.path.is_dir() else "special file"
+            raise CqdError(f"{self.path} is a {kind}, not a lock file cqd-port writes; remove it, or choose another {self.option}")
+
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_output_dir(self.path.parent, self.option)  # a file, /proc, a read-only folder: one line, before the loop
         waited = False
         while True:
             self.mine = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "slurm_job": os.environ.get("SLURM_JOB_ID")}
             try:
-                handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), 0o644)
             except FileExistsError:
+                self._check_not_foreign()
                 holder = self.holder()
                 if holder is None:
                     continue
@@ -114,6 +123,8 @@ class RunLock:
                     waited = True
                 time.sleep(self.poll_seconds)
                 continue
+            except OSError as exc:  # read-only file system, permission denied, ...
+                raise _path_error(exc, self.path, self.option) from None
             with os.fdopen(handle, "w", encoding="utf-8") as stream:
                 json.dump(self.mine, stream)
             return
@@ -212,6 +223,7 @@ class RunFolder:
         when a folder made with other settings is cleared or refused.
         """
         with self.lock(say):
+            remove_stale_temporaries(self.path, lock_held=True)  # a killed writer's `.checkpoint.pt.*.tmp.pt`: nobody else writes here
             names = self.mismatch(current)
             status = self.status()
             if names:
@@ -254,6 +266,10 @@ class RunFolder:
         record = {**record, "status": FINISHED}
         atomic_write_json(self.path / RUN_JSON, record)
         return record
+
+    def mark_interrupted(self) -> dict[str, Any]:
+        """'interrupted' (Ctrl-C): the checkpoint stays, the same command resumes the run."""
+        return self._mark(INTERRUPTED)
 
     def mark_failed(self, message: str) -> dict[str, Any]:
         return self._mark(f"{FAILED_PREFIX}{one_line(message)}")

@@ -338,6 +338,8 @@ def train(
     on_step: Callable[[int, int, StepTensors], None] | None = None,
     batch_order: BatchOrder | None = None,
     teacher_targets: TeacherTargets | None = None,
+    on_epoch: Callable[[int, Mapping[str, Any]], None] | None = None,
+    on_resume: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train `model` in place for `config.epochs` epochs, checkpointing into `run_dir`.
 
@@ -354,8 +356,12 @@ def train(
     A `distill` objective (`Objective.for_method`) needs `teacher_targets`
     (`cqd_port.train.teacher.teacher_targets`, rows indexed like `train_set`);
     its `Distiller` is built here, its parameters trained and saved with g's.
+    `on_epoch(epoch, record)` is called after each epoch's checkpoint (e.g. a line when bars are off);
+    `on_resume(epoch)` when a checkpoint makes the run continue at `epoch` (> 1).
     """
     run = _resume(model, train_set, test_set, config, objective, Path(run_dir), teacher_logits, multipliers, teacher_targets)
+    if on_resume is not None and 1 < run.start_epoch <= config.epochs:
+        on_resume(run.start_epoch)
     if run.start_epoch > config.epochs:
         return _finished(run)
     steps = images = 0
@@ -380,6 +386,8 @@ def train(
             run.history.append(record)
             _write_outputs(run, epoch, evaluation if last else None)
             bar.update(epoch_task, advance=1, info=_epoch_info(record))
+            if on_epoch is not None:
+                on_epoch(epoch, record)
     if run.distiller is not None:
         run.distiller.detach_hooks()
     elapsed = time.perf_counter() - t_start
