@@ -221,3 +221,20 @@ def test_gradient_panel_titles_stay_inside_the_figure(tmp_path, drawn):
     for ax in fig.axes:
         extent = ax.title.get_window_extent(renderer)
         assert box.x0 <= extent.x0 and extent.x1 <= box.x1 and extent.y1 <= box.y1, ax.title.get_text()
+
+
+def test_a_test_set_scored_after_the_last_epoch_only_is_drawn_at_that_epoch(tmp_path, drawn):
+    # The demo scores its test set after the last epoch only: history.json has one test row, epoch 3's.
+    path = tmp_path / "history.json"
+    path.write_text(json.dumps([
+        {"epoch": e, "train": {"objective": 3.0 / e, "top1err": 0.9 / e}, **({"test": {"objective": 1.5, "top1err": 0.4}} if e == 3 else {})}
+        for e in (1, 2, 3)
+    ]))
+    history = read_history(path)
+    assert history["test"]["top1err"] == [0.4] and history["test"]["epoch"] == [3.0]
+    assert history["train"]["epoch"] == [1.0, 2.0, 3.0]
+    training_curves({"cqd": history}, tmp_path / "curves.png", task="local_cub")
+    error = drawn[-1].axes[1]
+    test_line, = [line for line in error.get_lines() if "(test)" in line.get_label()]
+    assert list(test_line.get_xdata()) == [3.0] and list(test_line.get_ydata()) == [0.4]
+    assert error.get_xlim() == (0.5, 3.5)

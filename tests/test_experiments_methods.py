@@ -308,6 +308,22 @@ def test_parallel_workers_match_the_sequential_grid(grid_run, tiny, tmp_path):
             torch.testing.assert_close(ours[name], reference[name], rtol=1e-5, atol=1e-6, msg=f"{key}: {name}")
 
 
+def test_test_set_scored_after_the_last_epoch_only_leaves_every_number(grid_run, tiny, tmp_path):
+    """`evaluate_every_epoch=False` (the demo's setting) drops the per-epoch test rows, nothing else."""
+    sequential_config, _, _, _ = grid_run
+    plan = plan_grid(1, ["local_cub"], ["upper_bound", "fine_tuning"], epochs=2)
+    config = replace(_config(tiny, tmp_path / "runs"), evaluate_every_epoch=False)
+    run_grid(plan, config)
+    for key in plan.runs:
+        ours, reference = (json.loads((Path(c.out) / key / "run.json").read_text()) for c in (config, sequential_config))
+        assert ours["accuracy"] == reference["accuracy"], key
+        history = json.loads((Path(config.out) / key / "history.json").read_text())
+        assert ["test" in row for row in history] == [False, True], key  # the grid_run's runs were scored after each epoch
+        weights = torch.load(Path(config.out) / key / "final.pt", weights_only=True)["state_dict"]
+        expected = torch.load(Path(sequential_config.out) / key / "final.pt", weights_only=True)["state_dict"]
+        assert all(torch.equal(weights[name], expected[name]) for name in expected), key
+
+
 def test_demo_standin_is_the_same_on_every_run(tmp_path):
     """The stand-in's dropout is seeded: two pretrainings agree whatever the global RNG state."""
     from cqd_port.experiments.demo import DemoConfig, pretrain_standin

@@ -272,7 +272,8 @@ def training_curves(
 
     `histories[method][split][metric]` is the per-epoch series, split in
     {"train", "test"}, metric in {"objective", "top1err"}; missing series are
-    skipped.
+    skipped. `histories[method][split]["epoch"]`, when given, places a split's
+    values at those epochs (a test set scored after the last epoch only).
     """
     fig = Figure(figsize=(11, 4.2))
     axes = [fig.add_subplot(1, 2, i + 1) for i in range(len(CURVE_METRICS))]
@@ -285,10 +286,13 @@ def training_curves(
                 if not series:
                     continue
                 values = np.asarray(series, dtype=float)
-                epochs = max(epochs, values.size)
+                # at their epochs where history.json says (a test set scored after the last epoch only), else 1, 2, ...
+                at = histories[method][split].get("epoch")
+                x = np.asarray(at, dtype=float) if at is not None and len(at) == values.size else np.arange(1, values.size + 1)
+                epochs = max(epochs, int(x.max()))
                 if np.isfinite(values).any():
                     highest[metric] = max(highest[metric], float(np.nanmax(values[np.isfinite(values)])))
-                ax.plot(np.arange(1, values.size + 1), values, style, color=colour, marker="." if values.size < 30 else None,
+                ax.plot(x, values, style, color=colour, marker="." if values.size < 30 else None,
                         label=f"{METHOD_LABELS.get(method, method)} ({split})")
     for ax, (metric, label) in zip(axes, CURVE_METRICS):
         # Whole epochs only, half an epoch of room either side: one epoch is one point at 1, not an axis

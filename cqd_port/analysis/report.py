@@ -32,6 +32,8 @@ _METRIC_ALIASES = {
 }
 
 History = dict[str, dict[str, list[float]]]  # split -> metric -> per-epoch values
+EPOCH = "epoch"  # history[split][EPOCH]: the epoch numbers of that split's values, where history.json gives them
+# (a run scored on the test set after its last epoch only, as the demo's, has one test value, at that epoch)
 
 
 @dataclass
@@ -73,6 +75,7 @@ def _series_from_epochs(epochs: list[Any], source: str) -> History:
             raise CqdError(f"{source}: epoch {number} is not an object; rewrite it by rerunning the run")
         for split in SPLITS:
             nested = next((entry[a] for a in _SPLIT_ALIASES[split] if isinstance(entry.get(a), Mapping)), None)
+            found = False
             for metric in METRICS:
                 value = None
                 if nested is not None:
@@ -85,6 +88,10 @@ def _series_from_epochs(epochs: list[Any], source: str) -> History:
                             break
                 if value is not None:
                     history[split][metric].append(value)
+                    found = True
+            epoch = _number(entry.get("epoch"))
+            if found and epoch is not None:
+                history[split].setdefault(EPOCH, []).append(epoch)
     return history
 
 

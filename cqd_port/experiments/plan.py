@@ -313,6 +313,9 @@ class Workspace:
     synthetic: bool = False
     domain_a: str = "native"
     networks: dict[str, NetworkSpec] = field(default_factory=dict)  # arch -> the network a run from 'imagenet' begins with
+    # False: test images scored after the last epoch only (the final accuracy and the weights are the same;
+    # history.json then has a test row for the last epoch alone). The demo's short runs: see GridConfig.
+    evaluate_every_epoch: bool = True
 
     def folder(self, key: str) -> RunFolder:
         return RunFolder(Path(self.out) / key, key)
@@ -322,7 +325,7 @@ def workspace(config: GridConfig, archs: list[str] = ()) -> Workspace:
     """The `Workspace` of `config`, with the start networks of `archs` (CqdError when a model file is missing)."""
     return Workspace(
         Path(config.out), config.catalog(), str(config.device), config.progress, config.synthetic, config.domain_a,
-        {arch: config.network(arch) for arch in archs},
+        {arch: config.network(arch) for arch in archs}, config.evaluate_every_epoch,
     )
 
 

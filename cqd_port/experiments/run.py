@@ -212,6 +212,7 @@ def train_and_record(run: RunSpec, job: RunJob, space: Workspace, data: DomainDa
         label_range=(0, k) if run.class_factor != 1 else None,
         lrn_mode=job.lrn_mode,
         tf32=job.tf32,
+        evaluate_every_epoch=space.evaluate_every_epoch,
         plot_title=f"{run.key}: task {run.task}, method {run.method}" + (" - SYNTHETIC DATA" if record["synthetic"] else ""),
     )
     objective = Objective("cqd", job.lambda_, job.temperature) if run.distill else Objective("softmaxlog")

@@ -58,6 +58,7 @@ class GridConfig:
     average_image: str = "stored"  # "colour": the mean colour of averageImage (cqd-port's old behaviour)
     domain_a: str = "native"  # "prepared": domain A from its prepared 224 JPEGs (cqd-port's old behaviour)
     lowres_kernel: str = "bilinear"  # low-res variants: "bilinear" (the user's specification) or "bicubic" (the release)
+    evaluate_every_epoch: bool = True  # False: the test set after the last epoch only (same accuracy; the demo, for time)
     # `cqd-port train` (one run on the user's data; cqd_port.experiments.custom):
     networks: dict[str, NetworkSpec] = field(default_factory=dict)  # RunSpec.arch -> the network; else the ImageNet VGG of `models`
     datasets: dict[str, DatasetSource] = field(default_factory=dict)  # dataset name -> where and how to read it
