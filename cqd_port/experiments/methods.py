@@ -73,7 +73,10 @@ class DistillerDefaults:
     Weights are in this project's units (terms summed over the batch, the SGD
     dividing by its size, `cqd_port.nn.distill`): `weight` is the paper's
     per-batch-mean weight where that carries over (SP 3000, RKD 1, DKD 1) and
-    a decade grid around it is the default `candidates` (`--select`).
+    a decade grid around it is the default `candidates` (`--select`). FitNets'
+    hint is a squared distance summed over a whole feature map of a network
+    fed 0-255 inputs (per image about 1e4 at the demo's conv5): 1e-4 brings
+    it to the size of softmax-log (0.01 already left the demo at chance).
     `layers` maps a network family to (teacher layer, student layer name in
     that family): `vgg-m`, `vgg-vd` (MatConvNet names), `torchvision`
     (ResNet module paths; other torchvision networks: name the layers in
@@ -90,7 +93,7 @@ class DistillerDefaults:
 DISTILLERS: dict[str, DistillerDefaults] = {
     d.method: d
     for d in (
-        DistillerDefaults("fitnets", "FitNets hint", 0.1, (0.01, 0.1, 1.0),
+        DistillerDefaults("fitnets", "FitNets hint", 1e-4, (1e-5, 1e-4, 1e-3),
                           (("vgg-m", "conv5"), ("vgg-vd", "conv5_3"), ("torchvision", "layer4"))),
         DistillerDefaults("at", "Attention transfer", 100.0, (10.0, 100.0, 1000.0),
                           (("vgg-m", "relu5"), ("vgg-vd", "relu5_3"), ("torchvision", "layer4"))),
