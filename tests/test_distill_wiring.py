@@ -158,14 +158,15 @@ def test_reproduce_runs_every_distiller_with_paired_intervals(tiny, tmp_path):  
     assert set(filled) == {"upper_bound", "fine_tuning", "cqd", *NEW}
     for method in NEW:
         assert sorted(filled[method]["values"]) == ["0", "1"]
-    rows = {(d["method"], d["versus"]): d for d in results["method_differences"]}
+    rows = {(d["method"], d["versus"]): d for d in results["method_differences"] if d["task"] == "res_cub"}
+    assert all(d["n"] == 0 for d in results["method_differences"] if d["task"] != "res_cub")  # columns not run: no pairs
     assert set(rows) == {(m, v) for m in NEW for v in ("fine_tuning", "cqd")}
     for (method, versus), row in rows.items():
         values, reference = filled[method]["values"], filled[versus]["values"]
         assert row["n"] == 2 and row["mean"] == pytest.approx(sum(values[s] - reference[s] for s in "01") / 2)
         assert row["low"] <= row["mean"] <= row["high"] and row["tie"] == (row["low"] <= 0 <= row["high"])
     assert "Distillers vs fine-tuning and vs CQD" in outcome.markdown and "| FitNets hint |" in outcome.markdown
-    assert [d["task"] for d in results["differences"]] == ["res_cub"]  # CQD - fine-tuning as before
+    assert [d["task"] for d in results["differences"] if d["n"]] == ["res_cub"]  # CQD - fine-tuning as before
 
 
 def test_reproduce_cli_takes_distillers_and_their_select(cli, tiny, tmp_path):  # noqa: F811
@@ -204,5 +205,6 @@ def test_demo_distiller_rows_leave_the_default_table_unchanged(tmp_path):
     assert [e for e in after["selection"] if e["method"] == "cqd"] == before["selection"]
     rows = [c for c in after["cells"] if c["method"] in DISTILLERS and c["task"] == "edge_cars"]
     assert [c["method"] for c in rows] == list(NEW) and all(sorted(c["values"]) == ["0", "1"] for c in rows)
-    assert len(after["method_differences"]) == 2 * len(NEW) and all(d["n"] == 2 for d in after["method_differences"])
+    paired = [d for d in after["method_differences"] if d["n"]]
+    assert len(paired) == 2 * len(NEW) and {d["task"] for d in paired} == {"edge_cars"} and all(d["n"] == 2 for d in paired)
     assert "Distillers vs fine-tuning and vs CQD" in extended.report and "edge_cars: dkd - cqd" in extended.report
