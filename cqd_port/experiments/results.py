@@ -253,7 +253,7 @@ def markdown_table(results: dict[str, Any]) -> str:
             lines += ["", "lambda and T chosen on a validation split of the training set (validation accuracy per candidate):", ""]
         tried = ", ".join(f"{_setting_text(c, entry['method'])}: {c['val_accuracy']:.1f}" for c in entry["candidates"] if c.get("val_accuracy") is not None)
         chosen = entry.get("chosen")
-        pick = f" -> {_setting_text(chosen, entry['method'])}" if chosen else " (not all candidates finished)"
+        pick = f" -> {_setting_text(chosen, entry['method']).replace(' T ', ', T ')}" if chosen else " (not all candidates finished)"
         lines.append(f"- {entry['task']} / {entry['method']} (seed {entry['seed']}): {tried}{pick}")
     if footnotes:
         lines += ["", "Settings that are an interpretation (the paper, the released code and the specification differ or are silent):", ""]
