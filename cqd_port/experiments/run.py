@@ -222,8 +222,9 @@ def train_and_record(run: RunSpec, job: RunJob, space: Workspace, data: DomainDa
     else:
         objective = Objective("cqd", job.lambda_, job.temperature) if run.distill else Objective("softmaxlog")
     try:
+        targets = {"teacher_targets": inputs.targets} if inputs.targets is not None else {}  # only a distiller's run has them
         result = train(model, inputs.train_set, inputs.test_set, train_config, objective, folder.path,
-                       teacher_logits=inputs.logits, multipliers=multipliers, progress=space.progress, teacher_targets=inputs.targets)
+                       teacher_logits=inputs.logits, multipliers=multipliers, progress=space.progress, **targets)
     except TrainingDiverged as exc:
         return folder.mark_diverged(diverged_epoch(str(exc)) or 0, str(exc))
     bad = divergence(result.history)
