@@ -49,7 +49,9 @@ def register(app: typer.Typer) -> None:
         ),
         launcher: str = typer.Option("local", "--launcher", help="local (this node) or slurm (one SLURM job per run; see README 'On a SLURM cluster')."),
         seeds: Optional[str] = typer.Option(None, "--seeds", help="Run every cell under each seed, e.g. 0,1,2 (results: mean ± std, paired CQD - fine-tuning). Default 0."),
-        select: Optional[list[str]] = typer.Option(None, "--select", help="Choose lambda/T on a validation split, e.g. --select lambda=20,50,200 [--select T=5,10]."),
+        select: Optional[list[str]] = typer.Option(
+            None, "--select", help="Choose lambda/T on a validation split, e.g. --select lambda=20,50,200 [--select T=5,10]; a distiller's weight: fitnets=0.01,0.1 (default: its documented candidates)."
+        ),
         rerun: bool = typer.Option(False, "--rerun", help="Retrain runs whose folder holds a run made with other settings (instead of stopping)."),
         wait: bool = typer.Option(False, "--wait", help="--launcher slurm: follow the jobs with a progress bar until they end, then collect."),
         partition: Optional[str] = typer.Option(None, "--partition", help="SLURM partition."),
@@ -61,7 +63,9 @@ def register(app: typer.Typer) -> None:
         sbatch_extra: Optional[list[str]] = typer.Option(None, "--sbatch-extra", help="Extra sbatch option, repeatable, e.g. --sbatch-extra=--qos=high."),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per run (paper: 30); the schedule is squeezed to fit."),
         tasks: Optional[list[str]] = typer.Option(None, "--tasks", help="Only these tasks (comma-separated or repeated)."),
-        methods: Optional[list[str]] = typer.Option(None, "--methods", help="Only these methods (comma-separated or repeated)."),
+        methods: Optional[list[str]] = typer.Option(
+            None, "--methods", help="Only these methods (comma-separated or repeated); fitnets, at, sp, rkd, dkd add distiller rows (with fine_tuning and cqd to compare)."
+        ),
         augmentation_classes: str = typer.Option("2k", "--augmentation-classes", help="A+B classifier: 2k (released code) or k."),
         lowres_kernel: str = typer.Option("bilinear", "--lowres-kernel", help="Low-resolution variants: bilinear (the specification) or bicubic (the release's imresize defaults; prepared into <variant>-bicubic)."),
         a_cqd_start: str = typer.Option("a_model", "--a-cqd-start", help="A-CQD's student starts from a_model (the paper's text) or imagenet (the released script: the same run as CQD)."),
@@ -133,6 +137,10 @@ def register(app: typer.Typer) -> None:
         ),
         lowres_kernel: str = typer.Option("bilinear", "--lowres-kernel", help="Low-resolution columns: bilinear (the specification) or bicubic (the release)."),
         a_cqd_start: str = typer.Option("a_model", "--a-cqd-start", help="A-CQD from a_model (the paper's text) or imagenet (the released script)."),
+        tasks: Optional[list[str]] = typer.Option(None, "--tasks", help="Only these Table 1 tasks, e.g. res_cub,edge_cars (default: all seven)."),
+        methods: Optional[list[str]] = typer.Option(
+            None, "--methods", help="Only these methods; fitnets, at, sp, rkd, dkd add distiller rows (with fine_tuning and cqd), e.g. cqd,fitnets,at,sp,rkd,dkd."
+        ),
         custom: bool = typer.Option(False, "--custom", help="Instead: `cqd-port train` on your-own-data terms (ImageFolder, blur plugin, ResNet-18 f and g); default --out runs/demo-custom."),
     ) -> None:
         """Table 1's whole grid end to end on SYNTHETIC data, small images and a narrow VGG-M, on a CPU."""
@@ -154,6 +162,8 @@ def register(app: typer.Typer) -> None:
             seeds=parse_seeds(seeds),
             lowres_kernel=lowres_kernel,
             a_cqd_start=a_cqd_start,
+            tasks=_split(tasks),
+            methods=_split(methods),
         )
         if select == ["none"]:
             config.select = None

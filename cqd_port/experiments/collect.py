@@ -26,7 +26,7 @@ from cqd_port.errors import CqdError
 from cqd_port.experiments.job import identity
 from cqd_port.experiments.notes import cell_notes, grid_settings
 from cqd_port.experiments.paper import paper_table
-from cqd_port.experiments.plan import JobResolver, jsonable, plan_grid, schedule_grid
+from cqd_port.experiments.plan import COMPARED_WITH, JobResolver, candidate_setting, jsonable, plan_grid, schedule_grid
 from cqd_port.experiments.results import Cell, write_results
 from cqd_port.experiments.runfolder import DIVERGED_PREFIX, FINISHED, RunFolder, read_run_json
 from cqd_port.experiments.settings import GridConfig
@@ -89,6 +89,21 @@ def paired_difference(first: dict[int, float], second: dict[int, float]) -> dict
     return {"n": n, "mean": mean, "low": mean - half, "high": mean + half, "seeds": seeds}
 
 
+def method_differences(by_cell: dict[tuple[str, str], dict[int, float]], distillers: list[str]) -> list[dict[str, Any]]:
+    """Each distiller minus fine-tuning and minus CQD per task, paired by seed, with a 95% t-interval;
+    `tie`: the interval contains 0 (within the noise of the seeds; None without an interval)."""
+    rows = []
+    for task in dict.fromkeys(task for task, _ in by_cell):
+        for method in distillers:
+            for versus in COMPARED_WITH:
+                if (task, method) not in by_cell or (task, versus) not in by_cell:
+                    continue
+                difference = paired_difference(by_cell[(task, method)], by_cell[(task, versus)])
+                tie = None if difference["low"] is None else bool(difference["low"] <= 0.0 <= difference["high"])
+                rows.append({"task": task, "method": method, "versus": versus, **difference, "tie": tie})
+    return rows
+
+
 def collect_results(table: int, options: dict[str, Any], seeds: tuple[int, ...], select: dict[str, tuple[float, ...]] | None, config: GridConfig) -> tuple[Path, Path]:
     """Write `<out>/results.json` and `results.md` from the run folders of the whole table (see the module docstring)."""
     catalog = config.catalog()
@@ -139,6 +154,8 @@ def collect_results(table: int, options: dict[str, Any], seeds: tuple[int, ...],
             for task in dict.fromkeys(c.task for c in whole.cells)
             if (task, "cqd") in by_cell and (task, "fine_tuning") in by_cell
         ]
+        if whole.options.get("distillers"):
+            extra["method_differences"] = method_differences(by_cell, whole.options["distillers"])
     if select:
         chosen = []
         for node in schedule.runs():
@@ -152,7 +169,7 @@ def collect_results(table: int, options: dict[str, Any], seeds: tuple[int, ...],
                     candidate = read_run_json(out / key)
                     objective = candidate.get("objective") or {}
                     if candidate.get("status") == FINISHED:
-                        rows.append({"run": key, "lambda": objective.get("lambda"), "T": objective.get("temperature"), "val_accuracy": candidate.get("accuracy")})
+                        rows.append({"run": key, **candidate_setting(objective), "val_accuracy": candidate.get("accuracy")})
                 if not rows:
                     continue
                 entry = {"candidates": rows, "chosen": None}

@@ -65,6 +65,12 @@ METHOD_ALIASES = {
     "data_augmentation": "data_augmentation",
     "staged": "staged",
     "a_cqd": "a_cqd",
+    # the distillers after CQD (`cqd_port.experiments.methods.DISTILLERS`), settings in the `distill:` section
+    "fitnets": "fitnets",
+    "at": "at",
+    "sp": "sp",
+    "rkd": "rkd",
+    "dkd": "dkd",
 }
 
 @dataclass
@@ -118,16 +124,32 @@ class TrainSection:
 class RunConfig:
     """One `cqd-port train` run."""
 
-    method: str = "cqd"  # A, B, A+B, A,B, CQD, A-CQD (or upper_bound, no_adaptation, fine_tuning, ...)
+    method: str = "cqd"  # A, B, A+B, A,B, CQD, A-CQD (or upper_bound, no_adaptation, fine_tuning, ...; fitnets, at, sp, rkd, dkd)
     out: str = "runs/custom"
     data: DataSection = field(default_factory=DataSection)
     teacher: NetworkSection = field(default_factory=NetworkSection)  # f, trained on A
     student: typing.Optional[NetworkSection] = None  # g, trained on B (default: the same as the teacher)
     train: TrainSection = field(default_factory=TrainSection)
+    distill: dict = field(default_factory=dict)  # a distiller's settings (`DistillSpec.from_dict` keys but method)
+
+    def distill_spec(self) -> Any:
+        """The `DistillSpec` of a distiller method (its defaults, then the `distill:` keys); None for the others."""
+        from cqd_port.experiments.methods import DISTILLERS, default_distill_spec
+
+        if self.method_name not in DISTILLERS:
+            return None
+        settings = {k: v for k, v in self.distill.items() if k != "method"}
+        return default_distill_spec(self.method_name, network_spec(self.teacher).key, network_spec(self.student_net).key, **settings)
 
     @property
     def method_name(self) -> str:
         return METHOD_ALIASES[self.method.lower()]
+
+    @property
+    def distill_spec_allowed(self) -> bool:
+        from cqd_port.experiments.methods import DISTILLERS
+
+        return self.method_name in DISTILLERS
 
     @property
     def dataset_name(self) -> str:
@@ -195,6 +217,14 @@ train:                   # the paper's hyper-parameters
   seed: 0
   device: auto           # auto, cpu, cuda, cuda:N
   tf32: false
+
+# method: fitnets, at, sp, rkd or dkd (the distillers after CQD; README 'Distillers after CQD') take a
+# distill: section; every key is optional (defaults per method and network family):
+# distill:
+#   weight: 0.1          # the term's weight (fitnets 0.1, at 100, sp 3000, rkd 1, dkd 1)
+#   teacher_layer: layer4   # f's layer by its own name (vgg-m conv5, torchvision layer4, logits)
+#   student_layer: layer4   # g's layer
+#   temperature: 4       # dkd; alpha: 1, beta: 8 (dkd); distance_weight: 25, angle_weight: 50 (rkd); attention: paper (at)
 """
 
 
@@ -327,7 +357,10 @@ def _check(config: RunConfig) -> RunConfig:
     from cqd_port.train.sgd import OPTIMIZERS
 
     if config.method.lower() not in METHOD_ALIASES:
-        raise CqdError(f"method: unknown method '{config.method}'; use one of A, B, A+B, \"A,B\", CQD, A-CQD, no_adaptation")
+        raise CqdError(
+            f"method: unknown method '{config.method}'; use one of A, B, A+B, \"A,B\", CQD, A-CQD, no_adaptation, fitnets, at, sp, rkd, dkd"
+        )
+    _check_distill(config)
     data = config.data
     if not data.root:
         raise CqdError("data.root missing: set it to your dataset folder (root/<class>/<image>), e.g. data: {root: path/to/images}")
@@ -388,6 +421,20 @@ def _check(config: RunConfig) -> RunConfig:
     if method in ("staged", "a_cqd") and network_spec(config.teacher).key != network_spec(config.student_net).key:
         raise CqdError(f"method {config.method}: g starts from f's trained model, so student must equal teacher (or be omitted)")
     return config
+
+
+def _check_distill(config: RunConfig) -> None:
+    """The `distill:` section: only for a distiller method, its keys those of the method (one line each)."""
+    if config.distill_spec_allowed:
+        named = config.distill.get("method")
+        if named is not None and str(named).lower() != config.method_name:
+            raise CqdError(f"distill.method: '{named}' differs from method '{config.method}'; leave distill.method out (method: names it)")
+        try:
+            config.distill_spec()
+        except CqdError as exc:
+            raise CqdError(f"distill: {exc}") from None
+    elif config.distill:
+        raise CqdError(f"distill: method {config.method} takes no distill section (only fitnets, at, sp, rkd, dkd); remove it")
 
 
 def _check_network(role: str, net: NetworkSection) -> None:
@@ -488,6 +535,8 @@ def plan_runs(config: RunConfig) -> dict:
     if method == "upper_bound":
         return {a_run.key: a_run}
     run = task_run(task, method, a_run.key, class_factor)
+    if run.distiller is not None:  # the YAML's distill: settings over the method's defaults
+        run = dataclasses.replace(run, distiller=config.distill_spec())
     return {**({a_run.key: a_run} if run.depends else {}), run.key: run}
 
 
@@ -536,7 +585,9 @@ def describe(config: RunConfig, split: str) -> str:
         f"momentum {train.momentum:g}, weight decay {train.weight_decay:g}; a new classifier on pretrained weights gets lr x10/x20 "
         "(the released fc8), none on random weights",
         f"learning rates: {train.schedule}{'' if train.lr_scale == 1 else f' x {train.lr_scale:g}'} squeezed over {train.epochs} epochs; "
-        f"T {train.temperature:g}, lambda {train.lambda_:g}; seed {train.seed}",
+        f"T {train.temperature:g}, lambda {train.lambda_:g}; seed {train.seed}"
+        if config.distill_spec() is None
+        else f"distillation: {config.distill_spec().to_dict()}; seed {train.seed}",
         "runs:",
     ]
     for key, run in runs.items():

@@ -294,6 +294,29 @@ def verdict(value: float, reference: float, one_image: float) -> str:
     return "beats" if difference > 0 else "does NOT beat"
 
 
+def _candidate_text(candidate: dict[str, Any]) -> str:
+    """`0.1: 54.2%`, or `1: diverged at epoch 1` for a candidate without a result."""
+    if candidate.get("val_accuracy") is None:
+        return f"{candidate['run'].rsplit('/', 1)[-1]}: {candidate.get('status', 'no result')}"
+    return f"{candidate['lambda']:g}: {candidate['val_accuracy']:.1f}%"
+
+
+def _distiller_lines(results: dict[str, Any], wanted: set[str]) -> list[str]:
+    """Each distiller vs fine-tuning and CQD per column: the paired difference and its interval, or 'tie'."""
+    rows = [d for d in results.get("method_differences") or [] if d.get("n") and (not wanted or d["task"] in wanted)]
+    if not rows:
+        return []
+    lines = ["", "Distillers vs fine-tuning and vs CQD, paired by seed (95% t-interval; tie: it contains 0):"]
+    for d in rows:
+        if d.get("low") is None:
+            verdict_text = "one seed: no interval"
+        else:
+            verdict_text = "tie" if d["tie"] else ("better" if d["mean"] > 0 else "worse")
+            verdict_text += f" [{d['low']:+.1f}, {d['high']:+.1f}]"
+        lines.append(f"  {d['task']}: {d['method']} - {d['versus']} {d['mean']:+.1f} ({verdict_text})")
+    return lines
+
+
 def demo_report(results_json: Path, markdown: str, config: DemoConfig, seconds: float) -> str:
     """The text the demo prints: the table, the honest column-by-column CQD verdict, the lambda chosen, the caveats."""
     from cqd_port.experiments.results import load_results
@@ -325,7 +348,15 @@ def demo_report(results_json: Path, markdown: str, config: DemoConfig, seconds: 
             if value is not None:
                 parts.append(f"{name} {value:.1f}% {verdict(value, ft, one_image)} fine-tuning {ft:.1f}% ({round(value, 1) - round(ft, 1):+.1f})")
         lines.append(f"  {task}: " + "; ".join(parts))
-    chosen = [e for e in results.get("selection") or [] if e.get("chosen")]
+    lines += _distiller_lines(results, wanted)
+    everything = [e for e in results.get("selection") or [] if e.get("chosen")]
+    chosen = [e for e in everything if e["chosen"].get("T") is not None and e["method"] in ("cqd", "a_cqd")]
+    weights = [e for e in everything if e not in chosen]
+    if weights:
+        lines += ["", "distillers' weights chosen on the same validation thirds:"]
+        for entry in weights:
+            tried = ", ".join(_candidate_text(c) for c in entry["candidates"])
+            lines.append(f"  {entry['task']}/{entry['method']} seed {entry['seed']}: {tried} -> weight {entry['chosen']['lambda']:g}")
     if chosen:
         lines += ["", "lambda chosen on a validation third of each task's training set (T = 10):"]
         for entry in chosen:

@@ -54,7 +54,10 @@ def _job_line(node: Node, resolver: JobResolver, out: Path) -> str:
     shown = replace(run, batch_size=job.batch_size) if job is not None else run
     what = shown.describe()
     if run.select_from:
-        if job is not None and job.lambda_ is not None:
+        if job is not None and job.lambda_ is not None and run.distiller is not None:
+            what = what.replace(f"(weight: the best of {len(run.select_from)} validation runs)",
+                                f"(weight {job.lambda_:g}: chosen on {len(run.select_from)} validation runs)")
+        elif job is not None and job.lambda_ is not None:
             what = what.replace(f"(lambda and T: the best of {len(run.select_from)} validation runs)",
                                 f"(lambda {job.lambda_:g}, T {job.temperature:g}: chosen on {len(run.select_from)} validation runs)")
         else:

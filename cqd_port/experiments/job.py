@@ -10,7 +10,12 @@ use them (epochs, the squeezed schedule, batch size, optimizer, ...), the
 seed, the method, lambda and T (after selection on validation), and the
 identities of the runs it depends on.
 
-Its identity is `identity(job)` = `dataclasses.asdict(job)`: the one reuse
+A later distiller (FitNets, AT, SP, RKD, DKD) adds `distill`: its settings
+(layers, temperature, its own parameters) as (name, value) pairs, the
+weight being `lambda_`; for every other run `distill` is None and left out
+of the identity, so run folders made before it existed keep theirs.
+
+Its identity is `identity(job)` = `dataclasses.asdict(job)` (less a None `distill`): the one reuse
 guard of every command (`reproduce` with either launcher, `cqd-port train`,
 `collect`, `--dry-run`, `evaluate`). A run folder is reused only when the
 identity saved in it equals the job's; nothing else is compared.
@@ -56,6 +61,7 @@ class RunJob:
     average_image: str
     domain_a: str
     tf32: bool
+    distill: tuple[tuple[str, Any], ...] | None = None  # a later distiller's settings but its weight (= lambda_)
 
     @property
     def trains(self) -> bool:
@@ -69,8 +75,11 @@ class RunJob:
 
 
 def identity(job: RunJob) -> dict[str, Any]:
-    """The run's identity: the job's fields as JSON data (tuples as lists)."""
-    return json.loads(json.dumps(asdict(job)))
+    """The run's identity: the job's fields as JSON data (tuples as lists); `distill` only for a later distiller."""
+    fields = asdict(job)
+    if fields["distill"] is None:
+        del fields["distill"]
+    return json.loads(json.dumps(fields))
 
 
 def identity_hash(job: RunJob) -> str:

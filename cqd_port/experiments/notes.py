@@ -81,7 +81,7 @@ def run_notes(run: RunSpec, catalog: DataCatalog) -> list[str]:
         notes.append(AUGMENTATION_2K)
     elif len(run.train) > 1:
         notes.append(AUGMENTATION_K)
-    if run.distill:
+    if run.distill and run.distiller is None:  # lambda is CQD's (a later distiller's weight is its own)
         lambda_note = _lambda_note(run)
         if lambda_note:
             notes.append(lambda_note)

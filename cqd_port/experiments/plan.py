@@ -29,14 +29,27 @@ from typing import Any
 from cqd_port.data.catalog import MISSING, DataCatalog, file_digest
 from cqd_port.errors import CqdError
 from cqd_port.experiments.job import PENDING, RunJob, identity_hash
-from cqd_port.experiments.methods import A_CQD_STARTS, A_MODEL, AUGMENTATION_CLASSES, IMAGENET, METHODS, RunSpec
+from cqd_port.experiments.methods import (
+    A_CQD_STARTS,
+    A_MODEL,
+    AUGMENTATION_CLASSES,
+    DISTILLERS,
+    IMAGENET,
+    METHODS,
+    RunSpec,
+    default_distill_spec,
+    with_weight,
+)
 from cqd_port.experiments.networks import NetworkSpec
 from cqd_port.experiments.paper import paper_table
 from cqd_port.experiments.runfolder import FINISHED, RunFolder, is_failed, read_run_json
 from cqd_port.experiments.settings import GridConfig
 from cqd_port.experiments.tasks import VGG_VD16, DataVariant, Task, select_tasks, table_tasks, with_epochs, with_lambda
 
-SELECT_KEYS = {"lambda": "lambda_", "T": "temperature"}
+SELECT_KEYS = {"lambda": "lambda_", "T": "temperature", **{m: "weight" for m in DISTILLERS}}
+"""`--select` names: CQD's lambda and T; a distiller's name for its weight candidates (`--select fitnets=0.01,0.1`)."""
+COMPARED_WITH = ("fine_tuning", "cqd")
+"""The rows a distiller is compared with, paired by seed: `--methods fitnets` runs them too."""
 
 
 # --------------------------------------------------------------------------- tables -> runs
@@ -85,6 +98,9 @@ def task_run(task: Task, method: str, a_key: str, class_factor: int, a_cqd_start
         spec = replace(spec, start=IMAGENET)
     teacher_arch, student_arch = task.teacher_arch, task.student_arch
     key = f"{task.name}/{method}"
+    if method in DISTILLERS:  # CQD's run with the distiller's term, its layers named for f's and g's networks
+        run = replace(task_run(task, "cqd", a_key, class_factor), key=key, method=method)
+        return replace(run, distiller=default_distill_spec(method, teacher_arch, student_arch))
     if method == "upper_bound":
         return RunSpec(key, method, task.name, teacher_arch, (task.a,), task.a, IMAGENET, task.hyper, task.batch_size(teacher_arch))
     if method == "no_adaptation":
@@ -120,12 +136,15 @@ def plan_grid(
     augmentation_classes: str = "2k",
     a_cqd_start: str = A_MODEL,
     vd_vd_lambda: float | None = None,
+    distillers: tuple[str, ...] = (),
 ) -> GridPlan:
     """Cells of Table `table` for the chosen tasks and methods, and the runs they need.
 
     `a_cqd_start="imagenet"` starts A-CQD from ImageNet as the release did
     (then the same run as CQD); `vd_vd_lambda` overrides lambda of the
     vgg-vd -> vgg-vd task (default 200, the release's; the paper says 50).
+    Distillers (`DISTILLERS`) named in `methods` or `distillers` add rows
+    after the paper's, with the rows they are compared with (`COMPARED_WITH`).
 
     A run is shared between cells that ask for the same computation; its folder
     is named after the first task that needs it in the paper's order (tasks
@@ -135,10 +154,15 @@ def plan_grid(
     paper = paper_table(table)
     if augmentation_classes not in AUGMENTATION_CLASSES:
         raise CqdError(f"--augmentation-classes {augmentation_classes}: use 2k (the released code) or k")
-    chosen_methods = list(methods) if methods else list(paper.methods)
-    unknown = [m for m in chosen_methods if m not in paper.methods]
+    extra = tuple(dict.fromkeys((*distillers, *(m for m in methods or () if m in DISTILLERS))))
+    chosen_methods = [m for m in methods or () if m not in DISTILLERS] or ([] if methods else list(paper.methods))
+    unknown = [m for m in (*chosen_methods, *extra) if m not in paper.methods and m not in DISTILLERS]
     if unknown:
-        raise CqdError(f"--methods: unknown method(s) {', '.join(unknown)} for Table {table} (choose from {', '.join(paper.methods)})")
+        known = ", ".join((*paper.methods, *DISTILLERS))
+        raise CqdError(f"--methods: unknown method(s) {', '.join(unknown)} for Table {table} (choose from {known})")
+    if extra:
+        chosen_methods += [m for m in COMPARED_WITH if m not in chosen_methods]
+    chosen_methods += extra
     chosen_tasks = {t.name for t in select_tasks(table, tasks)}
     class_factor = 2 if augmentation_classes == "2k" else 1
     if a_cqd_start not in A_CQD_STARTS:
@@ -155,7 +179,7 @@ def plan_grid(
     cell_run: dict[tuple[str, str], str] = {}
     for task in preference:
         a_key = None
-        for method in ("upper_bound", *[m for m in paper.methods if m != "upper_bound"]):
+        for method in ("upper_bound", *[m for m in paper.methods if m != "upper_bound"], *extra):
             run = task_run(task, method, a_key or "", class_factor, a_cqd_start)
             signature = run.signature()
             key = by_signature.setdefault(signature, run.key)
@@ -167,7 +191,7 @@ def plan_grid(
 
     cells = [
         CellPlan(t.name, m, cell_run[(t.name, m)])
-        for m in paper.methods
+        for m in (*paper.methods, *extra)
         if m in chosen_methods
         for t in all_tasks
         if t.name in chosen_tasks
@@ -181,6 +205,8 @@ def plan_grid(
             stack.extend(runs[key].depends)
     ordered = {k: r for k, r in runs.items() if k in needed}  # registration order puts dependencies first
     options = {"epochs": epochs, "augmentation_classes": augmentation_classes, "a_cqd_start": a_cqd_start, "vd_vd_lambda": vd_vd_lambda}
+    if extra:  # only then: grid.json of the paper's table as before
+        options["distillers"] = list(extra)
     return GridPlan(table, cells, ordered, options, a_cqd_start)
 
 
@@ -235,7 +261,10 @@ def parse_select(items: list[str] | None) -> dict[str, tuple[float, ...]]:
         for part in item.split():
             name, _, values = part.partition("=")
             if name not in SELECT_KEYS or not values:
-                raise CqdError(f"--select {part}: expected lambda=V1,V2,... and/or T=V1,V2,... (e.g. --select lambda=20,50,200)")
+                raise CqdError(
+                    f"--select {part}: expected lambda=V1,V2,..., T=V1,V2,... or a distiller's weights "
+                    f"({'=..., '.join(DISTILLERS)}=...), e.g. --select lambda=20,50,200"
+                )
             try:
                 numbers = tuple(float(v) for v in values.split(",") if v.strip())
             except ValueError:
@@ -282,7 +311,15 @@ def schedule_grid(plan: GridPlan, catalog: DataCatalog, seeds: tuple[int, ...] =
                 teacher=rename.get(run.teacher) if run.teacher else None,
                 depends=tuple(rename[d] for d in run.depends),
             )
-            if select and seeded.distill:
+            if select and seeded.distill and seeded.distiller is not None:
+                candidates = []
+                for weight in select.get(run.method, DISTILLERS[run.method].candidates):
+                    name = f"select/{seeded.key}/weight{weight:g}"
+                    candidate = replace(seeded, key=name, distiller=with_weight(seeded.distiller, weight), validation=seed)
+                    schedule.nodes[name] = Node(name, "run", (*data_deps(run), *candidate.depends), candidate, seed)
+                    candidates.append(name)
+                seeded = replace(seeded, select_from=tuple(candidates), depends=(*seeded.depends, *candidates))
+            elif select and seeded.distill:
                 candidates = []
                 lambdas = select.get("lambda", (run.hyper.lambda_,))
                 temperatures = select.get("T", (run.hyper.temperature,))
@@ -338,6 +375,14 @@ def start_archs(schedule: Schedule, out: Path) -> list[str]:
 # --------------------------------------------------------------------------- resolving a job
 
 
+def candidate_setting(objective: dict[str, Any]) -> dict[str, Any]:
+    """A validation run's `lambda` and `T` from its run.json objective (a distiller: its weight as lambda, T only
+    for a method that has one)."""
+    if objective.get("kind") == "distill":
+        return {"lambda": objective.get("weight"), "T": objective.get("temperature")}
+    return {"lambda": objective.get("lambda"), "T": objective.get("temperature")}
+
+
 def choose_candidate(out: Path, candidates: tuple[str, ...]) -> dict[str, Any] | None:
     """The selection of a run chosen on validation: each candidate's lambda, T and validation accuracy, and the best.
 
@@ -353,7 +398,7 @@ def choose_candidate(out: Path, candidates: tuple[str, ...]) -> dict[str, Any] |
         if status != FINISHED and not is_failed(status):
             return None
         objective = record.get("objective") or {}
-        row = {"run": key, "lambda": objective.get("lambda"), "T": objective.get("temperature"), "val_accuracy": record.get("accuracy")}
+        row = {"run": key, **candidate_setting(objective), "val_accuracy": record.get("accuracy")}
         if status != FINISHED:
             row["status"] = status
         rows.append(row)
@@ -420,6 +465,9 @@ class JobResolver:
         config, catalog = self.config, self.catalog
         hyper = run.hyper
         lambda_, temperature = (hyper.lambda_, hyper.temperature) if run.distill else (None, None)
+        spec = run.distiller
+        if spec is not None:
+            lambda_, temperature = spec.weight, spec.temperature if "temperature" in spec.info.params else None
         selection: tuple[str, ...] = ()
         if run.select_from:
             selection = tuple(self._run_reference(k) for k in run.select_from)
@@ -432,6 +480,8 @@ class JobResolver:
             if chosen is None:
                 lambda_ = temperature = None
                 selection = (*selection, PENDING)
+            elif spec is not None:  # the weight is chosen; T is the method's own
+                lambda_ = float(chosen["chosen"]["lambda"])
             else:
                 lambda_, temperature = float(chosen["chosen"]["lambda"]), float(chosen["chosen"]["T"])
         released = get_schedule(hyper.schedule) if isinstance(hyper.schedule, str) else tuple(hyper.schedule)
@@ -464,6 +514,7 @@ class JobResolver:
             average_image=config.average_image,
             domain_a=config.domain_a,
             tf32=config.tf32,
+            distill=tuple((k, v) for k, v in spec.to_dict().items() if k != "weight") if spec is not None else None,
         )
         self._jobs[node.key] = job
         return job

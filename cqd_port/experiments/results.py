@@ -12,7 +12,10 @@ them as numbered footnotes. Made from several seeds
 every one kept) and `std` (their standard deviation), `accuracy` being their
 mean; the file then also has `seeds`, `differences` (per task, CQD minus
 fine-tuning paired by seed, with a 95% interval) and `selection` (the lambda
-and T chosen on validation, with every candidate's validation accuracy). Tables and figures are always made from
+and T chosen on validation, with every candidate's validation accuracy); with
+later distillers (`--methods fitnets,...`) their rows after the paper's and
+`method_differences` (per task and distiller, minus fine-tuning and minus CQD,
+paired by seed, 95% interval, `tie` when it contains 0). Tables and figures are always made from
 this file, never from live objects, so they can be remade without rerunning
 anything.
 """
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cqd_port.errors import CqdError
+from cqd_port.experiments.methods import DISTILLERS
 from cqd_port.experiments.paper import paper_table
 from cqd_port.fileio import atomic_write_json, atomic_write_text
 
@@ -34,7 +38,7 @@ RESULTS_MD = "results.md"
 CELL_KEYS = ("task", "method", "accuracy", "paper")
 CELL_OPTIONAL = ("values", "std", "notes")
 TOP_KEYS = ("table", "synthetic", "cells")
-TOP_OPTIONAL = ("settings", "seeds", "differences", "selection")
+TOP_OPTIONAL = ("settings", "seeds", "differences", "selection", "method_differences")
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ def validate_results(obj: Any, source: str = "results.json") -> dict[str, Any]:
             raise CqdError(f"{source}: cell {i} 'notes' must be a list of sentences")
         if cell["task"] not in table.tasks:
             raise CqdError(f"{source}: cell {i} has unknown task {cell['task']!r} for Table {obj['table']}")
-        if cell["method"] not in table.methods:
+        if cell["method"] not in table.methods and cell["method"] not in DISTILLERS:
             raise CqdError(f"{source}: cell {i} has unknown method {cell['method']!r} for Table {obj['table']}")
         for key in ("accuracy", "paper"):
             if cell[key] is not None and not _is_percent(cell[key]):
@@ -173,6 +177,27 @@ def _cell_text(cell: dict[str, Any] | None, footnotes: dict[str, int] | None = N
     return text + marks
 
 
+def _setting_text(candidate: dict[str, Any], method: str) -> str:
+    """`lambda 50 T 10` (CQD), `weight 0.1` (a distiller without T), `weight 1 T 4` (DKD)."""
+    name = "weight" if method in DISTILLERS else "lambda"
+    if candidate.get("T") is None:
+        return f"{name} {candidate['lambda']:g}"
+    return f"{name} {candidate['lambda']:g} T {candidate['T']:g}"
+
+
+def _method_difference_lines(results: dict[str, Any], task_labels: dict[str, str], labels: dict[str, tuple[str, str, str]]) -> list[str]:
+    rows = [d for d in results.get("method_differences") or [] if d.get("n")]
+    if not rows:
+        return []
+    lines = ["", "Distillers vs fine-tuning and vs CQD, paired by seed (mean, 95% t-interval; tie: the interval contains 0):", ""]
+    for d in rows:
+        interval = f" [{d['low']:+.1f}, {d['high']:+.1f}]" if d.get("low") is not None else " (one seed: no interval)"
+        tie = " tie" if d.get("tie") else ""
+        what = f"{labels[d['method']][0]} - {labels[d['versus']][0]}"
+        lines.append(f"- {task_labels.get(d['task'], d['task'])}: {what} {d['mean']:+.1f}{interval}{tie}, n={d['n']}")
+    return lines
+
+
 def markdown_table(results: dict[str, Any]) -> str:
     """The table shaped like the paper's, each cell `ours / paper (ours - paper)`.
 
@@ -182,7 +207,8 @@ def markdown_table(results: dict[str, Any]) -> str:
     table = paper_table(results["table"])
     by_key = {(c["task"], c["method"]): c for c in results["cells"]}
     tasks = [t for t in table.tasks if any(k[0] == t for k in by_key)]
-    methods = [m for m in table.methods if any(k[1] == m for k in by_key)]
+    methods = [m for m in (*table.methods, *DISTILLERS) if any(k[1] == m for k in by_key)]
+    labels = {**table.method_labels, **{d.method: (d.label, f"{d.method} (B, f on A)", "B") for d in DISTILLERS.values()}}
     lines = [f"# Table {table.number}: {table.caption}", ""]
     if results["synthetic"]:
         lines += [
@@ -205,11 +231,11 @@ def markdown_table(results: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         for m in methods:
-            desc, train, test = table.method_labels[m]
+            desc, train, test = labels[m]
             row = [desc, train, test, *[_cell_text(by_key.get((t, m)), footnotes) for t in tasks]]
             lines.append("| " + " | ".join(row) + " |")
     else:
-        header = ["f -> g", *[" -> ".join(table.method_labels[m][1:]) for m in methods]]
+        header = ["f -> g", *[" -> ".join(labels[m][1:]) for m in methods]]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         for t in tasks:
@@ -221,14 +247,13 @@ def markdown_table(results: dict[str, Any]) -> str:
         for d in differences:
             interval = f" [{d['low']:+.1f}, {d['high']:+.1f}]" if d.get("low") is not None else " (one seed: no interval)"
             lines.append(f"- {table.task_labels.get(d['task'], d['task'])}: {d['mean']:+.1f}{interval}, n={d['n']}")
+    lines += _method_difference_lines(results, table.task_labels, labels)
     for entry in results.get("selection") or []:
         if entry is (results.get("selection") or [])[0]:
             lines += ["", "lambda and T chosen on a validation split of the training set (validation accuracy per candidate):", ""]
-        tried = ", ".join(
-            f"lambda {c['lambda']:g} T {c['T']:g}: {c['val_accuracy']:.1f}" for c in entry["candidates"] if c.get("val_accuracy") is not None
-        )
+        tried = ", ".join(f"{_setting_text(c, entry['method'])}: {c['val_accuracy']:.1f}" for c in entry["candidates"] if c.get("val_accuracy") is not None)
         chosen = entry.get("chosen")
-        pick = f" -> lambda {chosen['lambda']:g}, T {chosen['T']:g}" if chosen else " (not all candidates finished)"
+        pick = f" -> {_setting_text(chosen, entry['method']).replace(' T ', ', T ')}" if chosen else " (not all candidates finished)"
         lines.append(f"- {entry['task']} / {entry['method']} (seed {entry['seed']}): {tried}{pick}")
     if footnotes:
         lines += ["", "Settings that are an interpretation (the paper, the released code and the specification differ or are silent):", ""]

@@ -39,6 +39,7 @@ from cqd_port.experiments.runfolder import DIVERGED_PREFIX, FINISHED, RunFolder,
 
 FINAL_MODEL = "final.pt"
 TEACHER_CACHE = "teacher-logits"
+TARGETS_CACHE = "teacher-targets"  # f's feature targets for a later distiller (`cqd_port.train.teacher.teacher_targets`)
 
 DIVERGED_OBJECTIVE = 1e4
 """A per-image softmax-log objective above this means logit gaps of 1e4: the weights have blown up (a run at
@@ -126,11 +127,12 @@ def evaluate_only(model: torch.nn.Module, data: DomainData, variant: DataVariant
 
 @dataclass
 class RunData:
-    """What `build_data` gives the trainer: the stores and, for CQD, the teacher's logits."""
+    """What `build_data` gives the trainer: the stores and, for CQD, the teacher's logits (a later distiller: f's targets)."""
 
     train_set: Any
     test_set: Any
     logits: torch.Tensor | None
+    targets: Any = None  # `TeacherTargets` of f's layers for a later distiller
 
 
 def build_data(run: RunSpec, job: RunJob, model: torch.nn.Module, data: DomainData, space: Workspace) -> RunData:
@@ -138,7 +140,7 @@ def build_data(run: RunSpec, job: RunJob, model: torch.nn.Module, data: DomainDa
     from cqd_port.data.batches import paired_records
     from cqd_port.data.store import ImageStore
     from cqd_port.train.device import select_device
-    from cqd_port.train.teacher import teacher_logits
+    from cqd_port.train.teacher import TARGET_CACHE_BUDGET, teacher_logits, teacher_targets
 
     size, average = model_data_input(model, data, run.test, job.average_image)
     test_index = data.index(run.test)
@@ -163,6 +165,12 @@ def build_data(run: RunSpec, job: RunJob, model: torch.nn.Module, data: DomainDa
     t_size, t_average = model_data_input(teacher, data, a_variant, job.average_image)
     teacher_set = data.dataset(a_variant, a_records, t_size, t_average)
     dev = select_device(space.device)
+    if run.distiller is not None:  # f is frozen: its targets are cached when they fit the budget, else recomputed
+        targets = teacher_targets(
+            teacher.to(dev), teacher_set, run.distiller.teacher_layers, space.out / run.teacher / TARGETS_CACHE,
+            budget=TARGET_CACHE_BUDGET, batch_size=max(job.batch_size, 32), device=dev, tf32=job.tf32,
+        )
+        return RunData(train_set, test_set, None, targets)
     logits = teacher_logits(
         teacher.to(dev), teacher_set, space.out / run.teacher / TEACHER_CACHE, batch_size=max(job.batch_size, 32), device=dev, tf32=job.tf32
     )
@@ -215,12 +223,17 @@ def train_and_record(run: RunSpec, job: RunJob, space: Workspace, data: DomainDa
         evaluate_every_epoch=space.evaluate_every_epoch,
         plot_title=f"{run.key}: task {run.task}, method {run.method}" + (" - SYNTHETIC DATA" if record["synthetic"] else ""),
     )
-    objective = Objective("cqd", job.lambda_, job.temperature) if run.distill else Objective("softmaxlog")
+    if run.distiller is not None:
+        objective = Objective.for_method(replace(run.distiller, weight=float(job.lambda_)))
+        record["teacher_targets"] = inputs.targets.describe()
+    else:
+        objective = Objective("cqd", job.lambda_, job.temperature) if run.distill else Objective("softmaxlog")
     try:
+        targets = {"teacher_targets": inputs.targets} if inputs.targets is not None else {}  # only a distiller's run has them
         result = train(model, inputs.train_set, inputs.test_set, train_config, objective, folder.path,
                        teacher_logits=inputs.logits, multipliers=multipliers, progress=space.progress,
                        on_epoch=None if space.progress else lambda epoch, rec: print(epoch_line(run.key, epoch, job.epochs, rec), flush=True),
-                       on_resume=lambda epoch: print(f"{run.key}: resuming at epoch {epoch}", flush=True))
+                       on_resume=lambda epoch: print(f"{run.key}: resuming at epoch {epoch}", flush=True), **targets)
     except TrainingDiverged as exc:
         return folder.mark_diverged(diverged_epoch(str(exc)) or 0, str(exc))
     bad = divergence(result.history)
@@ -273,7 +286,9 @@ def execute_run(
     with folder.claim(identity(job), rerun, say) as reused:
         if reused is not None:
             return reused
-        if run.select_from:
+        if run.select_from and run.distiller is not None:
+            run = replace(run, distiller=replace(run.distiller, weight=float(job.lambda_)))
+        elif run.select_from:
             run = replace(run, hyper=replace(run.hyper, lambda_=float(job.lambda_), temperature=float(job.temperature)))
         catalog = space.catalog
         started = time.perf_counter()

@@ -103,10 +103,12 @@ class Distiller(nn.Module):
         if spec.method == "sp":
             return similarity_preserving_loss(student, teacher)
         if spec.method == "rkd":
+            # RKD's relations need pairs (distance) and triplets (angle): a last batch of the epoch smaller
+            # than that has none, so that part of its term is 0 (the batch size is a Python int: no host sync)
             total = student.new_zeros(())
-            if spec.distance_weight:
+            if spec.distance_weight and student.shape[0] >= 2:
                 total = total + spec.distance_weight * rkd_distance_loss(student, teacher)
-            if spec.angle_weight:
+            if spec.angle_weight and student.shape[0] >= 3:
                 total = total + spec.angle_weight * rkd_angle_loss(student, teacher)
             return total
         if spec.method == "dkd":
