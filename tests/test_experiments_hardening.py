@@ -13,14 +13,7 @@ import yaml
 from cqd_port.errors import CqdError
 from cqd_port.experiments.custom import parse_config, run_custom
 from cqd_port.experiments.runfolder import RunFolder, RunLock
-from test_custom_data import make_image_folder
-
-BLUR = "cqd_port.plugins.blur:gaussian_blur"
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("imagefolder") / "pets", per_class=4, size=32)
+from test_custom_train import BLUR, folder  # noqa: F401  (folder: the shared 3-class ImageFolder fixture)
 
 
 def tiny(folder, out, method="B", **data) -> dict:

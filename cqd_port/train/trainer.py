@@ -553,13 +553,18 @@ def _write_outputs(run: _Run, epoch: int, final_evaluation: Evaluation | None) -
             run.distiller.state_dict() if run.distiller is not None else {},
         ),
     )
-    atomic_write_json(run.run_dir / HISTORY_NAME, run.history)
-    write_metrics(run.run_dir, run.history)
+    _write_history(run)
     last = epoch == config.epochs
     if config.plot and (last or (config.plot_every > 0 and epoch % config.plot_every == 0)):
         plot_history(run.history, run.run_dir / PLOT_NAME, config.plot_title)
     if last and final_evaluation is not None:
         final_evaluation.save(run.run_dir / EVALUATION_NAME)
+
+
+def _write_history(run: _Run) -> None:
+    """history.json and the metrics files made from the same records (metrics.csv, TensorBoard events)."""
+    atomic_write_json(run.run_dir / HISTORY_NAME, run.history)
+    write_metrics(run.run_dir, run.history)
 
 
 def _finished(run: _Run) -> TrainResult:
@@ -568,8 +573,7 @@ def _finished(run: _Run) -> TrainResult:
     resumed_from = run.start_epoch - 1
     if run.distiller is not None:
         run.distiller.detach_hooks()
-    atomic_write_json(run.run_dir / HISTORY_NAME, run.history)
-    write_metrics(run.run_dir, run.history)
+    _write_history(run)
     if config.plot and not (run.run_dir / PLOT_NAME).exists():
         plot_history(run.history, run.run_dir / PLOT_NAME, config.plot_title)
     evaluation = None
