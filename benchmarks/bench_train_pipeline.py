@@ -27,6 +27,9 @@ headline pair is the repeat with the fastest model-only rate (the least
 disturbed), every repeat's ratio is listed too; ratios are only quoted within one run, and the machine's load average
 (`os.getloadavg()`) is recorded beside each case (the machine may be shared).
 
+The process runs with `cqd-port`'s CPU runtime settings
+(`cqd_port.cpuruntime.tune_cpu_runtime`, recorded in the JSON).
+
 Cases: full-width VGG-M at batch 16 and the demo's reduced VGG-M (width
 0.25, 64x64 input, batch 32). Writes `benchmarks/results/train_pipeline.json`.
 `measure_pipeline` is shared with `gpu_check.py`.
@@ -44,10 +47,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from cqd_port.cpuruntime import tune_cpu_runtime  # noqa: E402
+
+CPU_RUNTIME = tune_cpu_runtime()  # what `cqd-port` runs with (before torch loads libgomp)
+
+import torch  # noqa: E402
 
 from cqd_port.data.store import ImageStore  # noqa: E402
 from cqd_port.fileio import atomic_write_json  # noqa: E402
@@ -330,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             "cases": cases,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "cpu_runtime": CPU_RUNTIME,
             "loadavg_before": list(load_before),
             "loadavg_after": list(os.getloadavg()),
         },

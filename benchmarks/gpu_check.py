@@ -40,11 +40,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_train_pipeline import CPU_RUNTIME  # noqa: E402,F401  (tunes the CPU runtime as `cqd-port` does, before torch loads)
+
+import torch  # noqa: E402
 
 from bench_train_pipeline import _sync, measure_pipeline  # noqa: E402
 from cqd_port.fileio import atomic_write_json  # noqa: E402

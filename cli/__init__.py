@@ -1,10 +1,10 @@
 """The `cqd-port` command line: a thin layer over the library."""
 
-import os
+from cqd_port.cpuruntime import tune_cpu_runtime
 
-# OpenMP threads that sleep between parallel regions instead of spinning. With the default (spinning) policy a
-# 2-thread op on a 2-core machine shared with other jobs waits for its second thread to be scheduled while the
-# first burns its time slice: 30 steps of the demo's network took 32-51 s under load 8-10 instead of 1.8-2.3 s
-# with PASSIVE, the same bits either way (the policy decides how threads wait, not what they compute).
-# libgomp reads it once, when torch loads it: before any import of torch. A user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Before any import of torch: libgomp reads its wait settings once, when torch loads it. A bounded OpenMP spin and a
+# glibc malloc that keeps its memory: a training step of the demo's network 14.6 ms on an idle 2-core machine (21.3 ms
+# with the defaults, 28.6 ms passive) and 34.9 ms beside two busy processes (73.0 ms with the defaults), full-width
+# VGG-M 0.93 s instead of 1.30 s, the same bits either way (cqd_port/cpuruntime.py, benchmarks/bench_cpu_runtime.py).
+# A user's own setting wins.
+CPU_RUNTIME = tune_cpu_runtime()

@@ -74,6 +74,10 @@ def register(app: typer.Typer) -> None:
         workers: Optional[int] = typer.Option(None, "--workers", help="Processes preparing missing data variants (default: one per usable CPU; 0: in this process)."),
         average_image: str = typer.Option("stored", "--average-image", help="Subtract the model's averageImage as stored (the release's imdb_get_batch) or its mean colour (colour)."),
         domain_a: str = typer.Option("native", "--domain-a", help="Domain A and full images: native (read at native resolution, resized in single precision, as the release) or prepared (their 224x224 JPEGs)."),
+        checkpoint_every: Optional[float] = typer.Option(
+            None, "--checkpoint-every",
+            help="Seconds between a run's checkpoints (default 60; one after its last epoch; 0: every epoch). A crash loses at most this much training; changes no number.",
+        ),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print every cell, every job (all seeds, validation runs) with its state and lambda/T, the data and models, then stop."),
     ) -> None:
         """Train and evaluate every cell of the paper's Table 1 or 2; write results.json and results.md."""
@@ -110,6 +114,7 @@ def register(app: typer.Typer) -> None:
             lowres_kernel=lowres_kernel,
             average_image=average_image,
             domain_a=domain_a,
+            **({} if checkpoint_every is None else {"checkpoint_interval": checkpoint_every}),
         )
         if dry_run:
             typer.echo("\n".join(describe_plan(plan, config, seed_list, grid)))

@@ -66,6 +66,7 @@ def test_example_template_is_the_schema_defaults(tmp_path):
         ({"train": {"schedule": "imagenet"}}, r"train.schedule: unknown schedule 'imagenet'"),
         ({"train": {"schedule": [0.1, -1]}}, r"train.schedule: .* non-negative"),
         ({"train": {"optimizer": "adam"}}, r"train.optimizer: unknown optimizer 'adam'"),
+        ({"train": {"checkpoint_every": -1}}, r"train.checkpoint_every: -1 must be seconds >= 0"),
         ({"train": {"epochs": 0}}, r"train.epochs: 0 must be at least 1"),
         ({"train": {"batch_size": 0}}, r"train.batch_size: 0 must be at least 1"),  # was taken as 'default 128'
         ({"train": {"batch_size": -4}}, r"train.batch_size: -4 must be at least 1"),
@@ -182,7 +183,7 @@ def test_interrupted_run_resumes_to_the_same_weights(folder, tmp_path, monkeypat
     whole = run_custom(parse_config(tiny(folder, tmp_path / "whole", epochs=2, optimizer="torch")), progress=False)
     assert whole.record["resumed_from_epoch"] == 0 and whole.record["optimizer"] == "torch"
 
-    config = parse_config(tiny(folder, tmp_path / "broken", epochs=2, optimizer="torch"))
+    config = parse_config(tiny(folder, tmp_path / "broken", epochs=2, optimizer="torch", checkpoint_every=0))  # after every epoch
     interrupted = _interrupt_after_first_epoch(monkeypatch)
     with pytest.raises(interrupted):
         run_custom(config, progress=False)

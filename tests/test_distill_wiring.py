@@ -88,7 +88,7 @@ def test_an_interrupted_fitnets_run_resumes_bit_identical(folder, tmp_path, monk
 
     def config(out):
         data = _train_yaml(folder, out, "fitnets")
-        data["train"].update(epochs=2)
+        data["train"].update(epochs=2, checkpoint_every=0)  # a checkpoint after every epoch
         return parse_config(data)
 
     whole = run_custom(config(tmp_path / "whole"), progress=False)

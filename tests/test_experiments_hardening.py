@@ -8,11 +8,13 @@ import signal
 import socket
 
 import pytest
+import torch
 import yaml
 
 from cqd_port.errors import CqdError
 from cqd_port.experiments.custom import parse_config, run_custom
 from cqd_port.experiments.runfolder import RunFolder, RunLock
+from cqd_port.train.checkpoint import TrainingCheckpoint, save_training_checkpoint
 from test_custom_train import BLUR, folder  # noqa: F401  (folder: the shared 3-class ImageFolder fixture)
 
 
@@ -112,10 +114,14 @@ def test_an_interrupted_run_is_recorded_and_the_dry_run_says_where_it_resumes(tm
     folder = RunFolder(tmp_path / "run")
     folder.path.mkdir()
     folder.mark_running({"key": "run"})
-    (folder.path / "history.json").write_text(json.dumps([{}, {}]))
+    (folder.path / "history.json").write_text(json.dumps([{}, {}, {}]))  # epoch 3 ran, but was not checkpointed
     folder.mark_interrupted()
     assert folder.status() == "interrupted"
-    assert status_text(folder) == "interrupted, resumes at epoch 3"
+    assert status_text(folder) == "interrupted, resumes at epoch 1"  # no checkpoint: from the start
+    save_training_checkpoint(folder.path / "checkpoint.pt", TrainingCheckpoint(2, {"w": torch.zeros(3)}, {}, [{}, {}], {}))
+    assert status_text(folder) == "interrupted, resumes at epoch 3"  # the checkpoint's epoch + 1
+    (folder.path / "checkpoint.pt").write_bytes(b"truncated")
+    assert status_text(folder) == "interrupted, resumes at epoch 1"
 
 
 # --------------------------------------------------------------------------- checks before any data, paths inside their roots

@@ -127,10 +127,11 @@ def test_identity_mismatch_is_refused_then_rerun(tiny, tmp_path):
     assert outcome.results_json.read_text() == before
 
 
-def test_killed_run_resumes_over_its_stale_lock_and_dry_run_says_so(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize("interval, checkpointed", [(0.0, 1), (3600.0, 0)])  # after every epoch; after the last only
+def test_killed_run_resumes_over_its_stale_lock_and_dry_run_says_so(tiny, tmp_path, monkeypatch, interval, checkpointed):
     import cqd_port.train.trainer as trainer_module
 
-    config = _config(tiny, tmp_path / "runs")
+    config = replace(_config(tiny, tmp_path / "runs"), checkpoint_interval=interval)
     plan = plan_grid(1, ["local_cub"], ["fine_tuning"], epochs=2)
     real = trainer_module.train
 
@@ -147,14 +148,16 @@ def test_killed_run_resumes_over_its_stale_lock_and_dry_run_says_so(tiny, tmp_pa
     monkeypatch.undo()
     folder = tmp_path / "runs/local_cub/fine_tuning"
     (folder / LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": _dead_pid(), "time": "t"}))  # as kill -9 leaves it
-    assert "local_cub/fine_tuning [interrupted, resumes at epoch 2]" in "\n".join(describe_plan(plan, config))
+    # where it resumes is the checkpoint's epoch + 1 (history.json has epoch 1 either way)
+    assert [h["epoch"] for h in json.loads((folder / "history.json").read_text())] == [1]
+    assert f"local_cub/fine_tuning [interrupted, resumes at epoch {checkpointed + 1}]" in "\n".join(describe_plan(plan, config))
     messages: list[str] = []
     from cqd_port.experiments.launch import launch_local
     from cqd_port.experiments.plan import schedule_grid
 
     launch_local(schedule_grid(plan, config.catalog()), config, say=messages.append)
     record = json.loads((folder / "run.json").read_text())
-    assert record["status"] == "finished" and record["resumed_from_epoch"] == 1
+    assert record["status"] == "finished" and record["resumed_from_epoch"] == checkpointed
     assert any("taking over a stale lock" in m for m in messages)
     assert len((folder / EXECUTIONS).read_text().splitlines()) == 2  # started, then resumed once
 

@@ -206,7 +206,7 @@ def test_rerun_skips_finished_runs(grid_run, monkeypatch):
 
 
 def test_interrupted_run_continues_from_checkpoint(tiny, tmp_path, monkeypatch):
-    config = _config(tiny, tmp_path / "runs")
+    config = replace(_config(tiny, tmp_path / "runs"), checkpoint_interval=0.0)  # a checkpoint after every epoch
     plan = plan_grid(1, ["local_cub"], ["fine_tuning"], epochs=2)
     _Recorder(monkeypatch, fail_at=(2, 1))
     with pytest.raises(KeyboardInterrupt):
@@ -286,6 +286,10 @@ def test_demo_wiring_on_minimal_sizes(tmp_path, capsys):
     assert (tmp_path / "demo/pretrain/final.pt").is_file()
     assert "SYNTHETIC" in outcome.report and "Sobel" in outcome.report
     assert "edge_cars: CQD" in outcome.report
+    # where the wall time went, phase by phase, printed on the report's last line
+    assert list(outcome.phases) == ["data", "stand-in", "data variants", "5 runs"]
+    assert all(v >= 0 for v in outcome.phases.values()) and sum(outcome.phases.values()) <= outcome.seconds + 1e-6
+    assert re.search(r"wall time \d+\.\d min \(data \d+ s, stand-in \d+ s, data variants \d+ s, 5 runs \d+ s\)$", outcome.report)
 
 
 def test_parallel_workers_match_the_sequential_grid(grid_run, tiny, tmp_path):
@@ -378,6 +382,6 @@ def test_reproduce_dry_run_threads_the_release_options(cli, tiny, tmp_path):
     assert "res_cub / a_cqd -> res_cub/cqd  (shared run)" in release.stdout  # the release's A-CQD is CQD
     default = cli(*common)
     assert "cub/lowres-bicubic" not in default.stdout and "res_cub / a_cqd -> res_cub/a_cqd" in default.stdout
-    for option, value in (("--lowres-kernel", "lanczos3"), ("--a-cqd-start", "staged")):
+    for option, value in (("--lowres-kernel", "lanczos3"), ("--a-cqd-start", "staged"), ("--checkpoint-every", "-5")):
         bad = cli(*common, option, value)
         assert bad.exit_code == 2 and option in bad.stderr and "Traceback" not in bad.stderr

@@ -33,6 +33,23 @@ def test_history_figure_names_the_terms_and_the_run():
     assert [ax.get_title() for ax in plain.axes] == ["softmax-log loss", "top-1 error"]
 
 
+@pytest.mark.parametrize("distill, title, loss", [(0.7, "res_cub/data_augmentation: task res_cub, method data_augmentation - SYNTHETIC DATA", 12.345),
+                                                   (0.0, "", 0.001234)])
+def test_history_figure_fixed_margins_fit_every_text(distill, title, loss):
+    """The fixed margins (no tight_layout): every label, tick and title lies inside the page and no two panels' texts overlap."""
+    history = [{**_epoch(e, distill / e), "train": {**_epoch(e, distill / e)["train"], "objective": loss / e}} for e in range(1, 31)]
+    fig = history_figure(history, title)
+    renderer = fig.canvas.get_renderer()
+    page = fig.bbox
+    boxes = [ax.get_tightbbox(renderer) for ax in fig.axes]
+    for box in boxes + ([fig._suptitle.get_window_extent(renderer)] if title else []):
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1, (box, page)
+    for first, second in zip(boxes, boxes[1:]):
+        assert first.x1 <= second.x0, (first, second)
+    if title:
+        assert fig._suptitle.get_window_extent(renderer).y0 >= max(box.y1 for box in boxes)
+
+
 def test_net_train_title_names_run_task_and_synthetic(tiny, tmp_path, monkeypatch):  # noqa: F811
     titles = []
     real = trainer_module.history_figure

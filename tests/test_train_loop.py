@@ -138,6 +138,42 @@ def test_resume_after_a_crash_mid_epoch_gives_identical_weights(tmp_path, crash_
     assert not torch.equal(other.state_dict()["conv1.weight"], straight.state_dict()["conv1.weight"])
 
 
+def test_checkpoint_interval_skips_epoch_checkpoints_and_a_crash_resumes_from_the_last_one(tmp_path):
+    """A long interval: only the last epoch's checkpoint; a crash in epoch 3 resumes from the start, same weights."""
+    objective = Objective()
+    cfg_every, cfg_rare = config(epochs=4, schedule=(0.05, 0.03, 0.02, 0.01)), config(
+        epochs=4, schedule=(0.05, 0.03, 0.02, 0.01), checkpoint_interval=3600.0
+    )
+    saved: dict[str, list[int]] = {"every": [], "rare": []}
+    for name, cfg in (("every", cfg_every), ("rare", cfg_rare)):
+        watch = lambda epoch, record, name=name: saved[name].append(  # noqa: E731
+            load_training_checkpoint(tmp_path / name / "checkpoint.pt").epoch if (tmp_path / name / "checkpoint.pt").exists() else 0
+        )
+        train(tiny_net(), Blobs(20, 1), None, cfg, objective, tmp_path / name, progress=False, on_epoch=watch)
+    assert saved == {"every": [1, 2, 3, 4], "rare": [0, 0, 0, 4]}
+    # history.json still follows every epoch; the checkpoint's own history is what a resume continues
+    steps = []
+
+    def crash(epoch, step, stats):
+        steps.append(epoch)
+        if epoch == 3:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(tiny_net(), Blobs(20, 1), None, cfg_rare, objective, tmp_path / "crash", progress=False, on_step=crash)
+    assert not (tmp_path / "crash" / "checkpoint.pt").exists()
+    assert [h["epoch"] for h in json.loads((tmp_path / "crash" / "history.json").read_text())] == [1, 2]
+    resumed_model, straight = tiny_net(), tiny_net()
+    resumed = train(resumed_model, Blobs(20, 1), None, cfg_rare, objective, tmp_path / "crash", progress=False)
+    reference = train(straight, Blobs(20, 1), None, cfg_every, objective, tmp_path / "straight", progress=False)
+    assert resumed.resumed_from == 0  # nothing was checkpointed: it starts again
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed_model.state_dict()[key]), key  # the interval changes no number
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4] == [h["epoch"] for h in reference.history]
+    with pytest.raises(CqdError, match="checkpoint interval"):
+        config(checkpoint_interval=-1.0)
+
+
 @pytest.mark.parametrize("reset", [True, False])
 def test_momentum_reset_each_epoch_as_cnn_train_dag_and_resume_stays_exact(tmp_path, reset):
     from cqd_port.train.checkpoint import save_training_checkpoint

@@ -118,6 +118,7 @@ class TrainSection:
     seed: int = 0
     device: str = "auto"
     tf32: bool = False
+    checkpoint_every: float = 60.0  # seconds between a run's checkpoints (0: every epoch); changes no number
 
 
 @dataclass
@@ -217,6 +218,7 @@ train:                   # the paper's hyper-parameters
   seed: 0
   device: auto           # auto, cpu, cuda, cuda:N
   tf32: false
+  checkpoint_every: 60   # seconds between a run's checkpoints, one after its last epoch (0: every epoch)
 
 # method: fitnets, at, sp, rkd or dkd (the distillers after CQD; README 'Distillers after CQD') take a
 # distill: section; every key is optional (defaults per method and network family):
@@ -415,6 +417,8 @@ def _check(config: RunConfig) -> RunConfig:
     for key, value in (("train.momentum", train.momentum), ("train.weight_decay", train.weight_decay), ("train.lr_scale", train.lr_scale)):
         if not math.isfinite(value) or value < 0:
             raise CqdError(f"{key}: {value} must be a finite number >= 0 (paper: momentum 0.9, weight_decay 0.0005, lr_scale 1)")
+    if not math.isfinite(train.checkpoint_every) or train.checkpoint_every < 0:
+        raise CqdError(f"train.checkpoint_every: {train.checkpoint_every:g} must be seconds >= 0 (0: a checkpoint every epoch; default 60)")
     if not (math.isfinite(train.temperature) and math.isfinite(train.lambda_)) or train.temperature <= 0 or train.lambda_ < 0:
         raise CqdError("train.temperature must be positive and train.lambda non-negative (paper: 10 and 200)")
     method = config.method_name
@@ -564,6 +568,7 @@ def grid_config(config: RunConfig, progress: bool = True) -> GridConfig:
         momentum=train.momentum,
         weight_decay=train.weight_decay,
         optimizer=train.optimizer,
+        checkpoint_interval=train.checkpoint_every,
     )
 
 

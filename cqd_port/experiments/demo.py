@@ -87,6 +87,7 @@ class DemoOutcome:
     report: str
     seconds: float
     runs: dict[str, dict] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds of wall time per phase (data, stand-in, variants, runs)
 
 
 def _dataset(root: Path, style: str, classes: int, train: int, test: int, size: int, seed: int) -> Path:
@@ -239,16 +240,28 @@ def run_demo(config: DemoConfig) -> DemoOutcome:
     out = Path(config.out)
     say = print if config.progress else (lambda *a, **k: None)
     say(f"cqd-port demo: Table 1 on SYNTHETIC data in {out} (not CUB, not Stanford Cars)")
+    phases: dict[str, float] = {}
+    mark = started
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        phases[name] = now - mark
+        mark = now
+
     _dataset(out / "data" / "birds", "birds", config.classes, config.train_per_class, config.test_per_class, config.draw_size, 1)
     _dataset(out / "data" / "cars", "cars", config.classes, config.train_per_class, config.test_per_class, config.draw_size, 2)
     say("stand-in pretrained model: reduced VGG-M trained on separate synthetic data ...")
+    phase("data")
     standin = pretrain_standin(config, config.progress)
+    phase("stand-in")
 
     plan = plan_grid(1, config.tasks, config.methods, config.epochs, a_cqd_start=config.a_cqd_start)
     grid = grid_config(config, standin)
     catalog = grid.catalog()
     for variant in plan.variants():
         catalog.ensure(variant, config.progress)
+    phase("data variants")
 
     timings: dict[str, dict] = {}
     keys = [n.key for n in schedule_grid(plan, catalog, config.seeds, config.select).runs()]
@@ -272,9 +285,10 @@ def run_demo(config: DemoConfig) -> DemoOutcome:
 
         # rerun: a demo folder made with other settings (an older version, other --epochs) is retrained, not refused
         outcome = run_grid(plan, grid, on_run=on_run, seeds=config.seeds, select=config.select, rerun=True)
+    phase(f"{len(keys)} runs")
     seconds = time.perf_counter() - started
-    report = demo_report(outcome.results_json, outcome.markdown, config, seconds)
-    return DemoOutcome(outcome.results_json, outcome.results_md, report, seconds, timings)
+    report = demo_report(outcome.results_json, outcome.markdown, config, seconds, phases)
+    return DemoOutcome(outcome.results_json, outcome.results_md, report, seconds, timings, phases)
 
 
 def cqd_vs_fine_tuning(results: dict[str, Any]) -> list[tuple[str, float | None, float | None, float | None]]:
@@ -317,7 +331,7 @@ def _distiller_lines(results: dict[str, Any], wanted: set[str]) -> list[str]:
     return lines
 
 
-def demo_report(results_json: Path, markdown: str, config: DemoConfig, seconds: float) -> str:
+def demo_report(results_json: Path, markdown: str, config: DemoConfig, seconds: float, phases: dict[str, float] | None = None) -> str:
     """The text the demo prints: the table, the honest column-by-column CQD verdict, the lambda chosen, the caveats."""
     from cqd_port.experiments.results import load_results
 
@@ -366,5 +380,6 @@ def demo_report(results_json: Path, markdown: str, config: DemoConfig, seconds: 
         for entry in chosen:
             counts[entry["chosen"]["lambda"]] = counts.get(entry["chosen"]["lambda"], 0) + 1
         lines.append("  chosen: " + ", ".join(f"lambda {k:g} x{v}" for k, v in sorted(counts.items())))
-    lines += ["", f"results: {results_json} and {results_json.with_suffix('.md')}; wall time {seconds / 60:.1f} min"]
+    spent = f" ({', '.join(f'{name} {value:.0f} s' for name, value in phases.items())})" if phases else ""
+    lines += ["", f"results: {results_json} and {results_json.with_suffix('.md')}; wall time {seconds / 60:.1f} min{spent}"]
     return "\n".join(lines)

@@ -10,7 +10,6 @@ lambda and T once its candidates have finished.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from cqd_port.experiments.settings import GridConfig
 
 def status_text(folder: RunFolder) -> str:
     """A run folder's state in words (see the module docstring; identity aside)."""
-    from cqd_port.train.trainer import HISTORY_NAME
+    from cqd_port.train.checkpoint import CHECKPOINT_NAME, checkpoint_epoch
 
     status = folder.status()
     if status not in (RUNNING, INTERRUPTED):
@@ -33,11 +32,8 @@ def status_text(folder: RunFolder) -> str:
     holder = lock.holder()
     if holder and not lock.is_stale(holder):
         return f"running on {holder.get('host')} pid {holder.get('pid')}"
-    try:
-        epochs = len(json.loads((folder.path / HISTORY_NAME).read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):
-        epochs = 0
-    return f"interrupted, resumes at epoch {epochs + 1}"
+    # the checkpoint's epoch, not history.json's: epochs after the last checkpoint (`checkpoint_interval`) are redone
+    return f"interrupted, resumes at epoch {checkpoint_epoch(folder.path / CHECKPOINT_NAME) + 1}"
 
 
 def _job_line(node: Node, resolver: JobResolver, out: Path) -> str:

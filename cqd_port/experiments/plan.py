@@ -353,6 +353,7 @@ class Workspace:
     # False: test images scored after the last epoch only (the final accuracy and the weights are the same;
     # history.json then has a test row for the last epoch alone). The demo's short runs: see GridConfig.
     evaluate_every_epoch: bool = True
+    checkpoint_interval: float = 0.0  # seconds between a run's checkpoints (0: every epoch)
 
     def folder(self, key: str) -> RunFolder:
         return RunFolder(Path(self.out) / key, key)
@@ -362,7 +363,7 @@ def workspace(config: GridConfig, archs: list[str] = ()) -> Workspace:
     """The `Workspace` of `config`, with the start networks of `archs` (CqdError when a model file is missing)."""
     return Workspace(
         Path(config.out), config.catalog(), str(config.device), config.progress, config.synthetic, config.domain_a,
-        {arch: config.network(arch) for arch in archs}, config.evaluate_every_epoch,
+        {arch: config.network(arch) for arch in archs}, config.evaluate_every_epoch, config.checkpoint_interval,
     )
 
 

@@ -221,6 +221,7 @@ def train_and_record(run: RunSpec, job: RunJob, space: Workspace, data: DomainDa
         lrn_mode=job.lrn_mode,
         tf32=job.tf32,
         evaluate_every_epoch=space.evaluate_every_epoch,
+        checkpoint_interval=space.checkpoint_interval,
         plot_title=f"{run.key}: task {run.task}, method {run.method}" + (" - SYNTHETIC DATA" if record["synthetic"] else ""),
     )
     if run.distiller is not None:

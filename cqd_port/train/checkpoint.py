@@ -68,6 +68,16 @@ def save_training_checkpoint(path: str | Path, checkpoint: TrainingCheckpoint) -
     atomic_torch_save(path, data)
 
 
+def checkpoint_epoch(path: str | Path) -> int:
+    """The epoch `path` was saved after, 0 when there is none or it is unreadable; cheap: the tensors stay on disk
+    (`mmap`), so a dry run can say where each interrupted run resumes without reading 0.8 GB per VGG-M run."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(data["epoch"]) if isinstance(data, dict) and data.get("format") == FORMAT else 0
+    except Exception:  # missing, truncated or foreign: nothing to resume from
+        return 0
+
+
 def load_training_checkpoint(path: str | Path) -> TrainingCheckpoint:
     """Read a checkpoint written by `save_training_checkpoint`; `CqdError` if it is not one."""
     path = Path(path)
