@@ -61,6 +61,12 @@ def readme_promises(readme: str) -> list[str]:
     return rows + lambdas
 
 
+def missing_lines(promises: list[str], output: str) -> list[str]:
+    """The README lines `output` (what the demo printed) does not hold, each as a whole line."""
+    printed = set(output.splitlines())
+    return [line for line in promises if line not in printed]
+
+
 def command() -> list[str]:
     installed = shutil.which("cqd-port", path=str(Path(sys.executable).parent)) or shutil.which("cqd-port")
     if installed is None:
@@ -76,10 +82,10 @@ def main() -> int:
     args = parser.parse_args()
     promises = readme_promises(README.read_text())
     if args.check is not None:
-        printed = set(args.check.read_text().splitlines())
-        missing = [line for line in promises if line not in printed]
+        missing = missing_lines(promises, args.check.read_text())
         print(f"{args.check}: {len(promises) - len(missing)} of {len(promises)} README table and lambda lines printed exactly")
-        print("\n".join(missing))
+        if missing:
+            print("\n".join(missing))
         return 1 if missing else 0
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:
         folder = args.keep or Path(tmp) / "demo"
@@ -95,8 +101,7 @@ def main() -> int:
             raise SystemExit(f"cqd-port demo failed (exit {done.returncode})")
         runs = [json.loads(p.read_text()) for p in sorted(folder.rglob("run.json"))]  # the grid's and the validation runs
         epochs = [e for p in sorted(folder.rglob("history.json")) if "pretrain" not in p.parts for e in json.loads(p.read_text())]
-    printed = set(done.stdout.splitlines())
-    missing = [line for line in promises if line not in printed]
+    missing = missing_lines(promises, done.stdout)
     last = [line for line in done.stdout.splitlines() if "; wall time " in line]
     phases = dict(
         (name.strip(), float(value)) for name, value in re.findall(r"([\w -]+?) (\d+) s(?:,|\))", last[-1].rsplit("; wall time ", 1)[1])

@@ -44,11 +44,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_train_pipeline import CPU_RUNTIME  # noqa: E402,F401  (tunes the CPU runtime as `cqd-port` does, before torch loads)
+# first: importing it tunes the CPU runtime as `cqd-port` does, before torch loads libgomp
+from bench_train_pipeline import _sync, measure_pipeline  # noqa: E402
 
 import torch  # noqa: E402
 
-from bench_train_pipeline import _sync, measure_pipeline  # noqa: E402
 from cqd_port.fileio import atomic_write_json  # noqa: E402
 from cqd_port.models.network import SimpleNetwork  # noqa: E402
 from cqd_port.models.vgg import init_state, vgg_m_specs, vgg_vd16_specs  # noqa: E402

@@ -70,12 +70,9 @@ def tune_cpu_runtime() -> dict[str, str]:
     torch loads it (a later call still tunes malloc, and says that the
     OpenMP setting came too late).
     """
-    done: dict[str, str] = {}
     if os.environ.get(OPT_OUT, "").lower() == "default":
         return {"openmp": f"left alone ({OPT_OUT}=default)", "malloc": f"left alone ({OPT_OUT}=default)"}
-    done["openmp"] = _openmp_wait()
-    done["malloc"] = _malloc_keeps_memory()
-    return done
+    return {"openmp": _openmp_wait(), "malloc": _malloc_keeps_memory()}
 
 
 def _openmp_wait() -> str:

@@ -50,6 +50,9 @@ def test_example_template_is_the_schema_defaults(tmp_path):
     data["data"]["root"] = str(tmp_path)
     config = parse_config(data)
     assert config.train == TrainSection()  # every train default in the template is the schema's (the paper's)
+    from cqd_port.experiments.settings import CHECKPOINT_INTERVAL
+
+    assert TrainSection().checkpoint_every == CHECKPOINT_INTERVAL  # `train` and `reproduce` checkpoint alike
     template_data = {k: v for k, v in vars(config.data).items() if k not in ("root", "degradation", "parameters")}
     assert template_data == {k: v for k, v in vars(DataSection()).items() if k not in ("root", "degradation", "parameters")}
     assert config.method_name == "cqd" and config.student_net.arch == "resnet18" and config.data.parameters == {"sigma": 2.0}

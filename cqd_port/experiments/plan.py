@@ -43,7 +43,7 @@ from cqd_port.experiments.methods import (
 from cqd_port.experiments.networks import NetworkSpec
 from cqd_port.experiments.paper import paper_table
 from cqd_port.experiments.runfolder import FINISHED, RunFolder, is_failed, read_run_json
-from cqd_port.experiments.settings import GridConfig
+from cqd_port.experiments.settings import CHECKPOINT_INTERVAL, GridConfig
 from cqd_port.experiments.tasks import VGG_VD16, DataVariant, Task, select_tasks, table_tasks, with_epochs, with_lambda
 
 SELECT_KEYS = {"lambda": "lambda_", "T": "temperature", **{m: "weight" for m in DISTILLERS}}
@@ -353,7 +353,7 @@ class Workspace:
     # False: test images scored after the last epoch only (the final accuracy and the weights are the same;
     # history.json then has a test row for the last epoch alone). The demo's short runs: see GridConfig.
     evaluate_every_epoch: bool = True
-    checkpoint_interval: float = 0.0  # seconds between a run's checkpoints (0: every epoch)
+    checkpoint_interval: float = CHECKPOINT_INTERVAL  # seconds between a run's checkpoints (0: every epoch)
 
     def folder(self, key: str) -> RunFolder:
         return RunFolder(Path(self.out) / key, key)

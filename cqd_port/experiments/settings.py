@@ -8,7 +8,6 @@ resolves it into `RunJob`s (what changes the numbers) and a `Workspace`
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,10 +77,9 @@ class GridConfig:
 
     def __post_init__(self) -> None:
         from cqd_port.data.degrade import LOWRES_KERNELS
+        from cqd_port.train.trainer import check_checkpoint_interval
 
-        if not (self.checkpoint_interval >= 0 and math.isfinite(self.checkpoint_interval)):
-            raise CqdError(f"--checkpoint-every {self.checkpoint_interval}: give seconds >= 0 (0: a checkpoint every epoch)")
-
+        check_checkpoint_interval(self.checkpoint_interval, "--checkpoint-every")
         if self.lowres_kernel not in LOWRES_KERNELS:
             raise CqdError(f"--lowres-kernel {self.lowres_kernel}: use bilinear (the specification) or bicubic (the release)")
         if self.batch_size is not None and self.batch_size < 1:

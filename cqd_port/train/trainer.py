@@ -131,8 +131,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.schedule = validate_schedule(self.schedule)
-        if not (self.checkpoint_interval >= 0 and math.isfinite(self.checkpoint_interval)):
-            raise CqdError(f"checkpoint interval {self.checkpoint_interval}: give seconds >= 0 (0: a checkpoint every epoch)")
+        check_checkpoint_interval(self.checkpoint_interval, "checkpoint interval")
         if self.optimizer not in OPTIMIZERS:
             raise CqdError(f"optimizer '{self.optimizer}': use {' or '.join(OPTIMIZERS)}")
         if self.label_range is not None and not isinstance(self.label_range, int):
@@ -149,6 +148,12 @@ class TrainConfig:
         data["schedule"] = list(self.schedule)
         data["label_range"] = list(self.label_range) if isinstance(self.label_range, tuple) else self.label_range
         return data
+
+
+def check_checkpoint_interval(seconds: float, name: str) -> None:
+    """`CqdError` naming `name` (the option or key the user set) unless `seconds` is finite and >= 0."""
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise CqdError(f"{name}: {seconds:g} must be seconds >= 0 (0: a checkpoint after every epoch; default 60)")
 
 
 class StepTensors(NamedTuple):
@@ -554,7 +559,7 @@ def _run_epoch(run: _Run, epoch: int, batches: Sequence[Sequence[int]], bar: Any
     }
 
 
-def _write_outputs(run: _Run, epoch: int, final_evaluation: Evaluation | None, checkpoint: bool = True) -> None:
+def _write_outputs(run: _Run, epoch: int, final_evaluation: Evaluation | None, checkpoint: bool) -> None:
     """The latest checkpoint (replacing the previous one) when due, the history; the plot and evaluation at the end.
 
     history.json runs ahead of a skipped checkpoint (the epochs can be watched); a resume restarts from the
